@@ -1,0 +1,116 @@
+"""Which implementation runs a combine: the registry of backends and the automatic choice.
+
+- ``"triton"``: the fused kernels (``sago_kernels.kernels``). CUDA tensors, or CPU tensors when
+  ``TRITON_INTERPRET=1`` was set before ``triton`` was imported (slow; for tests and debugging).
+- ``"reference"``: plain torch (``sago_kernels.reference``), any device.
+
+``backend=None`` picks Triton for CUDA tensors when it is installed, and for CPU tensors under the
+Triton interpreter; the reference otherwise (with a one-time warning on CUDA without Triton).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from . import reference
+from .layout import GradLayout
+from .methods import Method
+from .stats import geometry_table
+
+BackendFn = Callable[..., "torch.Tensor | None"]
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    if not _triton_installed():
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _interpreter_on()
+
+
+def backends() -> list[str]:
+    """Backends that can run on this machine (on some device)."""
+    names = ["reference"]
+    if _triton_installed() and (torch.cuda.is_available() or _interpreter_on()):
+        names.append("triton")
+    return names
+
+
+def _reference_combine(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    target: torch.Tensor,
+    layout: GradLayout,
+    method: Method,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    want_stats: bool,
+) -> torch.Tensor | None:
+    with torch.no_grad():
+        out, sums, conflicts = reference.combine(
+            retain, forget, layout, method.reference, method.scope,
+            alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32,
+        )  # fmt: skip
+        reference.write_segments(target, out, layout)
+        if not want_stats:
+            return None
+        key = ("reference-numels", str(retain.device))
+        numels = layout._cache.get(key)
+        if numels is None:
+            numels = layout._cache[key] = torch.tensor(layout.numels, device=retain.device)
+        return geometry_table(sums, conflicts, numels)
+
+
+def _triton_combine(*args, **kwargs) -> torch.Tensor | None:
+    from .kernels import combine_triton
+
+    return combine_triton(*args, **kwargs)
+
+
+_BACKENDS: dict[str, BackendFn] = {"reference": _reference_combine, "triton": _triton_combine}
+_warned_fallback = False
+
+
+def resolve_backend(name: str | None, device: torch.device) -> tuple[str, BackendFn]:
+    """The backend to run on ``device``: the one named, or the automatic choice for ``None``."""
+    global _warned_fallback
+    if name is None:
+        if _triton_runs_on(device):
+            return "triton", _BACKENDS["triton"]
+        if device.type == "cuda" and not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(
+                "sago_kernels: triton is not installed; CUDA combines run on the slow reference "
+                "backend. `pip install triton` for the fused kernels.",
+                stacklevel=3,
+            )
+        return "reference", _BACKENDS["reference"]
+    if name not in _BACKENDS:
+        raise ValueError(
+            f"Parameter `backend` should be one of {sorted(_BACKENDS)} or None (auto). "
+            f"Found `backend = {name!r}`."
+        )
+    if name == "triton" and not _triton_runs_on(device):
+        if not _triton_installed():
+            why = "triton is not installed (`pip install triton`)"
+        else:
+            why = (
+                f"Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before `import triton` "
+                f"for CPU tensors; the buffers are on {device}"
+            )
+        raise RuntimeError(f"backend='triton' is not available: {why}. Use backend='reference' or None.")
+    return name, _BACKENDS[name]

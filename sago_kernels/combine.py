@@ -1,0 +1,106 @@
+"""``combine_``: the one call that turns (g_r, g_f) flat buffers into g_final, in place."""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+import torch
+
+from ._validation import check_combine_args, check_scalar
+from .backends import resolve_backend
+from .layout import GradLayout
+from .methods import get_method
+from .stats import CombineStats
+
+MethodName = Literal["sum", "sago", "sago_prefer_retain", "pcgrad", "pcgrad_global", "blur"]
+BackendName = Literal["triton", "reference"]
+
+
+@overload
+def combine_(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    *,
+    layout: GradLayout | None = ...,
+    method: MethodName = ...,
+    alpha: float = ...,
+    gamma: float = ...,
+    eps: float = ...,
+    out: torch.Tensor | None = ...,
+    stats: Literal[False] = ...,
+    backend: BackendName | None = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def combine_(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    *,
+    layout: GradLayout | None = ...,
+    method: MethodName = ...,
+    alpha: float = ...,
+    gamma: float = ...,
+    eps: float = ...,
+    out: torch.Tensor | None = ...,
+    stats: Literal[True],
+    backend: BackendName | None = ...,
+) -> tuple[torch.Tensor, CombineStats]: ...
+
+
+def combine_(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    *,
+    layout: GradLayout | None = None,
+    method: MethodName = "sago",
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-10,
+    out: torch.Tensor | None = None,
+    stats: bool = False,
+    backend: BackendName | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, CombineStats]:
+    """Combine the retain and forget gradients into g_final, written in place into ``retain``.
+
+    Args:
+        retain: flat 1-D buffer of g_r (float32, bfloat16 or float16; CUDA or CPU). Receives
+            g_final unless ``out`` is given.
+        forget: flat buffer of g_f, same dtype, device and length; never written.
+        layout: the segments of the buffers (see :class:`GradLayout`). ``None``: the whole buffer
+            is one segment. Elements outside every segment are neither read nor written.
+        method: ``"sum"``, ``"sago"``, ``"sago_prefer_retain"``, ``"pcgrad"`` (per segment),
+            ``"pcgrad_global"`` or ``"blur"``; see ``sk.METHODS`` and the README.
+        alpha: retain weight α; gamma: forget weight γ (finite Python floats).
+        eps: added to the denominators of projection coefficients (>= 0).
+        out: write g_final here instead (same dtype, device, length; may be ``forget``).
+        stats: also return a :class:`CombineStats` of device tensors (gradient geometry), computed
+            in the same passes.
+        backend: ``"triton"``, ``"reference"`` or ``None`` (auto; see ``sago_kernels.backends``).
+
+    Returns:
+        The written tensor, and the statistics when ``stats=True``.
+
+    Nothing synchronises with the host (after a layout's first use on a device), so the call can
+    sit inside a CUDA-graph-captured or asynchronous training step. Bad input raises ``TypeError``
+    or ``ValueError`` before anything is written.
+
+    Example:
+        >>> import torch, sago_kernels as sk
+        >>> r = torch.tensor([1.0, -2.0, 3.0]); f = torch.tensor([-1.0, -1.0, 0.5])
+        >>> sk.combine_(r, f, method="sago", backend="reference")
+        tensor([ 1.0000, -1.0000,  0.5000])
+    """
+    m = get_method(method)
+    alpha = check_scalar("alpha", alpha)
+    gamma = check_scalar("gamma", gamma)
+    eps = check_scalar("eps", eps, non_negative=True)
+    if not isinstance(stats, bool):
+        raise TypeError(f"Parameter `stats` should be a bool. Found `{type(stats).__name__}`.")
+    layout = check_combine_args(retain, forget, out, layout)
+    _, run = resolve_backend(backend, retain.device)
+    target = retain if out is None else out
+    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats)
+    if stats:
+        return target, CombineStats.from_table(m.name, table)
+    return target

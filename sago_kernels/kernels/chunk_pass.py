@@ -1,0 +1,113 @@
+"""The one pass over the flat buffers: read g_r and g_f, optionally write g_final and sums.
+
+Work is cut into *chunks*: each segment is split into chunks of ``chunk_elems`` elements (its
+last chunk shorter), and one program handles one chunk, tile by tile. A chunk never crosses a
+segment, so per-segment weights are two scalar loads and per-chunk partial sums belong to one
+segment. Full tiles are loaded without a mask (vectorised: every chunk starts on an aligned
+element); only a segment's last tile is masked. Nothing outside the segments is read or written.
+
+Partial sums are accumulated lane-wise in float32 across the chunk's tiles and reduced once per
+chunk: a fixed order, so results are bitwise reproducible (no atomics).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._tiles import (
+    MODE_AFFINE,
+    MODE_DOTS,
+    NUM_SUMS,
+    combine_values,
+    in_conflict,
+    load_f32,
+    locate_segment,
+    store_f32,
+)
+
+
+@triton.jit
+def _accumulate_tile(
+    retain_ptr, forget_ptr, out_ptr, offs, mask, a, b, alpha, gamma,
+    acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
+    MODE: tl.constexpr, STATS: tl.constexpr, MASKED: tl.constexpr, BF16_BITS: tl.constexpr,
+):  # fmt: skip
+    r = load_f32(retain_ptr, offs, mask, MASKED, BF16_BITS)
+    f = load_f32(forget_ptr, offs, mask, MASKED, BF16_BITS)
+    if STATS:
+        acc_fr += f * r
+        acc_rr += r * r
+        acc_ff += f * f
+    if MODE != MODE_DOTS:
+        out = combine_values(f, r, a, b, alpha, gamma, MODE)
+        store_f32(out_ptr, offs, out, mask, MASKED, BF16_BITS)
+        if STATS:
+            if MASKED:
+                # Lanes past the segment loaded 0; keep a NaN weight from reaching the sums.
+                out = tl.where(mask, out, 0.0)
+            acc_oo += out * out
+            acc_or += out * r
+            acc_of += out * f
+            acc_conflicts += in_conflict(f, r).to(tl.int32)
+    return acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts
+
+
+@triton.jit
+def _chunk_pass_kernel(
+    retain_ptr, forget_ptr, out_ptr,
+    seg_start_ptr, seg_numel_ptr, seg_chunk_ptr, coef_ptr, partial_ptr, conflict_ptr,
+    num_segments, chunk_elems, alpha, gamma,
+    MODE: tl.constexpr, STATS: tl.constexpr, BF16_BITS: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+):  # fmt: skip
+    chunk = tl.program_id(0).to(tl.int64)
+    seg = locate_segment(seg_chunk_ptr, chunk, num_segments, SEARCH_STEPS)
+    first = (chunk - tl.load(seg_chunk_ptr + seg)) * chunk_elems  # chunk's offset in its segment
+    n = tl.minimum(tl.load(seg_numel_ptr + seg) - first, chunk_elems)
+    base = tl.multiple_of(tl.load(seg_start_ptr + seg) + first, ALIGN)
+
+    if MODE == MODE_AFFINE:
+        a = tl.load(coef_ptr + 2 * seg)
+        b = tl.load(coef_ptr + 2 * seg + 1)
+    else:
+        a = alpha
+        b = alpha
+
+    lanes = tl.arange(0, BLOCK)
+    acc_fr = tl.zeros([BLOCK], tl.float32)
+    acc_rr = tl.zeros([BLOCK], tl.float32)
+    acc_ff = tl.zeros([BLOCK], tl.float32)
+    acc_oo = tl.zeros([BLOCK], tl.float32)
+    acc_or = tl.zeros([BLOCK], tl.float32)
+    acc_of = tl.zeros([BLOCK], tl.float32)
+    acc_conflicts = tl.zeros([BLOCK], tl.int32)
+
+    n_full = n // BLOCK
+    for i in range(0, n_full):
+        offs = base + i * BLOCK + lanes
+        acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
+            retain_ptr, forget_ptr, out_ptr, offs, lanes < BLOCK, a, b, alpha, gamma,
+            acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
+            MODE, STATS, False, BF16_BITS,
+        )  # fmt: skip
+    tail = n - n_full * BLOCK
+    if tail > 0:
+        offs = base + n_full * BLOCK + lanes
+        acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
+            retain_ptr, forget_ptr, out_ptr, offs, lanes < tail, a, b, alpha, gamma,
+            acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
+            MODE, STATS, True, BF16_BITS,
+        )  # fmt: skip
+
+    if STATS:
+        row = partial_ptr + chunk * NUM_SUMS
+        tl.store(row + 0, tl.sum(acc_fr, axis=0))
+        tl.store(row + 1, tl.sum(acc_rr, axis=0))
+        tl.store(row + 2, tl.sum(acc_ff, axis=0))
+        tl.store(row + 3, tl.sum(acc_oo, axis=0))
+        tl.store(row + 4, tl.sum(acc_or, axis=0))
+        tl.store(row + 5, tl.sum(acc_of, axis=0))
+        tl.store(row + 6, 0.0)
+        tl.store(row + 7, 0.0)
+        tl.store(conflict_ptr + chunk, tl.sum(acc_conflicts, axis=0).to(tl.int64))

@@ -1,0 +1,188 @@
+"""The Triton backend: plan the chunks of a layout and launch the kernels for one combine.
+
+Launches per call (N = elements in segments, s = itemsize, S = segments, C = chunks ≤ S + 4096):
+
+| method kind            | stats=False                      | stats=True                        |
+|------------------------|----------------------------------|-----------------------------------|
+| element-wise (3 gates) | 1 launch, 3N·s bytes             | 3 launches, 3N·s + O(C + S) bytes |
+| projection             | 4 launches, 5N·s + O(C + S) bytes| 6 launches, 5N·s + O(C + S) bytes |
+
+Projection: chunk pass (dots) → per-segment sums → coefficients → chunk pass (write). With
+stats, the write pass also emits sums, reduced by one more per-segment launch and the geometry
+kernel. Temporaries are O(C + S) floats; nothing proportional to N is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ..layout import GradLayout
+from ..methods import Method
+from . import _tiles
+from .chunk_pass import _chunk_pass_kernel
+from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_kernel
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Launch settings. Defaults are a fixed table, not autotuned: autotuning an in-place kernel
+    re-runs it on live gradients. Not yet tuned on a GPU (see bench/RESULTS.md).
+
+    ``block``: elements per tile; ``stats_block``: the tile of passes that also sum statistics
+    (six float32 accumulators: at 4096 they need ~195 registers a thread on sm_90, one program
+    per SM; 2048 halves that); ``num_warps``: warps per program of the chunk pass;
+    ``target_chunks``: how many chunks the buffer is cut into (plus one per small segment), so
+    the partial sums stay O(segments) whatever N; ``max_chunk_elems`` keeps per-chunk counts and
+    tile offsets in 32 bits.
+    """
+
+    block: int = 4096
+    stats_block: int = 2048
+    num_warps: int = 8
+    target_chunks: int = 4096
+    max_chunk_elems: int = 1 << 24
+    reduce_rows: int = 64
+    seg_block: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("block", "stats_block", "reduce_rows", "seg_block"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"LaunchConfig.{name} should be a power of two >= 16. Found {value}.")
+        if self.stats_block > self.block:
+            raise ValueError("LaunchConfig.stats_block should be <= block (chunks are whole blocks).")
+        if self.max_chunk_elems < self.block or self.max_chunk_elems > 1 << 30:
+            raise ValueError("LaunchConfig.max_chunk_elems should be in [block, 2**30].")
+
+    def chunk_elems(self, segment_numel: int) -> int:
+        """Chunk length (a multiple of ``block``) for a layout of ``segment_numel`` elements."""
+        tiles = max(1, -(-segment_numel // (self.target_chunks * self.block)))
+        return min(tiles * self.block, self.max_chunk_elems // self.block * self.block)
+
+
+DEFAULT_CONFIG = LaunchConfig()
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Device tables of a layout for one chunk length: O(segments) int64."""
+
+    seg_start: torch.Tensor
+    seg_numel: torch.Tensor
+    seg_chunk: torch.Tensor  # [S + 1]: first chunk of each segment, then the chunk count
+    num_chunks: int
+    chunk_elems: int
+    search_steps: int
+    align: int
+
+
+def chunk_plan(layout: GradLayout, device: torch.device, config: LaunchConfig) -> ChunkPlan:
+    """The layout's tables on ``device``, built once and cached on the layout.
+
+    The first call per (layout, device) copies O(S) integers to the device (one host sync);
+    every later combine with the same layout reuses them.
+    """
+    chunk_elems = config.chunk_elems(layout.segment_numel)
+    key = ("triton-plan", str(device), chunk_elems)
+    plan = layout._cache.get(key)
+    if plan is None:
+        firsts, count = [], 0
+        for n in layout.numels:
+            firsts.append(count)
+            count += -(-n // chunk_elems)
+        table = torch.tensor([*layout.starts, *layout.numels, *firsts, count], dtype=torch.int64)
+        table = table.to(device)
+        s = layout.num_segments
+        plan = ChunkPlan(
+            seg_start=table[:s],
+            seg_numel=table[s : 2 * s],
+            seg_chunk=table[2 * s :],
+            num_chunks=count,
+            chunk_elems=chunk_elems,
+            search_steps=(s - 1).bit_length(),
+            # An alignment hint above 16 elements buys nothing more (16-byte vectors at most).
+            align=min(16, layout.start_alignment),
+        )
+        layout._cache[key] = plan
+    return plan
+
+
+def _io_view(t: torch.Tensor) -> torch.Tensor:
+    """bf16 buffers travel as int16 words (see _tiles.py); others as they are."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def combine_triton(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    target: torch.Tensor,
+    layout: GradLayout,
+    method: Method,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    want_stats: bool,
+    config: LaunchConfig = DEFAULT_CONFIG,
+) -> torch.Tensor | None:
+    """Write g_final into ``target`` (may be ``retain``); return the geometry table if asked.
+
+    Inputs are assumed validated (see ``_validation.py``): same dtype/device/length, contiguous,
+    finite scalars. Never synchronises with the host once the layout's plan is cached.
+    """
+    device = retain.device
+    plan = chunk_plan(layout, device, config)
+    s = layout.num_segments
+    f32 = dict(dtype=torch.float32, device=device)
+    i64 = dict(dtype=torch.int64, device=device)
+    r, f, o = _io_view(retain), _io_view(forget), _io_view(target)
+    bf16 = retain.dtype == torch.bfloat16
+    no_coef = torch.empty(2, **f32)  # never read; a real allocation keeps the pointer valid
+
+    def chunk_pass(mode: int, coef: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = max(plan.num_chunks, 1) if stats else 1
+        partial = torch.empty((rows, 8), **f32)
+        conflicts = torch.empty(rows, **i64)
+        if plan.num_chunks:
+            _chunk_pass_kernel[(plan.num_chunks,)](
+                r, f, o,
+                plan.seg_start, plan.seg_numel, plan.seg_chunk, coef, partial, conflicts,
+                s, plan.chunk_elems, alpha, gamma,
+                MODE=mode, STATS=stats, BF16_BITS=bf16,
+                ALIGN=plan.align, BLOCK=config.stats_block if stats else config.block,
+                SEARCH_STEPS=plan.search_steps,
+                num_warps=config.num_warps, enable_fp_fusion=False,
+            )  # fmt: skip
+        return partial, conflicts
+
+    def segment_sums(partial: torch.Tensor, conflicts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = torch.empty((s, 8), **f32)
+        seg_conflicts = torch.empty(s, **i64)
+        _segment_reduce_kernel[(s,)](
+            partial, conflicts, plan.seg_chunk, sums, seg_conflicts, ROWS=config.reduce_rows
+        )
+        return sums, seg_conflicts
+
+    if method.is_projection:
+        dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, no_coef, True))[0]
+        coef = torch.empty((s, 2), **f32)
+        _coefficients_kernel[(1,)](
+            dots, coef, s, alpha, gamma, eps,
+            PROJECTION=method.code, GLOBAL=method.scope == "global", SEG_BLOCK=config.seg_block,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+        partial, conflicts = chunk_pass(_tiles.MODE_AFFINE.value, coef, want_stats)
+    else:
+        partial, conflicts = chunk_pass(method.code, no_coef, want_stats)
+
+    if not want_stats:
+        return None
+    sums, seg_conflicts = segment_sums(partial, conflicts)
+    table = torch.empty((s + 1, 8), **f32)
+    _geometry_kernel[(1,)](
+        sums, seg_conflicts, plan.seg_numel, table, s, SEG_BLOCK=config.seg_block,
+        enable_fp_fusion=False,
+    )  # fmt: skip
+    return table

@@ -1,0 +1,163 @@
+"""The reference combine: plain torch, one function per method, to be read next to the paper.
+
+``r`` is the retain gradient g_r, ``f`` the forget gradient g_f, ``alpha`` the retain weight (α)
+and ``gamma`` the forget weight (γ), as in SPEC.md and Section 3 of the paper. Every function takes
+1-D tensors already in the compute dtype and returns g_final in that dtype. This module defines
+the truth that the Triton kernels are fuzzed against, and it is the CPU backend for now.
+
+Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .layout import GradLayout
+
+# --------------------------------------------------------------------------- element helpers
+
+
+def _magnitude_bits(x: torch.Tensor) -> torch.Tensor:
+    """The bits of ``x`` without its sign, as a signed integer tensor of the same width."""
+    int_dtype = {torch.float64: torch.int64, torch.float32: torch.int32}[x.dtype]
+    bits = x.view(int_dtype)
+    return bits & torch.iinfo(int_dtype).max
+
+
+def conflict_mask(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """conflict_i ⇔ f_i and r_i are both non-zero and of opposite sign (SPEC).
+
+    Decided on sign bits and magnitude bits, never on the product f_i·r_i (which underflows to 0
+    for tiny values) nor on float comparisons (which a flush-denormals mode would change).
+    ±0 is never in conflict. NaN elements are decided arbitrarily here and overridden by
+    :func:`poison_non_finite`.
+    """
+    nonzero = (_magnitude_bits(f) != 0) & (_magnitude_bits(r) != 0)
+    return nonzero & (torch.signbit(f) != torch.signbit(r))
+
+
+def poison_non_finite(out: torch.Tensor, f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Element-wise methods: an element whose f_i or r_i is NaN or ±Inf becomes NaN."""
+    finite = torch.isfinite(f) & torch.isfinite(r)
+    return torch.where(finite, out, torch.full_like(out, float("nan")))
+
+
+# --------------------------------------------------------------------------- the methods
+
+
+def sum_(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+    """GradDiff, the naive sum: g = γ·g_f + α·g_r."""
+    return gamma * f + alpha * r
+
+
+def sago(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+    """SAGO (paper Sec. 3.4): where the signs conflict keep α·g_r, elsewhere take γ·g_f.
+
+    The gated parts γ·g̃_f and α·g̃_r have disjoint support, so g·g_r ≥ 0 element by element.
+    """
+    out = torch.where(conflict_mask(f, r), alpha * r, gamma * f)
+    return poison_non_finite(out, f, r)
+
+
+def sago_prefer_retain(
+    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
+    """SAGO variant: keep α·g_r where the signs conflict, γ·g_f + α·g_r elsewhere."""
+    out = torch.where(conflict_mask(f, r), alpha * r, gamma * f + alpha * r)
+    return poison_non_finite(out, f, r)
+
+
+def pcgrad(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+    """PCGrad on one segment (paper Sec. 3.3): project g_f off g_r when they conflict.
+
+    d = g_f·g_r, n = g_r·g_r; c = d/(n+eps) if d < 0 else 0; g = γ·(g_f − c·g_r) + α·g_r.
+    A segment whose dots or effective weight on g_r (α − γ·c) are non-finite is returned as NaN
+    in full, so that an overflow check sees it.
+    """
+    d = torch.dot(f, r)
+    n = torch.dot(r, r)
+    c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
+    out = gamma * (f - c * r) + alpha * r
+    return _nan_unless_finite(out, d, n, alpha - gamma * c)
+
+
+def blur(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+    """BLUR-style projection (global): always remove g_r's component along g_f.
+
+    d = g_r·g_f, m = g_f·g_f, c = d/(m+eps); g = γ·g_f + α·(g_r − c·g_f).
+    Non-finite d, m or effective weight on g_f (γ − α·c) make the whole output NaN.
+    """
+    d = torch.dot(r, f)
+    m = torch.dot(f, f)
+    c = d / (m + eps)
+    out = gamma * f + alpha * (r - c * f)
+    return _nan_unless_finite(out, d, m, gamma - alpha * c)
+
+
+def _nan_unless_finite(out: torch.Tensor, *scalars: torch.Tensor) -> torch.Tensor:
+    ok = torch.stack([torch.isfinite(s) for s in scalars]).all()
+    return torch.where(ok, out, torch.full_like(out, float("nan")))
+
+
+MethodFn = Callable[..., torch.Tensor]
+
+# --------------------------------------------------------------------------- over a layout
+
+STAT_COLUMNS = ("dot_fr", "dot_rr", "dot_ff", "dot_oo", "dot_or", "dot_of")
+"""Per-segment sums every backend produces for the statistics (see ``stats.py``)."""
+
+
+def combine(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    layout: GradLayout,
+    method_fn: MethodFn,
+    scope: str,
+    *,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    compute_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply ``method_fn`` over the segments of a layout.
+
+    ``scope`` says what one call of ``method_fn`` sees: ``"element"`` or ``"segment"`` — each
+    segment on its own; ``"global"`` — all segments concatenated into one vector.
+
+    Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
+    buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
+    ``[num_segments, 6]`` with :data:`STAT_COLUMNS` (o = g_final before rounding) and
+    ``conflicts`` the per-segment count of conflicting elements (int64).
+    """
+    r_all = retain.to(compute_dtype)
+    f_all = forget.to(compute_dtype)
+    out = torch.zeros_like(r_all)
+    segments = layout.segments
+    kwargs = dict(alpha=alpha, gamma=gamma, eps=eps)
+
+    if scope == "global":
+        r = torch.cat([r_all[s.start : s.end] for s in segments])
+        f = torch.cat([f_all[s.start : s.end] for s in segments])
+        o = method_fn(r, f, **kwargs)
+        cursor = 0
+        for s in segments:
+            out[s.start : s.end] = o[cursor : cursor + s.numel]
+            cursor += s.numel
+    else:
+        for s in segments:
+            out[s.start : s.end] = method_fn(r_all[s.start : s.end], f_all[s.start : s.end], **kwargs)
+
+    rows, conflicts = [], []
+    for s in segments:
+        r, f, o = r_all[s.start : s.end], f_all[s.start : s.end], out[s.start : s.end]
+        rows.append(torch.stack([f @ r, r @ r, f @ f, o @ o, o @ r, o @ f]))
+        conflicts.append(conflict_mask(f, r).sum())
+    return out, torch.stack(rows), torch.stack(conflicts)
+
+
+def write_segments(target: torch.Tensor, values: torch.Tensor, layout: GradLayout) -> None:
+    """Round ``values`` once into ``target``, segment by segment (padding is never written)."""
+    for s in layout.segments:
+        target[s.start : s.end].copy_(values[s.start : s.end])
