@@ -3,6 +3,6 @@
 Set ``TRITON_INTERPRET=1`` before ``triton`` is first imported to run them on CPU tensors.
 """
 
-from .launch import DEFAULT_CONFIG, LaunchConfig, chunk_plan, combine_triton
+from .launch import DEFAULT_CONFIG, LaunchConfig, chunk_plan, combine_triton, launch_config
 
-__all__ = ["DEFAULT_CONFIG", "LaunchConfig", "chunk_plan", "combine_triton"]
+__all__ = ["DEFAULT_CONFIG", "LaunchConfig", "chunk_plan", "combine_triton", "launch_config"]

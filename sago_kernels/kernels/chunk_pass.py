@@ -6,6 +6,14 @@ segment, so per-segment weights are two scalar loads and per-chunk partial sums 
 segment. Full tiles are loaded without a mask (vectorised: every chunk starts on an aligned
 element); only a segment's last tile is masked. Nothing outside the segments is read or written.
 
+Two facts shape the tile code:
+- bfloat16 is moved as raw 16-bit words and converted with integer arithmetic. The conversion
+  is exact (the load is a shift, the store rounds to nearest-even like ``torch.Tensor.to``), it is
+  the same code on the GPU and under the Triton interpreter (whose own bf16 casts flush
+  subnormals and truncate), and it costs a few integer ops per element in a memory-bound pass.
+- Sign tests use the bits of the float32 value, never float comparisons or products, so neither
+  underflow nor a flush-denormals mode can change a SAGO gate.
+
 Partial sums are accumulated lane-wise in float32 across the chunk's tiles and reduced once per
 chunk: a fixed order, so results are bitwise reproducible (no atomics).
 """
@@ -18,12 +26,10 @@ import triton.language as tl
 from ._tiles import (
     MODE_AFFINE,
     MODE_DOTS,
+    MODE_SAGO,
+    MODE_SUM,
     NUM_SUMS,
-    combine_values,
-    in_conflict,
-    load_f32,
     locate_segment,
-    store_f32,
 )
 
 
@@ -33,15 +39,51 @@ def _accumulate_tile(
     acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
     MODE: tl.constexpr, STATS: tl.constexpr, MASKED: tl.constexpr, BF16_BITS: tl.constexpr,
 ):  # fmt: skip
-    r = load_f32(retain_ptr, offs, mask, MASKED, BF16_BITS)
-    f = load_f32(forget_ptr, offs, mask, MASKED, BF16_BITS)
+    """One tile: load, combine, store, accumulate. Written flat on purpose: under the Triton
+    interpreter every nested ``@triton.jit`` call costs milliseconds, and CI runs it there."""
+    if MASKED:
+        r = tl.load(retain_ptr + offs, mask=mask, other=0)
+        f = tl.load(forget_ptr + offs, mask=mask, other=0)
+    else:
+        r = tl.load(retain_ptr + offs)
+        f = tl.load(forget_ptr + offs)
+    if BF16_BITS:  # exact widening of bf16 words
+        r = (r.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        f = (f.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        r = r.to(tl.float32)
+        f = f.to(tl.float32)
     if STATS:
         acc_fr += f * r
         acc_rr += r * r
         acc_ff += f * f
     if MODE != MODE_DOTS:
-        out = combine_values(f, r, a, b, alpha, gamma, MODE)
-        store_f32(out_ptr, offs, out, mask, MASKED, BF16_BITS)
+        rb = r.to(tl.int32, bitcast=True)
+        fb = f.to(tl.int32, bitcast=True)
+        # conflict: both non-zero and signs differ, on bits 
+        conflict = ((fb ^ rb) < 0) & ((fb & 0x7FFFFFFF) != 0) & ((rb & 0x7FFFFFFF) != 0)
+        if MODE == MODE_SUM:
+            out = gamma * f + alpha * r
+        elif MODE == MODE_AFFINE:
+            out = a * f + b * r
+        else:
+            if MODE == MODE_SAGO:
+                kept = gamma * f
+            else:
+                kept = gamma * f + alpha * r
+            out = tl.where(conflict, alpha * r, kept)
+            finite = ((fb & 0x7F800000) != 0x7F800000) & ((rb & 0x7F800000) != 0x7F800000)
+            out = tl.where(finite, out, (fb * 0 + 0x7FC00000).to(tl.float32, bitcast=True))
+        if BF16_BITS:  # round to nearest even, NaN stays NaN
+            u = out.to(tl.int32, bitcast=True)
+            rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+            y = tl.where((u & 0x7FFFFFFF) > 0x7F800000, 0x7FC0, rounded).to(tl.int16)
+        else:
+            y = out.to(out_ptr.dtype.element_ty)
+        if MASKED:
+            tl.store(out_ptr + offs, y, mask=mask)
+        else:
+            tl.store(out_ptr + offs, y)
         if STATS:
             if MASKED:
                 # Lanes past the segment loaded 0; keep a NaN weight from reaching the sums.
@@ -49,7 +91,7 @@ def _accumulate_tile(
             acc_oo += out * out
             acc_or += out * r
             acc_of += out * f
-            acc_conflicts += in_conflict(f, r).to(tl.int32)
+            acc_conflicts += conflict.to(tl.int32)
     return acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts
 
 

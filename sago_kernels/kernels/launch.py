@@ -14,6 +14,8 @@ kernel. Temporaries are O(C + S) floats; nothing proportional to N is allocated.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,25 @@ class LaunchConfig:
 
 
 DEFAULT_CONFIG = LaunchConfig()
+_active_config = DEFAULT_CONFIG
+
+
+@contextlib.contextmanager
+def launch_config(config: LaunchConfig) -> Iterator[LaunchConfig]:
+    """Run the combines inside the ``with`` block with ``config`` (tests, offline tuning).
+
+    Example:
+        >>> with launch_config(LaunchConfig(block=1024, num_warps=4)):
+        ...     pass  # sk.combine_(...) here uses 1024-element tiles
+    """
+    global _active_config
+    if not isinstance(config, LaunchConfig):
+        raise TypeError(f"`config` should be a LaunchConfig. Found `{type(config).__name__}`.")
+    previous, _active_config = _active_config, config
+    try:
+        yield config
+    finally:
+        _active_config = previous
 
 
 @dataclass(frozen=True)
@@ -125,13 +146,14 @@ def combine_triton(
     gamma: float,
     eps: float,
     want_stats: bool,
-    config: LaunchConfig = DEFAULT_CONFIG,
+    config: LaunchConfig | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` (may be ``retain``); return the geometry table if asked.
 
     Inputs are assumed validated (see ``_validation.py``): same dtype/device/length, contiguous,
     finite scalars. Never synchronises with the host once the layout's plan is cached.
     """
+    config = _active_config if config is None else config
     device = retain.device
     plan = chunk_plan(layout, device, config)
     s = layout.num_segments

@@ -1,0 +1,50 @@
+"""Test set-up: Triton's interpreter on CPU-only machines, hypothesis profiles, devices.
+
+``TRITON_INTERPRET=1`` must be set before ``triton`` is imported, so it is set here, at collection,
+whenever no CUDA device is present. On a GPU machine the same tests run the compiled kernels.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default: derandomised, so a CI run is
+reproducible), ``fuzz`` (random, 10x the examples: for local and GPU runs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton 3.9 warns when this is unset; the kernels pass enable_fp_fusion explicitly anyway.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import sago_kernels as sk  # noqa: E402
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("fuzz", max_examples=120, derandomize=False, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+BACKENDS = sk.backends()
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def pytest_report_header(config) -> list[str]:
+    import sago_kernels.backends as b
+
+    mode = "compiled (CUDA)" if HAS_CUDA else "interpreter" if b._interpreter_on() else "absent"
+    return [f"sago_kernels: device={DEVICE}, backends={BACKENDS}, triton={mode}"]
