@@ -10,8 +10,8 @@ one of the paper's methods (SUM/GradDiff, SAGO, PCGrad, BLUR), in one fused Trit
 """
 
 from . import reference
-from .backends import backends
 from .combine import combine_
+from .dispatch import backends
 from .grads import combine_grads_
 from .layout import DEFAULT_ALIGNMENT, GradLayout, ParamSlot, Segment
 from .methods import METHODS, Method, methods

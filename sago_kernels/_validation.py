@@ -18,7 +18,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def check_scalar(name: str, value: object, *, non_negative: bool = False) -> float:
     """A finite Python real (int or float, not bool, not a tensor) as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " Pass a Python float (a tensor would force a host sync)." if isinstance(value, torch.Tensor) else ""
+        hint = (
+            " Pass a Python float (a tensor would force a host sync)."
+            if isinstance(value, torch.Tensor)
+            else ""
+        )
         raise TypeError(
             f"Parameter `{name}` should be a finite Python float. Found `type({name}) = "
             f"{type(value).__name__}`.{hint}"
@@ -117,10 +121,13 @@ def check_combine_args(
     if layout is None:
         return single_segment_layout(retain.numel())
     if not isinstance(layout, GradLayout):
-        raise TypeError(f"Parameter `layout` should be a GradLayout. Found `{type(layout).__name__}`.")
+        raise TypeError(
+            f"Parameter `layout` should be a GradLayout. Found `{type(layout).__name__}`."
+        )
     if layout.numel != retain.numel():
         raise ValueError(
             f"Parameter `layout` does not fit the buffers: it describes {layout.numel} elements. "
-            f"Found `retain.numel() = {retain.numel()}`. Make the buffers with `layout.new_buffer()`."
+            f"Found `retain.numel() = {retain.numel()}`. "
+            "Make the buffers with `layout.new_buffer()`."
         )
     return layout

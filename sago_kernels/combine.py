@@ -7,7 +7,7 @@ from typing import Literal, overload
 import torch
 
 from ._validation import check_combine_args, check_scalar
-from .backends import resolve_backend
+from .dispatch import resolve_backend
 from .layout import GradLayout
 from .methods import get_method
 from .stats import CombineStats
@@ -76,7 +76,7 @@ def combine_(
         out: write g_final here instead (same dtype, device, length; may be ``forget``).
         stats: also return a :class:`CombineStats` of device tensors (gradient geometry), computed
             in the same passes.
-        backend: ``"triton"``, ``"reference"`` or ``None`` (auto; see ``sago_kernels.backends``).
+        backend: ``"triton"``, ``"reference"`` or ``None`` (auto; see ``sago_kernels.dispatch``).
 
     Returns:
         The written tensor, and the statistics when ``stats=True``.

@@ -1,4 +1,4 @@
-"""``combine_grads_``: the combine for users who hold lists of gradient tensors, not flat buffers."""
+"""``combine_grads_``: the combine for users who hold lists of gradients, not flat buffers."""
 
 from __future__ import annotations
 
@@ -72,15 +72,20 @@ def combine_grads_(
     check_scalar("eps", eps, non_negative=True)
     if not retain_grads or len(retain_grads) != len(forget_grads):
         raise ValueError(
-            "Parameters `retain_grads` and `forget_grads` should be non-empty lists of equal length. "
+            "Parameters `retain_grads` and `forget_grads` should be non-empty lists of equal "
+            "length. "
             f"Found lengths {len(retain_grads)} and {len(forget_grads)}."
         )
     for i, (r, f) in enumerate(zip(retain_grads, forget_grads)):
         if not isinstance(r, torch.Tensor) or not isinstance(f, torch.Tensor):
-            raise TypeError(f"Gradient {i} should be a pair of tensors. Found {type(r).__name__}, {type(f).__name__}.")
+            raise TypeError(
+                f"Gradient {i} should be a pair of tensors. "
+                f"Found {type(r).__name__}, {type(f).__name__}."
+            )
         if r.shape != f.shape:
             raise ValueError(
-                f"Gradient {i} should have one shape in both lists. Found {tuple(r.shape)} and {tuple(f.shape)}."
+                f"Gradient {i} should have one shape in both lists. "
+                f"Found {tuple(r.shape)} and {tuple(f.shape)}."
             )
         for t in (r, f):
             if t.dtype != retain_grads[0].dtype or t.device != retain_grads[0].device:

@@ -58,7 +58,8 @@ def _round_up(value: int, multiple: int) -> int:
 def _check_alignment(alignment: object) -> int:
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
         raise ValueError(
-            f"Parameter `alignment` should be a positive int (elements). Found `alignment = {alignment!r}`."
+            "Parameter `alignment` should be a positive int (elements). "
+            f"Found `alignment = {alignment!r}`."
         )
     return alignment
 
@@ -114,7 +115,8 @@ class GradLayout:
         for j, (start, n) in enumerate(zip(starts, numels)):
             if n < 0 or start < 0:
                 raise ValueError(
-                    f"Segment {j} should have start >= 0 and numel >= 0. Found start={start}, numel={n}."
+                    f"Segment {j} should have start >= 0 and numel >= 0. "
+                    f"Found start={start}, numel={n}."
                 )
             if start < previous_end:
                 raise ValueError(
@@ -141,7 +143,9 @@ class GradLayout:
             params = [ParamSlot(s.start, (s.numel,), s.name) for s in self._segments]
         for p in params:
             if p.offset < 0 or p.offset + p.numel > numel:
-                raise ValueError(f"Parameter slot {p} does not fit in a buffer of {numel} elements.")
+                raise ValueError(
+                    f"Parameter slot {p} does not fit in a buffer of {numel} elements."
+                )
         self._params = tuple(params)
         self._key = (tuple(starts), tuple(numels), numel, alignment)
         # Device tables and launch plans derived from this layout (see sago_kernels.kernels).
@@ -202,7 +206,8 @@ class GradLayout:
             name, tensor = item if isinstance(item, tuple) else (None, item)
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(
-                    f"`params` should yield tensors or (name, tensor) pairs. Found {type(tensor).__name__}."
+                    "`params` should yield tensors or (name, tensor) pairs. "
+                    f"Found {type(tensor).__name__}."
                 )
             if id(tensor) in seen:
                 continue
@@ -307,9 +312,12 @@ class GradLayout:
 
     def _check_buffer(self, buffer: torch.Tensor, what: str = "buffer") -> None:
         if not isinstance(buffer, torch.Tensor) or buffer.dim() != 1 or not buffer.is_contiguous():
-            shape = tuple(buffer.shape) if isinstance(buffer, torch.Tensor) else type(buffer).__name__
+            shape = (
+                tuple(buffer.shape) if isinstance(buffer, torch.Tensor) else type(buffer).__name__
+            )
             raise ValueError(
-                f"Parameter `{what}` should be a contiguous 1-D tensor (see `GradLayout.new_buffer`). "
+                f"Parameter `{what}` should be a contiguous 1-D tensor "
+                "(see `GradLayout.new_buffer`). "
                 f"Found `{what}.shape = {shape}`."
             )
         if buffer.numel() != self._numel:

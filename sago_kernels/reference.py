@@ -47,12 +47,16 @@ def poison_non_finite(out: torch.Tensor, f: torch.Tensor, r: torch.Tensor) -> to
 # --------------------------------------------------------------------------- the methods
 
 
-def sum_(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+def sum_(
+    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
     """GradDiff, the naive sum: g = γ·g_f + α·g_r."""
     return gamma * f + alpha * r
 
 
-def sago(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+def sago(
+    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
     """SAGO (paper Sec. 3.4): where the signs conflict keep α·g_r, elsewhere take γ·g_f.
 
     The gated parts γ·g̃_f and α·g̃_r have disjoint support, so g·g_r ≥ 0 element by element.
@@ -69,7 +73,9 @@ def sago_prefer_retain(
     return poison_non_finite(out, f, r)
 
 
-def pcgrad(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+def pcgrad(
+    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
     """PCGrad on one segment (paper Sec. 3.3): project g_f off g_r when they conflict.
 
     d = g_f·g_r, n = g_r·g_r; c = d/(n+eps) if d < 0 else 0; g = γ·(g_f − c·g_r) + α·g_r.
@@ -83,7 +89,9 @@ def pcgrad(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps:
     return _nan_unless_finite(out, d, n, alpha - gamma * c)
 
 
-def blur(r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float) -> torch.Tensor:
+def blur(
+    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
     """BLUR-style projection (global): always remove g_r's component along g_f.
 
     d = g_r·g_f, m = g_f·g_f, c = d/(m+eps); g = γ·g_f + α·(g_r − c·g_f).
@@ -147,7 +155,9 @@ def combine(
             cursor += s.numel
     else:
         for s in segments:
-            out[s.start : s.end] = method_fn(r_all[s.start : s.end], f_all[s.start : s.end], **kwargs)
+            out[s.start : s.end] = method_fn(
+                r_all[s.start : s.end], f_all[s.start : s.end], **kwargs
+            )
 
     rows, conflicts = [], []
     for s in segments:

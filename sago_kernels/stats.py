@@ -75,10 +75,14 @@ class CombineStats:
         lines = [f"{'segment':<{width}}" + "".join(f"{f:>18}" for f in fields)]
         for j, row in enumerate(rows[:-1][:max_rows]):
             label = names[j] if names and names[j] else str(j)
-            lines.append(f"{label:<{width}}" + "".join(f"{row[FIELDS.index(f)]:>18.6g}" for f in fields))
+            lines.append(
+                f"{label:<{width}}" + "".join(f"{row[FIELDS.index(f)]:>18.6g}" for f in fields)
+            )
         if len(rows) - 1 > max_rows:
             lines.append(f"... {len(rows) - 1 - max_rows} more segments")
-        lines.append(f"{'total':<{width}}" + "".join(f"{rows[-1][FIELDS.index(f)]:>18.6g}" for f in fields))
+        lines.append(
+            f"{'total':<{width}}" + "".join(f"{rows[-1][FIELDS.index(f)]:>18.6g}" for f in fields)
+        )
         return "\n".join(lines)
 
 
@@ -88,7 +92,9 @@ def _safe_cos(dot: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> 
     return torch.where(den == 0, torch.zeros_like(dot), dot / den)
 
 
-def geometry_table(sums: torch.Tensor, conflicts: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+def geometry_table(
+    sums: torch.Tensor, conflicts: torch.Tensor, numels: torch.Tensor
+) -> torch.Tensor:
     """Turn per-segment sums into the ``[S + 1, 8]`` geometry table (float32, no host sync).
 
     ``sums`` is ``[S, 6]`` (f·r, r·r, f·f, o·o, o·r, o·f), ``conflicts`` and ``numels`` are

@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 import sago_kernels as sk  # noqa: E402
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.register_profile("ci", max_examples=10, derandomize=True, **_COMMON)
 settings.register_profile("fuzz", max_examples=120, derandomize=False, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -44,7 +46,13 @@ def backend(request) -> str:
 
 
 def pytest_report_header(config) -> list[str]:
-    import sago_kernels.backends as b
+    import sago_kernels.dispatch as b
 
     mode = "compiled (CUDA)" if HAS_CUDA else "interpreter" if b._interpreter_on() else "absent"
     return [f"sago_kernels: device={DEVICE}, backends={BACKENDS}, triton={mode}"]
+
+
+def pytest_configure(config) -> None:
+    # The interpreter evaluates masked-off lanes too (0/0, inf - inf): numpy's warnings are noise.
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:numpy")

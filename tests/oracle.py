@@ -54,9 +54,10 @@ def _groups(layout: GradLayout, method: Method) -> list[list]:
     return [[s] for s in layout.segments]
 
 
-def output_bound(retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps) -> torch.Tensor:
+def output_bound(
+    retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps
+) -> torch.Tensor:
     """Per-element bound on |backend output − float64 truth| (float64, buffer-length)."""
-    dtype = retain.dtype
     r, f = retain.double(), forget.double()
     bound = torch.zeros_like(r)
     if not method.is_projection:
@@ -91,7 +92,11 @@ def output_bound(retain, forget, layout: GradLayout, method: Method, alpha, gamm
                 a, b = gamma - alpha * c, alpha
                 da, db = abs(alpha) * dc + 2 * U32 * (abs(gamma) + abs(alpha) * abs(c)), 0.0
             a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-            group_bound = da * fg.abs() + db * rg.abs() + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
+            group_bound = (
+                da * fg.abs()
+                + db * rg.abs()
+                + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
+            )
             bound[idx] = torch.nan_to_num(group_bound, nan=math.inf)
     return bound
 
@@ -120,7 +125,9 @@ def assert_output_matches(out, ref64, bound, layout, dtype, *, context="") -> No
         where = torch.nonzero(bad).flatten()[:8].tolist()
         lines = [f"{context}: {int(bad.sum())} of {bad.numel()} segment elements outside the bound"]
         for i in where:
-            lines.append(f"  [{i}] got {o[i].item()!r} truth {t[i].item()!r} tol {tol[i].item():.3g}")
+            lines.append(
+                f"  [{i}] got {o[i].item()!r} truth {t[i].item()!r} tol {tol[i].item():.3g}"
+            )
         raise AssertionError("\n".join(lines))
 
 
@@ -155,7 +162,12 @@ def expected_geometry(retain, forget, out, layout: GradLayout):
                 (ds * fs.abs()).sum(),
             ]
         )
-        errs.append(k * (summed + rounding) + rounding + max(s.numel, 1) * 2.0**-149 + 2 * F32_SMALLEST_NORMAL)
+        errs.append(
+            k * (summed + rounding)
+            + rounding
+            + max(s.numel, 1) * 2.0**-149
+            + 2 * F32_SMALLEST_NORMAL
+        )
         counts.append(reference.conflict_mask(fs, rs).sum())
     numels = torch.tensor(layout.numels, device=r.device)
     return torch.stack(rows), torch.stack(errs), torch.stack(counts), numels
@@ -165,7 +177,9 @@ def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, 
     """Check a backend's geometry table against float64 sums, with propagated bounds."""
     sums, err, counts, numels = expected_geometry(retain, forget, out, layout)
     abs_total = err.sum(0)
-    tot_err = (abs_total * (1 + layout.num_segments * U32) + layout.num_segments * U32 * sums.abs().sum(0))[None]
+    tot_err = (
+        abs_total * (1 + layout.num_segments * U32) + layout.num_segments * U32 * sums.abs().sum(0)
+    )[None]
     all_sums = torch.cat([sums, sums.sum(0, keepdim=True)])
     all_err = torch.cat([err, tot_err])
     got = stats_table.double().cpu()
@@ -208,8 +222,13 @@ def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, 
     if bad.any():
         lines = [f"{context}: geometry outside the bound"]
         for i, j in torch.nonzero(bad)[:8].tolist():
-            lines.append(f"  row {i} col {j}: got {got[i, j].item()!r} want {want[i, j].item()!r} tol {tol[i, j].item():.3g}")
+            lines.append(
+                f"  row {i} col {j}: got {got[i, j].item()!r} want {want[i, j].item()!r} "
+                f"tol {tol[i, j].item():.3g}"
+            )
         raise AssertionError("\n".join(lines))
     # conflict counts are integers: exact
-    frac = (counts.double() / torch.tensor([max(x, 1) for x in layout.numels], dtype=torch.float64)).float()
+    frac = (
+        counts.double() / torch.tensor([max(x, 1) for x in layout.numels], dtype=torch.float64)
+    ).float()
     assert torch.equal(got[:-1, 7].float(), frac.cpu()), f"{context}: conflict fractions differ"

@@ -84,7 +84,9 @@ def gradient_values(seed: int, numel: int, dtype: torch.dtype, specials: bool) -
     return torch.from_numpy(x).to(dtype)
 
 
-def fill_pair(layout: GradLayout, dtype, seed: int, specials: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+def fill_pair(
+    layout: GradLayout, dtype, seed: int, specials: bool, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(retain, forget) for a layout: values in segments, NaN sentinels outside them."""
     r = gradient_values(seed, layout.numel, dtype, specials)
     f = gradient_values(seed + 1, layout.numel, dtype, specials)

@@ -67,5 +67,8 @@ def test_combine_matches_float64_reference(
     else:
         # a non-finite element shows in its segment's statistics
         for j, s in enumerate(layout.segments):
-            if not torch.isfinite(retain_before[s.start : s.end]).all() or not torch.isfinite(forget[s.start : s.end]).all():
+            if (
+                not torch.isfinite(retain_before[s.start : s.end]).all()
+                or not torch.isfinite(forget[s.start : s.end]).all()
+            ):
                 assert not torch.isfinite(stats.per_segment.dot_fr[j]), context

@@ -58,17 +58,38 @@ def test_pcgrad_is_per_segment_and_global_variants_differ(backend, device):
     torch.testing.assert_close(glob.cpu(), torch.tensor([0.0, 1.0, 4.0, 4.0]))  # f·r = 5 > 0: sum
     f2 = torch.tensor([-3.0, 1.0, 1.0, 1.0], device=device)  # global f·r = -1, c = -1/3
     glob = _combine(backend, r.clone(), f2, layout=layout, method="pcgrad_global", eps=0.0)
-    torch.testing.assert_close(glob.cpu(), torch.tensor([-3 + 1 / 3 + 1, 1.0, 1 + 1 / 3 + 1, 1 + 1 / 3 + 1]))
+    torch.testing.assert_close(
+        glob.cpu(), torch.tensor([-3 + 1 / 3 + 1, 1.0, 1 + 1 / 3 + 1, 1 + 1 / 3 + 1])
+    )
 
 
 # --------------------------------------------------------------------------- SAGO
 
 
-@given(layout=layouts(), dtype=st.sampled_from(DTYPES), seed=SEEDS, alpha=NONNEG, gamma=NONNEG, config=st.sampled_from(CONFIGS))
-def test_sago_sign_alignment_and_disjoint_support(backend, device, layout, dtype, seed, alpha, gamma, config):
+@given(
+    layout=layouts(),
+    dtype=st.sampled_from(DTYPES),
+    seed=SEEDS,
+    alpha=NONNEG,
+    gamma=NONNEG,
+    config=st.sampled_from(CONFIGS),
+)
+def test_sago_sign_alignment_and_disjoint_support(
+    backend, device, layout, dtype, seed, alpha, gamma, config
+):
     """g·r ≥ 0 element-wise; g = round(α·r) exactly where conflicting, round(γ·f) elsewhere."""
     r, f = fill_pair(layout, dtype, seed, False, device)
-    out = _combine(backend, r.clone(), f, layout=layout, method="sago", alpha=alpha, gamma=gamma, out=torch.zeros_like(r), config=config)
+    out = _combine(
+        backend,
+        r.clone(),
+        f,
+        layout=layout,
+        method="sago",
+        alpha=alpha,
+        gamma=gamma,
+        out=torch.zeros_like(r),
+        config=config,
+    )
     for s in layout.segments:
         rs, fs, os_ = r[s.start : s.end].float(), f[s.start : s.end].float(), out[s.start : s.end]
         assert ((os_.double() * rs.double()) >= 0).all(), "SAGO output opposes the retain gradient"
@@ -89,13 +110,17 @@ def test_sago_decides_on_signs_not_products(backend, device):
 # --------------------------------------------------------------------------- PCGrad
 
 
-@given(layout=layouts(max_segments=4), seed=SEEDS, alpha=NONNEG, gamma=st.sampled_from([0.5, 1.0, 2.0]))
+@given(
+    layout=layouts(max_segments=4), seed=SEEDS, alpha=NONNEG, gamma=st.sampled_from([0.5, 1.0, 2.0])
+)
 def test_pcgrad_projected_forget_part_is_orthogonal(backend, device, layout, seed, alpha, gamma):
     """Where f·r < 0: with α = 0, g = γ·(f − c·r) is orthogonal to r relative to ‖g_f‖‖g_r‖
     (the part computed from g_f); with α ≥ 0, cos(g, r) ≥ 0 per segment. Up to float32
     summation error, n·u, and the eps term."""
     r, f = fill_pair(layout, torch.float32, seed, False, device)
-    projected = _combine(backend, r.clone(), f, layout=layout, method="pcgrad", alpha=0.0, gamma=gamma)
+    projected = _combine(
+        backend, r.clone(), f, layout=layout, method="pcgrad", alpha=0.0, gamma=gamma
+    )
     out = _combine(backend, r.clone(), f, layout=layout, method="pcgrad", alpha=alpha, gamma=gamma)
     for s in layout.segments:
         rs, fs, ps, os_ = (t[s.start : s.end].double() for t in (r, f, projected, out))
@@ -119,14 +144,31 @@ def test_sum_is_exactly_one_rounding(backend, device, dtype):
     g = torch.Generator().manual_seed(3)
     base = torch.randn(300, generator=g)
     tie = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-11, 1 + 3 * 2**-11])
-    special = torch.tensor([0.0, -0.0, 1e-40, -1e-39, 6e-8, 3e38, 65504.0, 7e4, float("nan"), float("inf"), -float("inf")])
+    special = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-39,
+            6e-8,
+            3e38,
+            65504.0,
+            7e4,
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+        ]
+    )
     f32 = torch.cat([base, tie, special])
     r32 = torch.cat([torch.randn(300, generator=g), torch.zeros(5), special.flip(0)])
     r, f = r32.to(dtype).to(device), f32.to(dtype).to(device)
     alpha, gamma = 1.0, 1.0
     out = _combine(backend, r.clone(), f, method="sum", alpha=alpha, gamma=gamma)
     expect = (gamma * f.float() + alpha * r.float()).to(dtype)
-    got_bits, want_bits = out.view(torch.int16 if dtype != torch.float32 else torch.int32), expect.view(out.view(torch.int16 if dtype != torch.float32 else torch.int32).dtype)
+    got_bits, want_bits = (
+        out.view(torch.int16 if dtype != torch.float32 else torch.int32),
+        expect.view(out.view(torch.int16 if dtype != torch.float32 else torch.int32).dtype),
+    )
     nan = torch.isnan(expect)
     assert torch.equal(torch.isnan(out), nan)
     assert torch.equal(got_bits[~nan], want_bits[~nan])
@@ -154,7 +196,9 @@ def test_non_finite_input_never_disappears(backend, device, method, bad):
         assert torch.isnan(out[bad_index])
     if scope == "segment":
         assert torch.isnan(segs[1]).all(), "the segment with a non-finite dot is NaN in full"
-        assert torch.isfinite(segs[0]).all() and torch.isfinite(segs[2]).all(), "other segments unaffected"
+        assert torch.isfinite(segs[0]).all() and torch.isfinite(segs[2]).all(), (
+            "other segments unaffected"
+        )
     if scope == "global":
         assert all(torch.isnan(s).all() for s in segs)
     if scope == "element":
@@ -185,7 +229,9 @@ def test_run_to_run_bitwise_determinism(backend, device, method):
     r, f = fill_pair(layout, torch.bfloat16, 11, False, device)
     results = []
     for _ in range(2):
-        out, stats = _combine(backend, r.clone(), f, layout=layout, method=method, stats=True, config=CONFIGS[0])
+        out, stats = _combine(
+            backend, r.clone(), f, layout=layout, method=method, stats=True, config=CONFIGS[0]
+        )
         results.append((out.view(torch.int16).clone(), stats.table.view(torch.int32).clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
@@ -218,7 +264,9 @@ def test_stats_stay_on_device_and_match_across_backends(device):
     r, f = fill_pair(layout, torch.float32, 5, False, device)
     tables = {}
     for name in sk.backends():
-        out, stats = sk.combine_(r.clone(), f, layout=layout, method="pcgrad", stats=True, backend=name)
+        out, stats = sk.combine_(
+            r.clone(), f, layout=layout, method="pcgrad", stats=True, backend=name
+        )
         assert stats.table.device == r.device and stats.table.dtype == torch.float32
         assert stats.per_segment.cos_out_r.shape == (3,) and stats.total.cos_out_r.dim() == 0
         tables[name] = stats.table.cpu()

@@ -60,7 +60,7 @@ def _accumulate_tile(
     if MODE != MODE_DOTS:
         rb = r.to(tl.int32, bitcast=True)
         fb = f.to(tl.int32, bitcast=True)
-        # conflict: both non-zero and signs differ, on bits 
+        # conflict: both non-zero and signs differ, on bits
         conflict = ((fb ^ rb) < 0) & ((fb & 0x7FFFFFFF) != 0) & ((rb & 0x7FFFFFFF) != 0)
         if MODE == MODE_SUM:
             out = gamma * f + alpha * r

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from ..layout import GradLayout
 from ..methods import Method
@@ -53,9 +52,13 @@ class LaunchConfig:
         for name in ("block", "stats_block", "reduce_rows", "seg_block"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
-                raise ValueError(f"LaunchConfig.{name} should be a power of two >= 16. Found {value}.")
+                raise ValueError(
+                    f"LaunchConfig.{name} should be a power of two >= 16. Found {value}."
+                )
         if self.stats_block > self.block:
-            raise ValueError("LaunchConfig.stats_block should be <= block (chunks are whole blocks).")
+            raise ValueError(
+                "LaunchConfig.stats_block should be <= block (chunks are whole blocks)."
+            )
         if self.max_chunk_elems < self.block or self.max_chunk_elems > 1 << 30:
             raise ValueError("LaunchConfig.max_chunk_elems should be in [block, 2**30].")
 
@@ -179,7 +182,9 @@ def combine_triton(
             )  # fmt: skip
         return partial, conflicts
 
-    def segment_sums(partial: torch.Tensor, conflicts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_sums(
+        partial: torch.Tensor, conflicts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sums = torch.empty((s, 8), **f32)
         seg_conflicts = torch.empty(s, **i64)
         _segment_reduce_kernel[(s,)](

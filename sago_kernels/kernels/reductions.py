@@ -106,7 +106,9 @@ def _store_geometry(row_ptr, fr, rr, ff, oo, o_r, o_f, conflicts, numel, mask):
     norm_r = tl.sqrt_rn(rr)
     norm_f = tl.sqrt_rn(ff)
     norm_out = tl.sqrt_rn(tl.where(oo < 0, 0.0, oo))
-    fraction = tl.where(numel > 0, conflicts.to(tl.float64) / tl.maximum(numel, 1).to(tl.float64), 0.0)
+    fraction = tl.where(
+        numel > 0, conflicts.to(tl.float64) / tl.maximum(numel, 1).to(tl.float64), 0.0
+    )
     tl.store(row_ptr + 0, fr, mask=mask)
     tl.store(row_ptr + 1, norm_r, mask=mask)
     tl.store(row_ptr + 2, norm_f, mask=mask)

@@ -26,7 +26,10 @@ BackendFn = Callable[..., "torch.Tensor | None"]
 
 
 def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["triton"] = None
+        return False
 
 
 def _interpreter_on() -> bool:
@@ -109,8 +112,11 @@ def resolve_backend(name: str | None, device: torch.device) -> tuple[str, Backen
             why = "triton is not installed (`pip install triton`)"
         else:
             why = (
-                f"Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before `import triton` "
+                "Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
+                f"`import triton` "
                 f"for CPU tensors; the buffers are on {device}"
             )
-        raise RuntimeError(f"backend='triton' is not available: {why}. Use backend='reference' or None.")
+        raise RuntimeError(
+            f"backend='triton' is not available: {why}. Use backend='reference' or None."
+        )
     return name, _BACKENDS[name]

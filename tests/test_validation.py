@@ -1,0 +1,118 @@
+"""Bad input raises a clear error before anything is written; both buffers keep their bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sago_kernels as sk
+
+LAYOUT = sk.GradLayout.from_sizes([5, 9], alignment=16)
+
+
+def _buffers(device):
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(LAYOUT.numel, generator=g).to(device)
+    f = torch.randn(LAYOUT.numel, generator=g).to(device)
+    return r, f
+
+
+def _bits(t):
+    return t.view(torch.int32).clone() if t.dtype == torch.float32 else t.clone()
+
+
+def _args(*args, **kwargs):
+    return args, kwargs
+
+
+# Each case: (description, build(r, f) -> (args, kwargs) for combine_, exception, message fragment)
+CASES = [
+    ("retain not a tensor", lambda r, f: _args(r.tolist(), f), TypeError, "torch.Tensor"),
+    ("float64 buffers", lambda r, f: _args(r.double(), f.double()), TypeError, "dtype"),
+    ("int buffers", lambda r, f: _args(r.int(), f.int()), TypeError, "dtype"),
+    ("2-D retain", lambda r, f: _args(r.view(2, -1), f), ValueError, "1-D"),
+    ("non-contiguous", lambda r, f: _args(r[::2], f[::2]), ValueError, "contiguous"),
+    ("dtype mismatch", lambda r, f: _args(r, f.half()), TypeError, "dtype of `retain`"),
+    ("length mismatch", lambda r, f: _args(r, f[:-1]), ValueError, "as many elements"),
+    (
+        "device mismatch",
+        lambda r, f: _args(r, torch.empty_like(f, device="meta")),
+        ValueError,
+        "device",
+    ),
+    ("same buffer", lambda r, f: _args(r, r), ValueError, "share memory"),
+    ("overlap", lambda r, f: _args(r[:16], r[8:24]), ValueError, "share memory"),
+    ("out partial overlap", lambda r, f: _args(r[:16], f[:16], out=r[1:17]), ValueError, "overlap"),
+    ("out dtype", lambda r, f: _args(r, f, out=torch.empty_like(r).half()), TypeError, "dtype"),
+    (
+        "layout too small",
+        lambda r, f: _args(r, f, layout=sk.GradLayout.from_sizes([5])),
+        ValueError,
+        "does not fit",
+    ),
+    ("layout not a layout", lambda r, f: _args(r, f, layout=[5, 9]), TypeError, "GradLayout"),
+    ("unknown method", lambda r, f: _args(r, f, method="pc_grad"), ValueError, "`method`"),
+    ("unknown backend", lambda r, f: _args(r, f, backend="cuda"), ValueError, "`backend`"),
+    ("alpha NaN", lambda r, f: _args(r, f, alpha=float("nan")), ValueError, "finite"),
+    ("gamma inf", lambda r, f: _args(r, f, gamma=float("inf")), ValueError, "finite"),
+    ("alpha str", lambda r, f: _args(r, f, alpha="1"), TypeError, "float"),
+    ("alpha bool", lambda r, f: _args(r, f, alpha=True), TypeError, "float"),
+    ("alpha tensor", lambda r, f: _args(r, f, alpha=torch.tensor(1.0)), TypeError, "host sync"),
+    ("gamma None", lambda r, f: _args(r, f, gamma=None), TypeError, "float"),
+    ("eps negative", lambda r, f: _args(r, f, eps=-1e-3), ValueError, ">= 0"),
+    ("stats not bool", lambda r, f: _args(r, f, stats=1), TypeError, "bool"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_before_writing(backend, device, case):
+    _, build, exc, fragment = case
+    r, f = _buffers(device)
+    before = _bits(r), _bits(f)
+    args, kwargs = build(r, f)
+    kwargs.setdefault("backend", backend)
+    kwargs.setdefault("method", "pcgrad")
+    with pytest.raises(exc, match=fragment):
+        sk.combine_(*args, **kwargs)
+    assert torch.equal(_bits(r), before[0]) and torch.equal(_bits(f), before[1])
+
+
+@pytest.mark.parametrize("method", list(sk.METHODS))
+def test_out_may_be_forget_and_leaves_retain(backend, device, method):
+    r, f = _buffers(device)
+    r_before, f_before = r.clone(), f.clone()
+    expected = sk.combine_(r.clone(), f.clone(), layout=LAYOUT, method=method, backend=backend)
+    written = sk.combine_(r, f, layout=LAYOUT, method=method, out=f, backend=backend)
+    assert written is f
+    assert torch.equal(r, r_before)
+    for got, want in zip(LAYOUT.segment_views(f), LAYOUT.segment_views(expected)):
+        assert torch.equal(got, want)
+    assert torch.equal(f[5:16], f_before[5:16]), "padding is never written"
+
+
+def test_backend_triton_unavailable_is_a_clear_error(monkeypatch):
+    import sago_kernels.dispatch as b
+
+    monkeypatch.setattr(b, "_triton_installed", lambda: False)
+    r, f = torch.zeros(4), torch.zeros(4)
+    with pytest.raises(RuntimeError, match="triton is not installed"):
+        sk.combine_(r, f, backend="triton")
+    assert b.resolve_backend(None, torch.device("cpu"))[0] == "reference"
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        sk.combine_(torch.zeros(4), torch.zeros(4), backend="triton")
+
+
+def test_auto_backend_choice(monkeypatch):
+    import sago_kernels.dispatch as b
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert b.resolve_backend(None, torch.device("cpu"))[0] == (
+        "triton" if b._triton_installed() else "reference"
+    )
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert b.resolve_backend(None, torch.device("cpu"))[0] == "reference"
+    assert "reference" in sk.backends()
