@@ -32,9 +32,9 @@ class LaunchConfig:
     """Launch settings. Defaults are a fixed table, not autotuned: autotuning an in-place kernel
     re-runs it on live gradients. Not yet tuned on a GPU (see bench/RESULTS.md).
 
-    ``block``: elements per tile; ``stats_block``: the tile of passes that also sum statistics
-    (six float32 accumulators: at 4096 they need ~195 registers a thread on sm_90, one program
-    per SM; 2048 halves that); ``num_warps``: warps per program of the chunk pass;
+    ``block``: elements per tile; ``stats_block``: the tile of passes that also sum statistics,
+    capped at ``block`` (six float32 accumulators: at 4096 they need ~195 registers a thread on
+    sm_90, one program per SM; 2048 halves that); ``num_warps``: warps per chunk-pass program;
     ``target_chunks``: how many chunks the buffer is cut into (plus one per small segment), so
     the partial sums stay O(segments) whatever N; ``max_chunk_elems`` keeps per-chunk counts and
     tile offsets in 32 bits.
@@ -55,10 +55,6 @@ class LaunchConfig:
                 raise ValueError(
                     f"LaunchConfig.{name} should be a power of two >= 16. Found {value}."
                 )
-        if self.stats_block > self.block:
-            raise ValueError(
-                "LaunchConfig.stats_block should be <= block (chunks are whole blocks)."
-            )
         if self.max_chunk_elems < self.block or self.max_chunk_elems > 1 << 30:
             raise ValueError("LaunchConfig.max_chunk_elems should be in [block, 2**30].")
 
@@ -168,6 +164,7 @@ def combine_triton(
 
     def chunk_pass(mode: int, coef: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
         rows = max(plan.num_chunks, 1) if stats else 1
+        block = min(config.stats_block, config.block) if stats else config.block
         partial = torch.empty((rows, 8), **f32)
         conflicts = torch.empty(rows, **i64)
         if plan.num_chunks:
@@ -176,8 +173,7 @@ def combine_triton(
                 plan.seg_start, plan.seg_numel, plan.seg_chunk, coef, partial, conflicts,
                 s, plan.chunk_elems, alpha, gamma,
                 MODE=mode, STATS=stats, BF16_BITS=bf16,
-                ALIGN=plan.align, BLOCK=config.stats_block if stats else config.block,
-                SEARCH_STEPS=plan.search_steps,
+                ALIGN=plan.align, BLOCK=block, SEARCH_STEPS=plan.search_steps,
                 num_warps=config.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
         return partial, conflicts
