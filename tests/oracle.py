@@ -13,7 +13,9 @@ Bounds, and why:
   m = f·f then propagate into the coefficient c and the weights (a, b) with g = a·f + b·r;
   where |d| is within its error of 0, the PCGrad branch (d < 0) may go either way and both
   outcomes are accepted.
-- On a GPU a float32 result may flush to zero below 2**-126; that is added as an absolute floor.
+- Below 2**-126 float32 has no relative precision: each operation can lose up to 2**-150
+  absolutely, scaled by the weights that follow it. On a GPU a float32 result may also flush to
+  zero there; both are added as absolute floors.
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ def output_bound(
     """Per-element bound on |backend output − float64 truth| (float64, buffer-length)."""
     r, f = retain.double(), forget.double()
     bound = torch.zeros_like(r)
+    # Each float32 operation whose result is below 2**-126 can lose up to 2**-150 absolutely
+    # (no relative bound there); the weights scale those losses. A handful of operations each.
+    underflow = (2 * abs(gamma) + 2 * abs(alpha) + 4) * 2.0**-149
     if not method.is_projection:
-        bound = 2.5 * U32 * (abs(gamma) * f.abs() + abs(alpha) * r.abs())
+        bound = 2.5 * U32 * (abs(gamma) * f.abs() + abs(alpha) * r.abs()) + underflow
     else:
         for group in _groups(layout, method):
             idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
@@ -96,6 +101,7 @@ def output_bound(
                 da * fg.abs()
                 + db * rg.abs()
                 + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
+                + underflow * (1 + a.abs() + b.abs())
             )
             bound[idx] = torch.nan_to_num(group_bound, nan=math.inf)
     return bound

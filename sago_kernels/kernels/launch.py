@@ -131,7 +131,7 @@ def chunk_plan(layout: GradLayout, device: torch.device, config: LaunchConfig) -
 
 
 def _io_view(t: torch.Tensor) -> torch.Tensor:
-    """bf16 buffers travel as int16 words (see _tiles.py); others as they are."""
+    """bf16 buffers travel as int16 words (see chunk_pass.py); others as they are."""
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
@@ -160,13 +160,16 @@ def combine_triton(
     i64 = dict(dtype=torch.int64, device=device)
     r, f, o = _io_view(retain), _io_view(forget), _io_view(target)
     bf16 = retain.dtype == torch.bfloat16
-    no_coef = torch.empty(2, **f32)  # never read; a real allocation keeps the pointer valid
+    # Pointer arguments a variant never reads; real allocations keep the pointers valid.
+    unused_f32, unused_i64 = torch.empty(8, **f32), torch.empty(1, **i64)
 
     def chunk_pass(mode: int, coef: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = max(plan.num_chunks, 1) if stats else 1
         block = min(config.stats_block, config.block) if stats else config.block
-        partial = torch.empty((rows, 8), **f32)
-        conflicts = torch.empty(rows, **i64)
+        if stats:
+            partial = torch.empty((max(plan.num_chunks, 1), 8), **f32)
+            conflicts = torch.empty(max(plan.num_chunks, 1), **i64)
+        else:
+            partial, conflicts = unused_f32, unused_i64
         if plan.num_chunks:
             _chunk_pass_kernel[(plan.num_chunks,)](
                 r, f, o,
@@ -189,7 +192,7 @@ def combine_triton(
         return sums, seg_conflicts
 
     if method.is_projection:
-        dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, no_coef, True))[0]
+        dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
         coef = torch.empty((s, 2), **f32)
         _coefficients_kernel[(1,)](
             dots, coef, s, alpha, gamma, eps,
@@ -198,7 +201,7 @@ def combine_triton(
         )  # fmt: skip
         partial, conflicts = chunk_pass(_tiles.MODE_AFFINE.value, coef, want_stats)
     else:
-        partial, conflicts = chunk_pass(method.code, no_coef, want_stats)
+        partial, conflicts = chunk_pass(method.code, unused_f32, want_stats)
 
     if not want_stats:
         return None
