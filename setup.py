@@ -16,6 +16,12 @@ setup(
     install_requires=["torch>=2.1"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["triton>=3.0", "pytest>=7", "hypothesis==6.170.17", "pytest-benchmark>=4", "numpy"],
+        "test": [
+            "triton>=3.0",
+            "pytest>=7",
+            "hypothesis==6.170.17",
+            "pytest-benchmark>=4",
+            "numpy",
+        ],
     },
 )
