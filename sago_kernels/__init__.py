@@ -9,13 +9,15 @@ one of the paper's methods (SUM/GradDiff, SAGO, PCGrad, BLUR), in one fused Trit
     >>> out = sk.combine_(retain, forget, layout=layout, method="pcgrad")
 """
 
-from . import reference
+from . import losses, reference
+from .algorithm import StepResult, unlearning_step
 from .combine import combine_
 from .dispatch import backends
 from .grads import combine_grads_
 from .layout import DEFAULT_ALIGNMENT, GradLayout, ParamSlot, Segment
 from .methods import METHODS, Method, methods
 from .stats import FIELDS, CombineStats, Geometry
+from .synthesizer import GradientSynthesizer
 
 __version__ = "0.1.0"
 
@@ -26,12 +28,16 @@ __all__ = [
     "CombineStats",
     "Geometry",
     "GradLayout",
+    "GradientSynthesizer",
     "Method",
     "ParamSlot",
     "Segment",
     "backends",
     "combine_",
     "combine_grads_",
+    "StepResult",
+    "losses",
     "methods",
     "reference",
+    "unlearning_step",
 ]

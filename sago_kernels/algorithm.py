@@ -1,0 +1,59 @@
+"""One step of the paper's Algorithm 1 for a plain PyTorch loop.
+
+Draw B_f and B_r; g_f = ∇L_f(B_f) into the forget buffer, g_r = ∇L_r(B_r) into the retain buffer;
+g = combine(g_r, g_f) in place; any optimizer steps on g.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .losses import run_loss
+from .stats import CombineStats
+from .synthesizer import GradientSynthesizer
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The step's losses (detached) and gradient geometry (device tensors, or None)."""
+
+    forget_loss: torch.Tensor
+    retain_loss: torch.Tensor
+    stats: CombineStats | None
+
+
+def unlearning_step(
+    model: torch.nn.Module,
+    synth: GradientSynthesizer,
+    optimizer: torch.optim.Optimizer,
+    forget_batch: Mapping[str, torch.Tensor],
+    retain_batch: Mapping[str, torch.Tensor],
+    *,
+    forget_loss: str = "npo",
+    retain_loss: str = "nll",
+    ref_model: torch.nn.Module | None = None,
+    loss_kwargs: Mapping[str, float] | None = None,
+    max_grad_norm: float | None = None,
+) -> StepResult:
+    """Algorithm 1, one step: two backward passes into the flat buffers, the fused combine,
+    optional clipping of g, then ``optimizer.step()`` and ``optimizer.zero_grad()``.
+
+    Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask``.
+    """
+    with synth.forget():
+        loss_f = run_loss(
+            forget_loss, model, forget_batch, ref_model=ref_model, **dict(loss_kwargs or {})
+        )
+        loss_f.backward()
+    with synth.retain():
+        loss_r = run_loss(retain_loss, model, retain_batch, ref_model=ref_model, forget=False)
+        loss_r.backward()
+    stats = synth.combine_()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(synth.params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return StepResult(loss_f.detach(), loss_r.detach(), stats)

@@ -1,0 +1,154 @@
+"""The unlearning losses of the paper (Section 2.2), over a causal LM's logits and labels.
+
+Labels follow the transformers convention: ``labels[b, t]`` is the token at position t, -100
+where it is not scored, and the logits at t-1 predict it. log p(x) of a sequence is the sum of
+its labelled tokens' log-probabilities.
+
+Any forget loss composes with any retain loss and any combine method:
+
+    >>> import torch, sago_kernels.losses as L
+    >>> logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    >>> bool(L.ga_loss(logits, labels) == -L.nll_loss(logits, labels))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each labelled token and the mask of labelled positions, both ``[B, T-1]``."""
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            "`logits` should be [batch, time, vocab] and `labels` [batch, time]. Found "
+            f"`logits.shape = {tuple(logits.shape)}`, `labels.shape = {tuple(labels.shape)}`."
+        )
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(x) per sequence: the sum over its labelled tokens, ``[B]``."""
+    picked, _ = token_logprobs(logits, labels)
+    return picked.sum(-1)
+
+
+def nll_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token negative log-likelihood over all labelled tokens (a causal LM's own loss).
+
+    Used as the retain loss of GD (gradient descent on D_r).
+    """
+    picked, mask = token_logprobs(logits, labels)
+    return -picked.sum() / mask.sum().clamp_min(1)
+
+
+def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent: L = −NLL(B_f), so descending L raises the forget set's NLL."""
+    return -nll_loss(logits, labels)
+
+
+def npo_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+) -> torch.Tensor:
+    """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen."""
+    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def simnpo_loss(
+    logits: torch.Tensor, labels: torch.Tensor, beta: float = 4.5, delta: float = 0.0
+) -> torch.Tensor:
+    """SimNPO: L = −(2/β)·mean log σ(β·(NLL_θ(x)/|x| − δ)), length-normalised, no reference."""
+    picked, mask = token_logprobs(logits, labels)
+    mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1)
+    return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta)).mean()
+
+
+def kl_loss(logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) of the next-token distributions, mean over labelled positions.
+
+    The retain loss that keeps the model's predictions on D_r where the reference had them.
+    """
+    _, mask = token_logprobs(logits, labels)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits[:, :-1].detach().float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+# --------------------------------------------------------------------------- running a model
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A named loss: its function, whether it needs the frozen reference model, its defaults."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    needs_reference: bool
+    defaults: Mapping[str, float] = field(default_factory=dict)
+
+
+FORGET_LOSSES: dict[str, Loss] = {
+    "ga": Loss("ga", ga_loss, False),
+    "npo": Loss("npo", npo_loss, True, {"beta": 0.1}),
+    "simnpo": Loss("simnpo", simnpo_loss, False, {"beta": 4.5, "delta": 0.0}),
+}
+RETAIN_LOSSES: dict[str, Loss] = {
+    "nll": Loss("nll", nll_loss, False),
+    "kl": Loss("kl", kl_loss, True),
+}
+SUGGESTED_GAMMA = {"ga": 1.0, "npo": 1.0, "simnpo": 0.125}
+"""Forget weight γ of the paper's public configs for each forget loss."""
+
+
+def _lookup(table: dict[str, Loss], name: str, what: str) -> Loss:
+    if name not in table:
+        raise ValueError(
+            f"Parameter `{what}` should be one of {sorted(table)}. Found `{what} = {name!r}`."
+        )
+    return table[name]
+
+
+def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    return out.logits if hasattr(out, "logits") else out
+
+
+def run_loss(
+    loss: str | Loss,
+    model: torch.nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    ref_model: torch.nn.Module | None = None,
+    forget: bool = True,
+    **hparams: float,
+) -> torch.Tensor:
+    """One forward of ``model`` (and of ``ref_model`` under no_grad when the loss needs it),
+    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``."""
+    if isinstance(loss, str):
+        loss = _lookup(
+            FORGET_LOSSES if forget else RETAIN_LOSSES,
+            loss,
+            "forget_loss" if forget else "retain_loss",
+        )
+    kwargs = {**loss.defaults, **hparams}
+    logits = _logits(model, batch)
+    if loss.needs_reference:
+        if ref_model is None:
+            raise ValueError(
+                f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model)."
+            )
+        with torch.no_grad():
+            kwargs["ref_logits"] = _logits(ref_model, batch)
+    return loss.fn(logits, batch["labels"], **kwargs)
