@@ -1,0 +1,139 @@
+"""A ``transformers.Trainer`` that unlearns with Algorithm 1 and the fused combine.
+
+Each micro-batch is a pair (see :class:`~sago_kernels.data.PairedCollator`): the forget loss is
+back-propagated into the forget buffer, the retain loss into the retain buffer. On the last
+micro-batch of an accumulation window the two are combined in place, before the Trainer clips
+and steps, so gradient accumulation, any optimizer and scheduler, mixed precision and gradient
+clipping behave as they do for ordinary training. Losses and the gradient geometry are logged
+through the Trainer's own logging.
+
+    trainer = UnlearningTrainer(model=model, args=args, train_dataset=PairedDataset(f, r),
+                                data_collator=PairedCollator(pad_id), method="sago",
+                                forget_loss="npo", retain_loss="nll", ref_model=frozen_copy)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+
+from .data import split_pair
+from .losses import FORGET_LOSSES, RETAIN_LOSSES, run_loss
+from .stats import FIELDS
+from .synthesizer import GradientSynthesizer
+
+LOGGED_GEOMETRY = (
+    "cos_fr",
+    "cos_out_r",
+    "cos_out_f",
+    "conflict_fraction",
+    "norm_r",
+    "norm_f",
+    "norm_out",
+)
+
+
+class UnlearningTrainer(transformers.Trainer):
+    """``transformers.Trainer`` for paired forget/retain batches (paper Algorithm 1).
+
+    Args (besides the Trainer's own):
+        method, alpha, gamma, eps, granularity, backend: the combine (see ``sk.combine_``).
+        forget_loss: ``"ga"``, ``"npo"`` or ``"simnpo"``; retain_loss: ``"nll"`` or ``"kl"``.
+        ref_model: frozen reference model, needed by NPO and KL (kept in eval mode, no grad).
+        loss_kwargs: hyperparameters of the forget loss (e.g. ``{"beta": 0.1}``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        method: str = "sago",
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        eps: float = 1e-10,
+        granularity: str = "parameter",
+        backend: str | None = None,
+        forget_loss: str = "npo",
+        retain_loss: str = "nll",
+        ref_model: torch.nn.Module | None = None,
+        loss_kwargs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        for name, table, what in (
+            (forget_loss, FORGET_LOSSES, "forget_loss"),
+            (retain_loss, RETAIN_LOSSES, "retain_loss"),
+        ):
+            if name not in table:
+                raise ValueError(
+                    f"Parameter `{what}` should be one of {sorted(table)}. Found {name!r}."
+                )
+            if table[name].needs_reference and ref_model is None:
+                raise ValueError(f"{what}={name!r} needs `ref_model` (a frozen copy of the model).")
+        self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
+        self.loss_kwargs = dict(loss_kwargs or {})
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            ref_model.to(self.args.device)
+        self.synth = GradientSynthesizer(
+            self.model, method=method, alpha=alpha, gamma=gamma, eps=eps,
+            granularity=granularity, backend=backend, stats=True,
+        )  # fmt: skip
+        self._window: dict[str, list[torch.Tensor]] = {"forget_loss": [], "retain_loss": []}
+        self._geometry: list[torch.Tensor] = []
+
+    # Paired batches have no `labels`/model-forward columns: keep every column.
+    def _remove_unused_columns(self, dataset, description=None):  # noqa: D401
+        return dataset
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        return data_collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Forget + retain loss of a pair, for evaluation (training uses ``training_step``)."""
+        forget, retain = split_pair(inputs)
+        loss = run_loss(
+            self.forget_loss_name, model, forget, ref_model=self.ref_model, **self.loss_kwargs
+        )
+        loss = loss + run_loss(
+            self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False
+        )
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        forget, retain = split_pair(inputs)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        with self.synth.forget(), self.compute_loss_context_manager():
+            loss_f = run_loss(
+                self.forget_loss_name, model, forget, ref_model=self.ref_model, **self.loss_kwargs
+            )
+            self.accelerator.backward(loss_f * scale)
+        with self.synth.retain(), self.compute_loss_context_manager():
+            loss_r = run_loss(
+                self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False
+            )
+            self.accelerator.backward(loss_r * scale)
+        self._window["forget_loss"].append(loss_f.detach())
+        self._window["retain_loss"].append(loss_r.detach())
+        if self.accelerator.sync_gradients:  # last micro-batch: the Trainer clips and steps next
+            stats = self.synth.combine_()
+            self._geometry.append(stats.table[-1])
+        return (loss_f.detach() + loss_r.detach()) * scale
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add the mean forget/retain losses and gradient geometry since the last log."""
+        if "loss" in logs and self._window["forget_loss"]:
+            for key, values in self._window.items():
+                logs[key] = round(torch.stack(values).mean().item(), 6)
+                values.clear()
+            if self._geometry:
+                means = torch.stack(self._geometry).mean(0).tolist()
+                for name, value in zip(FIELDS, means):
+                    if name in LOGGED_GEOMETRY:
+                        logs[name] = round(value, 6)
+                self._geometry.clear()
+        super().log(logs, *args, **kwargs)
