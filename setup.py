@@ -16,12 +16,17 @@ setup(
     install_requires=["torch>=2.1"],
     extras_require={
         "triton": ["triton>=3.0"],
+        # the unlearning demo, the Trainer integration and the recipes
+        "demo": ["transformers>=4.46", "accelerate>=1.0", "matplotlib"],
         "test": [
             "triton>=3.0",
             "pytest>=7",
             "hypothesis==6.170.17",
             "pytest-benchmark>=4",
             "numpy",
+            "transformers>=4.46",
+            "accelerate>=1.0",
+            "matplotlib",
         ],
     },
 )

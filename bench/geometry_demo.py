@@ -1,13 +1,13 @@
 """The fused combine on a synthetic model's gradients: every method, its statistics and cost.
 
-    python -m sago_kernels.demo                  # CPU, reference backend, a scaled-down 7B layout
-    python -m sago_kernels.demo --device cuda        # the Triton kernels
-    python -m sago_kernels.demo --scale 1 --dtype bfloat16 --device cuda   # the full 7B layout
+    python bench/geometry_demo.py                 # CPU, reference backend, a scaled-down 7B layout
+    python bench/geometry_demo.py --device cuda     # the Triton kernels
+    python bench/geometry_demo.py --scale 1 --dtype bfloat16 --device cuda   # the full 7B layout
 
 It builds the parameter shapes of a Llama-style model (scaled down by ``--scale``), fills the
 retain and forget buffers with gradients that partly conflict (as an unlearning step's do), and
 runs each method once, printing the paper's gradient geometry (Table 3) per method plus the
-launches and bytes each call moves. The end-to-end unlearning demo replaces this later.
+launches and bytes each call moves.
 """
 
 from __future__ import annotations
@@ -17,37 +17,9 @@ import time
 
 import torch
 
-from . import GradLayout, combine_, methods
-from .dispatch import resolve_backend
-
-# Llama-7B: vocabulary, hidden, intermediate, layers
-LLAMA_7B = dict(vocab=32000, hidden=4096, intermediate=11008, layers=32)
-
-
-def llama_shapes(scale: int) -> list[tuple[str, tuple[int, ...]]]:
-    """Parameter shapes of a Llama-style model with every width divided by ``scale``."""
-    v, h, i = (
-        LLAMA_7B["vocab"] // scale,
-        LLAMA_7B["hidden"] // scale,
-        LLAMA_7B["intermediate"] // scale,
-    )
-    shapes = [("embed_tokens.weight", (v, h))]
-    for layer in range(LLAMA_7B["layers"] if scale == 1 else max(2, LLAMA_7B["layers"] // scale)):
-        p = f"layers.{layer}."
-        shapes += [
-            (p + n, (h, h))
-            for n in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
-        ]
-        shapes += [
-            (p + "gate_proj.weight", (i, h)),
-            (p + "up_proj.weight", (i, h)),
-            (p + "down_proj.weight", (h, i)),
-        ]
-        shapes += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "post_attention_layernorm.weight", (h,)),
-        ]
-    return shapes + [("norm.weight", (h,)), ("lm_head.weight", (v, h))]
+from sago_kernels import GradLayout, combine_, methods
+from sago_kernels.dispatch import resolve_backend
+from sago_kernels.model_shapes import llama_shapes
 
 
 def synthetic_gradients(layout: GradLayout, dtype: torch.dtype, device: str, seed: int = 0):

@@ -9,8 +9,8 @@ from oracle import assert_output_matches, assert_stats_match, output_bound, trut
 from strategies import CONFIGS, fill_pair
 
 import sago_kernels as sk
-from sago_kernels.demo import llama_shapes
 from sago_kernels.methods import METHODS
+from sago_kernels.model_shapes import llama_shapes
 
 pytest.importorskip("triton")
 from sago_kernels.kernels import DEFAULT_CONFIG, LaunchConfig, chunk_plan, launch_config  # noqa: E402
