@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one-call GPU check: card and versions, the test suite on the GPU, the full benchmark.
+#
+#   bash bench/gpu_check.sh OUT_DIR        # from the repository root, on a bare GPU machine
+#
+# Installs nothing (no network there): the checkout goes on PYTHONPATH. Needs torch, triton,
+# pytest and hypothesis (the lent machines have them); transformers/matplotlib for the
+# Trainer/demo tests and the plot if present. About 5 minutes on an H100.
+set -uo pipefail
+OUT="${1:-gpu_check_out}"
+mkdir -p "$OUT"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT:$ROOT/bench:${PYTHONPATH:-}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+PY="${PYTHON:-python3}"
+status=0
+
+echo "== card and versions"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.txt"
+"$PY" - <<'PY' | tee -a "$OUT/card.txt"
+import datetime, torch, triton
+p = torch.cuda.get_device_properties(0)
+print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
+      f"triton {triton.__version__}; {p.name}, {p.multi_processor_count} SMs, "
+      f"{p.total_memory / 2**30:.0f} GiB")
+PY
+
+echo "== tests on the GPU (compiled kernels: fuzz, determinism, no host sync, 2**31 offsets)"
+# the recipe/demo tests run on the CPU and are covered by CI; skip them here for time
+timeout 240 "$PY" -m pytest tests -q -p no:cacheprovider -x --ignore=tests/test_recipes.py \
+    2>&1 | tee "$OUT/tests.log" || status=1
+
+echo "== benchmark 1: the 7B layouts (Llama, Mistral) at full size, fused vs the paper-style peer"
+# (the reference's 3N float32 temporaries and the compiled peer's N-element index map do not
+#  fit beside 7B-element buffers on an 80 GB card; they run in benchmark 2)
+timeout 200 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b mistral7b \
+    --peers fused paper --reps 10 --out "$OUT/full" 2>&1 | tee "$OUT/bench_full.log" || status=1
+
+echo "== benchmark 2: half-width layouts (1.7B elements) and many tiny segments, every peer"
+timeout 200 "$PY" bench/run.py --device cuda --scale 2 --reps 10 --out "$OUT/half" \
+    2>&1 | tee "$OUT/bench_half.log" || status=1
+
+echo "== gpu_check finished with status $status; results in $OUT"
+exit $status

@@ -1,0 +1,140 @@
+"""The implementations a user could otherwise use, run on the same flat buffers.
+
+1. ``fused``     — ``sago_kernels.combine_`` (Triton on CUDA).
+2. ``reference`` — ``sago_kernels.reference`` (eager torch, the CPU backend).
+3. ``paper``     — eager per-parameter code written the way the paper's public code computes:
+                   a Python loop over parameters, cloned gradients, boolean-mask indexing for
+                   SAGO, a per-parameter ``.item()`` branch for PCGrad (written from SPEC's
+                   formulas and the issue's description, not copied from anywhere).
+4. ``compiled``  — ``torch.compile`` of the reference for a fixed layout (compile time is
+                   reported separately and excluded from the timing).
+
+Every peer has the signature ``fn(retain, forget) -> None`` after ``make(...)``: it writes g_final
+into ``retain`` like the fused call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import sago_kernels as sk
+from sago_kernels.methods import METHODS
+
+Peer = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def _paper_style_one(
+    r: torch.Tensor, f: torch.Tensor, method: str, alpha: float, gamma: float, eps: float
+) -> torch.Tensor:
+    r, f = r.clone(), f.clone()  # the public code clones every gradient
+    if method in ("sago", "sago_prefer_retain"):
+        conflict = ((f > 0) & (r < 0)) | ((f < 0) & (r > 0))
+        g = torch.zeros_like(f)
+        g[~conflict] = gamma * f[~conflict] + (
+            alpha * r[~conflict] if method == "sago_prefer_retain" else 0
+        )
+        g[conflict] = alpha * r[conflict]
+        return g
+    if method == "sum":
+        return gamma * f + alpha * r
+    if method in ("pcgrad", "pcgrad_global"):
+        d = torch.dot(f.flatten().float(), r.flatten().float())
+        if d.item() < 0:  # host sync, one per parameter
+            f = f - (d / (r.float().norm() ** 2 + eps)).to(f.dtype) * r
+        return gamma * f + alpha * r
+    d = torch.dot(r.flatten().float(), f.flatten().float())  # blur
+    c = (d / (f.float().norm() ** 2 + eps)).item()
+    return gamma * f + alpha * (r - c * f)
+
+
+def make_paper(
+    layout: sk.GradLayout, method: str, alpha: float = 1.0, gamma: float = 1.0, eps: float = 1e-10
+) -> Peer:
+    global_scope = METHODS[method].scope == "global"
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        r_views, f_views = layout.views(retain), layout.views(forget)
+        if global_scope:  # the public code flattens everything for the global variants
+            r_all = torch.cat([v.flatten() for v in r_views])
+            f_all = torch.cat([v.flatten() for v in f_views])
+            g = _paper_style_one(r_all, f_all, method, alpha, gamma, eps)
+            cursor = 0
+            for v in r_views:
+                v.copy_(g[cursor : cursor + v.numel()].view_as(v))
+                cursor += v.numel()
+            return
+        for rv, fv in zip(r_views, f_views):
+            rv.copy_(_paper_style_one(rv, fv, method, alpha, gamma, eps))
+
+    return run
+
+
+def make_fused(layout: sk.GradLayout, method: str, backend: str | None = None) -> Peer:
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        sk.combine_(retain, forget, layout=layout, method=method, backend=backend)
+
+    return run
+
+
+def make_reference(layout: sk.GradLayout, method: str) -> Peer:
+    return make_fused(layout, method, backend="reference")
+
+
+def _segment_ids(layout: sk.GradLayout, device: torch.device) -> torch.Tensor:
+    """Element → segment index (padding maps to an extra dummy segment S)."""
+    ids = torch.full((layout.numel,), layout.num_segments, dtype=torch.int64)
+    for j, seg in enumerate(layout.segments):
+        ids[seg.start : seg.end] = j
+    return ids.to(device)
+
+
+def make_compiled(
+    layout: sk.GradLayout,
+    method: str,
+    device: torch.device,
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-10,
+) -> Peer:
+    """``torch.compile`` of the reference's math written flat: a ``torch.where`` over the buffer
+    for the gates, ``index_add`` over a segment-id map for the dots. (Compiling the reference's
+    per-segment Python loop as is would unroll hundreds of segments per compile.)"""
+    m = METHODS[method]
+    seg = _segment_ids(layout, device)
+    s = layout.num_segments + 1
+
+    def flat(retain: torch.Tensor, forget: torch.Tensor) -> torch.Tensor:
+        r, f = retain.float(), forget.float()
+        if m.scope == "element":
+            conflict = ((f > 0) & (r < 0)) | ((f < 0) & (r > 0))
+            keep = gamma * f + (alpha * r if method in ("sum", "sago_prefer_retain") else 0.0)
+            out = keep if method == "sum" else torch.where(conflict, alpha * r, keep)
+            return out.to(retain.dtype)
+        if m.scope == "global":  # one segment: plain sums
+            d, n, mm = (f * r).sum(), (r * r).sum(), (f * f).sum()
+        else:
+            d = torch.zeros(s, device=r.device).index_add_(0, seg, f * r)
+            n = torch.zeros(s, device=r.device).index_add_(0, seg, r * r)
+            mm = torch.zeros(s, device=r.device).index_add_(0, seg, f * f)
+        if method == "blur":
+            c = d / (mm + eps)
+            a, b = gamma - alpha * c, torch.full_like(c, alpha)
+        else:
+            c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
+            a, b = torch.full_like(c, gamma), alpha - gamma * c
+        if m.scope == "global":
+            return (a * f + b * r).to(retain.dtype)
+        return (a[seg] * f + b[seg] * r).to(retain.dtype)
+
+    torch._dynamo.reset()  # a fresh compile per peer: one code object serves every layout/method
+    compiled = torch.compile(flat, dynamic=False)
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        retain.copy_(compiled(retain, forget))
+
+    return run
+
+
+PEERS = ("fused", "reference", "paper", "compiled")

@@ -1,0 +1,296 @@
+"""Benchmark every combine method against every peer and the copy roofline, on one card.
+
+    python bench/run.py                                  # CPU: scaled-down layouts, seconds
+    python bench/run.py --device cuda --scale 1 --out bench_out     # the 7B layouts on a GPU
+
+For each layout × method × dtype × peer (see peers.py): the median time over several calls that
+rotate through distinct input buffers (so caches do not flatter), the effective bandwidth from
+the minimal bytes (element-wise 3·N·itemsize, projection 5·N·itemsize), that bandwidth as a share
+of a device copy measured in the same run, the speed-up of the fused call over each peer,
+kernel launches per call (CUDA, from the profiler) and the extra memory each peer allocates
+beyond the two input buffers (CUDA: peak allocated; CPU: bytes allocated, from the profiler).
+Prints a table; writes ``results.json`` and ``bandwidth.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter
+import torch  # noqa: E402
+from peers import make_compiled, make_fused, make_paper, make_reference
+
+import sago_kernels as sk
+from sago_kernels.methods import METHODS
+from sago_kernels.model_shapes import llama_shapes, many_tiny_shapes, mistral_shapes
+
+LAYOUTS = {
+    "llama7b": llama_shapes,
+    "mistral7b": mistral_shapes,
+    "many_tiny": lambda scale: many_tiny_shapes(4000 // max(1, scale // 4) if scale > 1 else 4000),
+}
+
+
+def layout_for(name: str, scale: int) -> sk.GradLayout:
+    shapes = LAYOUTS[name](scale)
+    return sk.GradLayout.from_sizes(
+        [torch.Size(s).numel() for _, s in shapes], names=[n for n, _ in shapes]
+    )
+
+
+def minimal_bytes(layout: sk.GradLayout, method: str, itemsize: int) -> int:
+    passes = 5 if METHODS[method].is_projection else 3
+    return passes * layout.segment_numel * itemsize
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, inputs, reps: int, device: torch.device) -> float:
+    """Median of ``reps`` calls, rotating through ``inputs``; warm-up excluded. A peer slower
+    than half a second a call gets 3 calls (its median is still far from the fused one's)."""
+    for r, f in inputs[:2]:
+        t = time.perf_counter()
+        fn(r, f)
+        _sync(device)
+    if time.perf_counter() - t > 0.5:
+        reps = min(reps, 3)
+    times = []
+    for i in range(reps):
+        r, f = inputs[i % len(inputs)]
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(r, f)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn(r, f)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+    """Bandwidth of a plain device copy of the same element count (read N + write N)."""
+    src = torch.randn(numel, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)
+    return 2 * numel * src.element_size() / seconds / 1e9
+
+
+def launches_and_memory(
+    fn, r: torch.Tensor, f: torch.Tensor, device: torch.device
+) -> tuple[int | None, int]:
+    """(kernel launches per call or None on CPU, extra bytes the call allocates)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(r, f)
+            torch.cuda.synchronize()
+        kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        return kernels, torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(r, f)
+    allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.events())
+    return None, allocated
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    rows = []
+    fused_backend = None if device.type == "cuda" else "triton"
+    for layout_name in args.layouts:
+        layout = layout_for(layout_name, args.scale)
+        for dtype in dtypes:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            inputs = []
+            pair_bytes = 2 * layout.numel * dtype.itemsize
+            sets = args.sets
+            if device.type == "cuda":  # keep half the card free for the peers' temporaries
+                sets = max(1, min(sets, int(0.5 * torch.cuda.mem_get_info()[0] // pair_bytes)))
+            for _ in range(sets):
+                pair = []
+                for _ in range(2):
+                    buf = layout.new_buffer(dtype, device)
+                    for v in layout.segment_views(buf):
+                        v.copy_(torch.randn(v.numel(), generator=g))
+                    pair.append(buf)
+                inputs.append(tuple(pair))
+            roof = copy_gbps(layout.segment_numel, dtype, device, args.reps)
+            print(
+                f"\n{layout_name} ({layout.num_segments} segments, "
+                f"{layout.segment_numel / 1e6:.1f}M elements), "
+                f"{str(dtype).replace('torch.', '')}, copy {roof:.1f} GB/s",
+                flush=True,
+            )
+            for method in args.methods:
+                peers = {}
+                if (device.type == "cuda" or args.interpret) and "fused" in args.peers:
+                    peers["fused"] = (make_fused(layout, method, fused_backend), 0.0)
+                if "reference" in args.peers:
+                    peers["reference"] = (make_reference(layout, method), 0.0)
+                if "paper" in args.peers:
+                    peers["paper"] = (make_paper(layout, method), 0.0)
+                if "compiled" in args.peers:
+                    peer = make_compiled(layout, method, device)
+                    start = time.perf_counter()
+                    try:
+                        peer(inputs[0][0].clone(), inputs[0][1])
+                        _sync(device)
+                        peers["compiled"] = (peer, time.perf_counter() - start)
+                    except Exception as exc:  # report, do not hide, a compile that fails here
+                        print(f"  compiled peer failed: {type(exc).__name__}: {exc}"[:200])
+                times = {}
+                for name, (fn, compile_s) in list(peers.items()):
+                    try:
+                        seconds = median_seconds(fn, inputs, args.reps, device)
+                        launches, extra = launches_and_memory(fn, *inputs[0], device)
+                    except torch.OutOfMemoryError:
+                        print(
+                            f"  {method:<19}{name:<10} out of memory (its temporaries do not fit)"
+                        )
+                        rows.append({"layout": layout_name,
+                                     "dtype": str(dtype).replace("torch.", ""),
+                                     "method": method, "peer": name, "oom": True})  # fmt: skip
+                        del peers[name]
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        continue
+                    gbps = minimal_bytes(layout, method, dtype.itemsize) / seconds / 1e9
+                    times[name] = seconds
+                    rows.append({
+                        "layout": layout_name, "segments": layout.num_segments,
+                        "numel": layout.segment_numel,
+                        "dtype": str(dtype).replace("torch.", ""), "method": method, "peer": name,
+                        "ms": seconds * 1e3, "gbps": gbps, "roofline_share": gbps / roof,
+                        "copy_gbps": roof, "launches": launches, "extra_bytes": extra,
+                        "compile_s": round(compile_s, 2) or None,
+                    })  # fmt: skip
+                lead = "fused" if "fused" in times else next(iter(times), None)
+                for row in [r for r in rows[-len(peers) :] if not r.get("oom")] if lead else []:
+                    row["speedup_of_" + lead] = row["ms"] / (times[lead] * 1e3)
+                    print(
+                        f"  {method:<19}{row['peer']:<10}{row['ms']:>10.3f} ms"
+                        f"{row['gbps']:>9.1f} GB/s"
+                        f"{100 * row['roofline_share']:>6.0f}% of copy"
+                        f"  {lead} speed-up x{row['speedup_of_' + lead]:>7.2f}"
+                        f"  launches {row['launches'] if row['launches'] is not None else '-':>4}"
+                        f"  extra {row['extra_bytes'] / 1e6:>9.2f} MB",
+                        flush=True,
+                    )
+    return {"rows": rows, "environment": environment(device), "args": vars(args)}
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [r for r in result["rows"] if not r.get("oom")]
+    keys = sorted({(r["layout"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, (layout, dtype) in zip(axes[0], keys):
+        sub = [r for r in rows if r["layout"] == layout and r["dtype"] == dtype]
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        peers = list(dict.fromkeys(r["peer"] for r in sub))
+        width = 0.8 / len(peers)
+        for i, peer in enumerate(peers):
+            vals = [
+                next((r["gbps"] for r in sub if r["method"] == m and r["peer"] == peer), 0)
+                for m in methods
+            ]
+            ax.bar([x + i * width for x in range(len(methods))], vals, width, label=peer)
+        ax.axhline(sub[0]["copy_gbps"], color="k", ls="--", lw=1, label="copy")
+        ax.set_xticks(
+            [x + 0.4 - width / 2 for x in range(len(methods))], methods, rotation=30, fontsize=8
+        )
+        ax.set_title(f"{layout} {dtype}", fontsize=9)
+        ax.set_ylabel("effective GB/s (minimal bytes)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument(
+        "--scale", type=int, default=1 if cuda else 16, help="divide model widths by this"
+    )
+    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    p.add_argument("--methods", nargs="+", default=sk.methods(), choices=sk.methods())
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16", "float16"],
+    )
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--sets", type=int, default=3, help="distinct input buffers to rotate through")
+    p.add_argument(
+        "--peers",
+        nargs="+",
+        default=["fused", "reference", "paper", "compiled"],
+        choices=["fused", "reference", "paper", "compiled"],
+    )
+    p.add_argument(
+        "--interpret",
+        action="store_true",
+        help="include the fused kernels on CPU (Triton interpreter: slow)",
+    )
+    p.add_argument("--out", default="bench_out")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "bandwidth.png")
+    print(f"\nwrote {out / 'results.json'} and {out / 'bandwidth.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Small CPU cases of the benchmark for ``pytest bench/ --benchmark-only`` (pytest-benchmark).
+
+The fused Triton call needs a GPU (or the interpreter, far too slow to time), so on a CPU these
+time the peers on a scaled-down Llama layout; on a CUDA machine the fused call joins them.
+The standalone ``bench/run.py`` is the full benchmark.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peers import make_compiled, make_fused, make_paper, make_reference
+from run import layout_for
+
+import sago_kernels as sk
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+LAYOUT = layout_for("llama7b", 64 if DEVICE.type == "cpu" else 4)
+PEERS = ["reference", "paper", "compiled"] + (["fused"] if DEVICE.type == "cuda" else [])
+
+
+def _make(peer: str, method: str):
+    if peer == "fused":
+        return make_fused(LAYOUT, method)
+    if peer == "reference":
+        return make_reference(LAYOUT, method)
+    if peer == "paper":
+        return make_paper(LAYOUT, method)
+    return make_compiled(LAYOUT, method, DEVICE)
+
+
+@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize("method", sk.methods())
+def test_combine_speed(benchmark, peer, method):
+    g = torch.Generator().manual_seed(0)
+    retain, forget = LAYOUT.new_buffer(device=DEVICE), LAYOUT.new_buffer(device=DEVICE)
+    for buf in (retain, forget):
+        for v in LAYOUT.segment_views(buf):
+            v.copy_(torch.randn(v.numel(), generator=g))
+    fn = _make(peer, method)
+    fn(retain.clone(), forget)  # compile / warm up outside the timing
+
+    def call():
+        fn(retain, forget)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.extra_info.update(
+        peer=peer, method=method, numel=LAYOUT.segment_numel, device=str(DEVICE)
+    )
+    benchmark(call)

@@ -1,0 +1,55 @@
+"""The benchmark's peers compute the same g_final as the reference (else timing them is moot),
+and the standalone benchmark runs end to end on a tiny layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sago_kernels as sk
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from peers import make_compiled, make_paper  # noqa: E402
+
+
+@pytest.mark.parametrize("peer", ["paper", "compiled"])
+@pytest.mark.parametrize("method", sk.methods())
+def test_peer_matches_the_reference(peer, method):
+    layout = sk.GradLayout.from_sizes([300, 1, 0, 77, 128], alignment=16)
+    g = torch.Generator().manual_seed(0)
+    retain, forget = layout.new_buffer(), layout.new_buffer()
+    for buf in (retain, forget):
+        for v in layout.segment_views(buf):
+            v.copy_(torch.randn(v.numel(), generator=g))
+    want = sk.combine_(retain.clone(), forget, layout=layout, method=method, backend="reference")
+    fn = (
+        make_paper(layout, method)
+        if peer == "paper"
+        else make_compiled(layout, method, retain.device)
+    )
+    got = retain.clone()
+    fn(got, forget)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_benchmark_script_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, str(BENCH / "run.py"), "--device", "cpu", "--scale", "128",
+           "--layouts", "llama7b",
+           "--methods", "sago", "pcgrad", "--dtypes", "float32", "--reps", "2", "--sets", "2",
+           "--peers", "reference", "paper", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {(r["method"], r["peer"]) for r in rows} == {
+        ("sago", "reference"), ("sago", "paper"), ("pcgrad", "reference"), ("pcgrad", "paper")
+    }  # fmt: skip
+    assert all(r["ms"] > 0 and r["gbps"] > 0 and r["extra_bytes"] >= 0 for r in rows)
