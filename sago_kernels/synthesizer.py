@@ -38,6 +38,9 @@ class GradientSynthesizer:
         >>> stats = synth.combine_()          # model.weight.grad now holds g_final
         >>> torch.optim.SGD(model.parameters(), lr=0.1).step()
 
+    ``keep_history`` steps of statistics are kept on the device (one ``[segments + 1, 8]``
+    float32 table each); ``None`` keeps all.
+
     Gradient accumulation: any number of ``backward`` calls inside a context, or several
     contexts before :meth:`combine_`, add up. The first context after a combine starts from
     zero (the buffers are cleared then), so ``optimizer.zero_grad()`` or :meth:`zero_grad` are
@@ -57,7 +60,7 @@ class GradientSynthesizer:
         alignment: int = DEFAULT_ALIGNMENT,
         stats: bool = True,
         backend: BackendName | None = None,
-        keep_history: int | None = 10_000,
+        keep_history: int | None = 1000,
     ) -> None:
         if isinstance(model_or_params, torch.nn.Module):
             named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
