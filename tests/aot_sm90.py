@@ -46,7 +46,8 @@ ARG_TYPES = {
     "seg_start_ptr": "*i64", "seg_numel_ptr": "*i64", "seg_chunk_ptr": "*i64",
     "coef_ptr": "*fp32", "partial_ptr": "*fp32", "conflict_ptr": "*i64",
     "seg_sum_ptr": "*fp32", "seg_conflict_ptr": "*i64", "table_ptr": "*fp32",
-    "num_segments": "i32", "chunk_elems": "i32", "alpha": "fp32", "gamma": "fp32", "eps": "fp32",
+    "num_segments": "i32", "search_steps": "i32", "chunk_elems": "i32",
+    "alpha": "fp32", "gamma": "fp32", "eps": "fp32",
 }  # fmt: skip
 
 
@@ -115,12 +116,7 @@ def main() -> None:
     result = {}
     for io, bf16, mode, stats in CHUNK_VARIANTS:
         constexprs = dict(
-            MODE=mode,
-            STATS=stats,
-            BF16_BITS=bf16,
-            ALIGN=16,
-            BLOCK=2048 if stats else 4096,
-            SEARCH_STEPS=9,
+            MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=16, BLOCK=2048 if stats else 4096
         )
         result[chunk_variant_id(io, bf16, mode, stats)] = _describe(
             _compile(_chunk_pass_kernel, io, constexprs, 8)

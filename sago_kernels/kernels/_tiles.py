@@ -19,15 +19,16 @@ NUM_SUMS = tl.constexpr(8)  # columns of a partial-sum row: fr, rr, ff, oo, or, 
 
 
 @triton.jit
-def locate_segment(seg_chunk_ptr, chunk, num_segments, SEARCH_STEPS: tl.constexpr):
+def locate_segment(seg_chunk_ptr, chunk, num_segments, search_steps):
     """Index j of the segment that owns ``chunk``: the last j with seg_chunk[j] <= chunk.
 
-    ``seg_chunk`` holds each segment's first chunk (ascending; empty segments own none). A
-    fixed number of halvings, ceil(log2(num_segments)), keeps the table O(segments).
+    ``seg_chunk`` holds each segment's first chunk (ascending; empty segments own none).
+    ``search_steps`` = ceil(log2(num_segments)) halvings keep the table O(segments). It is a
+    runtime bound, not a constexpr, so layouts of any size share one compiled kernel.
     """
     lo = chunk * 0
     hi = lo + num_segments
-    for _ in tl.static_range(SEARCH_STEPS):
+    for _ in range(search_steps):
         mid = (lo + hi) // 2
         go_right = tl.load(seg_chunk_ptr + mid) <= chunk
         lo = tl.where(go_right, mid, lo)

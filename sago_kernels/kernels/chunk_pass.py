@@ -99,12 +99,12 @@ def _accumulate_tile(
 def _chunk_pass_kernel(
     retain_ptr, forget_ptr, out_ptr,
     seg_start_ptr, seg_numel_ptr, seg_chunk_ptr, coef_ptr, partial_ptr, conflict_ptr,
-    num_segments, chunk_elems, alpha, gamma,
+    num_segments, search_steps, chunk_elems, alpha, gamma,
     MODE: tl.constexpr, STATS: tl.constexpr, BF16_BITS: tl.constexpr,
-    ALIGN: tl.constexpr, BLOCK: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     chunk = tl.program_id(0).to(tl.int64)
-    seg = locate_segment(seg_chunk_ptr, chunk, num_segments, SEARCH_STEPS)
+    seg = locate_segment(seg_chunk_ptr, chunk, num_segments, search_steps)
     first = (chunk - tl.load(seg_chunk_ptr + seg)) * chunk_elems  # chunk's offset in its segment
     n = tl.minimum(tl.load(seg_numel_ptr + seg) - first, chunk_elems)
     base = tl.multiple_of(tl.load(seg_start_ptr + seg) + first, ALIGN)

@@ -123,8 +123,9 @@ def chunk_plan(layout: GradLayout, device: torch.device, config: LaunchConfig) -
             num_chunks=count,
             chunk_elems=chunk_elems,
             search_steps=(s - 1).bit_length(),
-            # An alignment hint above 16 elements buys nothing more (16-byte vectors at most).
-            align=min(16, layout.start_alignment),
+            # The hint is 16 (every start 16-element aligned: full-width vectors for any dtype)
+            # or 1; two values, not five, keep the number of compiled variants down.
+            align=16 if layout.start_alignment % 16 == 0 else 1,
         )
         layout._cache[key] = plan
     return plan
@@ -174,9 +175,8 @@ def combine_triton(
             _chunk_pass_kernel[(plan.num_chunks,)](
                 r, f, o,
                 plan.seg_start, plan.seg_numel, plan.seg_chunk, coef, partial, conflicts,
-                s, plan.chunk_elems, alpha, gamma,
-                MODE=mode, STATS=stats, BF16_BITS=bf16,
-                ALIGN=plan.align, BLOCK=block, SEARCH_STEPS=plan.search_steps,
+                s, plan.search_steps, plan.chunk_elems, alpha, gamma,
+                MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=plan.align, BLOCK=block,
                 num_warps=config.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
         return partial, conflicts
