@@ -66,7 +66,7 @@ def _reference_combine(
     with torch.no_grad():
         out, sums, conflicts = reference.combine(
             retain, forget, layout, method.reference, method.scope,
-            alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32,
+            alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32, with_sums=want_stats,
         )  # fmt: skip
         reference.write_segments(target, out, layout)
         if not want_stats:

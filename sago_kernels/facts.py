@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import IGNORE_INDEX
+from .losses import IGNORE_INDEX, token_logprobs
 
 RELATIONS = {
     "city": [
@@ -138,11 +138,9 @@ def evaluate(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[fl
     """(accuracy, mean NLL) of the scored value tokens of a split."""
     was_training = model.training
     model.eval()
-    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    correct = (logits.argmax(-1) == targets) & mask
+    logits = model(input_ids=batch["input_ids"]).logits
+    logp, mask = token_logprobs(logits, batch["labels"])
+    correct = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
     model.train(was_training)
     n = mask.sum().clamp_min(1)
-    return (correct.sum() / n).item(), (-(logp * mask).sum() / n).item()
+    return (correct.sum() / n).item(), (-logp.sum() / n).item()

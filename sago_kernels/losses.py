@@ -112,7 +112,9 @@ SUGGESTED_GAMMA = {"ga": 1.0, "npo": 1.0, "simnpo": 0.125}
 """Forget weight γ of the paper's public configs for each forget loss."""
 
 
-def _lookup(table: dict[str, Loss], name: str, what: str) -> Loss:
+def get_loss(name: str, *, forget: bool) -> Loss:
+    """The registered forget (or retain) loss called ``name``; a clear error for anything else."""
+    table, what = (FORGET_LOSSES, "forget_loss") if forget else (RETAIN_LOSSES, "retain_loss")
     if name not in table:
         raise ValueError(
             f"Parameter `{what}` should be one of {sorted(table)}. Found `{what} = {name!r}`."
@@ -137,11 +139,7 @@ def run_loss(
     """One forward of ``model`` (and of ``ref_model`` under no_grad when the loss needs it),
     then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``."""
     if isinstance(loss, str):
-        loss = _lookup(
-            FORGET_LOSSES if forget else RETAIN_LOSSES,
-            loss,
-            "forget_loss" if forget else "retain_loss",
-        )
+        loss = get_loss(loss, forget=forget)
     kwargs = {**loss.defaults, **hparams}
     logits = _logits(model, batch)
     if loss.needs_reference:

@@ -128,7 +128,8 @@ def combine(
     gamma: float,
     eps: float,
     compute_dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_sums: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
     ``scope`` says what one call of ``method_fn`` sees: ``"element"`` or ``"segment"`` — each
@@ -137,7 +138,8 @@ def combine(
     Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
     buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
     ``[num_segments, 6]`` with :data:`STAT_COLUMNS` (o = g_final before rounding) and
-    ``conflicts`` the per-segment count of conflicting elements (int64).
+    ``conflicts`` the per-segment count of conflicting elements (int64); both ``None`` when
+    ``with_sums`` is false (no pass over the buffers for statistics nobody asked for).
     """
     r_all = retain.to(compute_dtype)
     f_all = forget.to(compute_dtype)
@@ -159,6 +161,8 @@ def combine(
                 r_all[s.start : s.end], f_all[s.start : s.end], **kwargs
             )
 
+    if not with_sums:
+        return out, None, None
     rows, conflicts = [], []
     for s in segments:
         r, f, o = r_all[s.start : s.end], f_all[s.start : s.end], out[s.start : s.end]

@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from .data import split_pair
-from .losses import FORGET_LOSSES, RETAIN_LOSSES, run_loss
+from .losses import get_loss, run_loss
 from .stats import FIELDS
 from .synthesizer import GradientSynthesizer
 
@@ -61,16 +61,9 @@ class UnlearningTrainer(transformers.Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        for name, table, what in (
-            (forget_loss, FORGET_LOSSES, "forget_loss"),
-            (retain_loss, RETAIN_LOSSES, "retain_loss"),
-        ):
-            if name not in table:
-                raise ValueError(
-                    f"Parameter `{what}` should be one of {sorted(table)}. Found {name!r}."
-                )
-            if table[name].needs_reference and ref_model is None:
-                raise ValueError(f"{what}={name!r} needs `ref_model` (a frozen copy of the model).")
+        for name, forget in ((forget_loss, True), (retain_loss, False)):
+            if get_loss(name, forget=forget).needs_reference and ref_model is None:
+                raise ValueError(f"{name!r} needs `ref_model` (a frozen copy of the model).")
         self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
         self.loss_kwargs = dict(loss_kwargs or {})
         self.ref_model = ref_model
