@@ -1,16 +1,77 @@
-"""sago_kernels: fused Triton kernels for retention-prioritised gradient synthesis in unlearning."""
+"""sago_kernels: fused Triton kernels for retention-prioritised gradient synthesis in unlearning.
 
+``pip install .`` also builds the native CPU backend (``CMakeLists.txt``) when CMake and a C++17
+compiler are present. Without them, or if that build fails, the package installs all the same
+and CPU combines use the reference backend: the build prints one line saying so, and
+``sago_kernels.backends()`` does not list ``"native"``. ``SAGO_CMAKE`` names the cmake to run;
+``SAGO_NATIVE_BUILD=0`` skips the build.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    """A library built by CMake, not by setuptools' compiler (no sources listed here)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def run(self) -> None:
+        for ext in self.extensions:
+            self.build_native(ext)
+
+    def build_native(self, ext: Extension) -> None:
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
+        if os.environ.get("SAGO_NATIVE_BUILD", "1") == "0":
+            return self.notice("skipped (SAGO_NATIVE_BUILD=0)")
+        cmake = shutil.which(os.environ.get("SAGO_CMAKE", "cmake"))
+        if cmake is None:
+            return self.notice("CMake was not found")
+        with tempfile.TemporaryDirectory(prefix="sago-native-") as build_dir:
+            configure = [
+                cmake, "-S", str(ROOT), "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release",
+                f"-DSAGO_NATIVE_OUTPUT_DIR={target.parent}",
+                f"-DSAGO_NATIVE_OUTPUT_NAME={target.name}",
+            ]  # fmt: skip
+            jobs = str(os.cpu_count() or 1)
+            for command in (configure, [cmake, "--build", build_dir, "--parallel", jobs]):
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+                    return self.notice(f"`{' '.join(command[:2])} ...` failed")
+        print(f"sago_kernels: built the native CPU backend: {target}")
+
+    @staticmethod
+    def notice(why: str) -> None:
+        print(
+            f"sago_kernels: native CPU backend not built ({why}); "
+            "CPU combines will use the reference backend.",
+            file=sys.stderr,
+        )
+
 
 setup(
     name="sago_kernels",
     version="0.1.0",
     description="Fused, in-place, sync-free gradient synthesis (SAGO, PCGrad) for LLM unlearning",
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sago_kernels", "sago_kernels.*"]),
+    package_data={"sago_kernels": ["csrc/*.h", "csrc/*.cpp"]},
+    ext_modules=[CMakeExtension("sago_kernels._sago_native")],
+    cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     # torch is not pinned: CUDA users keep their build; CI installs the CPU wheel first.
     install_requires=["torch>=2.1"],

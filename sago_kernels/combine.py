@@ -13,7 +13,7 @@ from .methods import get_method
 from .stats import CombineStats
 
 MethodName = Literal["sum", "sago", "sago_prefer_retain", "pcgrad", "pcgrad_global", "blur"]
-BackendName = Literal["triton", "reference"]
+BackendName = Literal["triton", "native", "reference"]
 
 
 @overload
@@ -76,7 +76,8 @@ def combine_(
         out: write g_final here instead (same dtype, device, length; may be ``forget``).
         stats: also return a :class:`CombineStats` of device tensors (gradient geometry), computed
             in the same passes.
-        backend: ``"triton"``, ``"reference"`` or ``None`` (auto; see ``sago_kernels.dispatch``).
+        backend: ``"triton"``, ``"native"`` (C++ on CPU), ``"reference"`` or ``None`` (auto:
+            Triton for CUDA tensors, native for CPU tensors; see ``sago_kernels.dispatch``).
 
     Returns:
         The written tensor, and the statistics when ``stats=True``.

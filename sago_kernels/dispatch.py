@@ -2,10 +2,12 @@
 
 - ``"triton"``: the fused kernels (``sago_kernels.kernels``). CUDA tensors, or CPU tensors when
   ``TRITON_INTERPRET=1`` was set before ``triton`` was imported (slow; for tests and debugging).
+- ``"native"``: the C++/OpenMP library (``sago_kernels.native``), CPU tensors, when it was built.
 - ``"reference"``: plain torch (``sago_kernels.reference``), any device.
 
-``backend=None`` picks Triton for CUDA tensors when it is installed, and for CPU tensors under the
-Triton interpreter; the reference otherwise (with a one-time warning on CUDA without Triton).
+``backend=None`` picks Triton for CUDA tensors when it is installed; for CPU tensors the native
+library when it was built, else Triton under its interpreter, else the reference. Falling back
+to the reference says why once per process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import reference
+from . import native, reference
 from .layout import GradLayout
 from .methods import Method
 from .stats import geometry_table
@@ -49,6 +51,8 @@ def backends() -> list[str]:
     names = ["reference"]
     if _triton_installed() and (torch.cuda.is_available() or _interpreter_on()):
         names.append("triton")
+    if native.available():
+        names.append("native")
     return names
 
 
@@ -84,22 +88,38 @@ def _triton_combine(*args, **kwargs) -> torch.Tensor | None:
     return combine_triton(*args, **kwargs)
 
 
-_BACKENDS: dict[str, BackendFn] = {"reference": _reference_combine, "triton": _triton_combine}
-_warned_fallback = False
+_BACKENDS: dict[str, BackendFn] = {
+    "reference": _reference_combine,
+    "triton": _triton_combine,
+    "native": native.combine_native,
+}
+_warned_fallback: set[str] = set()
+
+
+def _warn_once(device_type: str, message: str) -> None:
+    if device_type not in _warned_fallback:
+        _warned_fallback.add(device_type)
+        warnings.warn(message, stacklevel=4)
 
 
 def resolve_backend(name: str | None, device: torch.device) -> tuple[str, BackendFn]:
     """The backend to run on ``device``: the one named, or the automatic choice for ``None``."""
-    global _warned_fallback
     if name is None:
+        if device.type == "cpu" and native.available():
+            return "native", _BACKENDS["native"]
         if _triton_runs_on(device):
             return "triton", _BACKENDS["triton"]
-        if device.type == "cuda" and not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn(
+        if device.type == "cuda":
+            _warn_once(
+                "cuda",
                 "sago_kernels: triton is not installed; CUDA combines run on the slow reference "
                 "backend. `pip install triton` for the fused kernels.",
-                stacklevel=3,
+            )
+        elif device.type == "cpu":
+            _warn_once(
+                "cpu",
+                "sago_kernels: the native CPU backend is not available "
+                f"({native.unavailable_reason()}); CPU combines run on the reference backend.",
             )
         return "reference", _BACKENDS["reference"]
     if name not in _BACKENDS:
@@ -119,4 +139,15 @@ def resolve_backend(name: str | None, device: torch.device) -> tuple[str, Backen
         raise RuntimeError(
             f"backend='triton' is not available: {why}. Use backend='reference' or None."
         )
+    if name == "native":
+        if not native.available():
+            raise RuntimeError(
+                f"backend='native' is not available: {native.unavailable_reason()}. "
+                "Use backend='reference' or None."
+            )
+        if device.type != "cpu":
+            raise RuntimeError(
+                f"backend='native' runs on CPU tensors; the buffers are on {device}. "
+                "Use backend='triton' or None for CUDA tensors."
+            )
     return name, _BACKENDS[name]

@@ -24,8 +24,15 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 import sago_kernels as sk  # noqa: E402
 
+# function_scoped_fixture: `device` is function-scoped (it follows `backend`) and immutable,
+# so sharing it across the examples of one test is safe.
 _COMMON = dict(
-    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 settings.register_profile("ci", max_examples=30, derandomize=True, **_COMMON)
 settings.register_profile("fuzz", max_examples=120, derandomize=False, **_COMMON)
@@ -33,10 +40,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 BACKENDS = sk.backends()
+CPU_ONLY_BACKENDS = ("native",)
 
 
-@pytest.fixture(scope="session")
-def device() -> torch.device:
+@pytest.fixture
+def device(request) -> torch.device:
+    """Where a test's buffers live: the accelerator if any, the CPU for CPU-only backends."""
+    if "backend" in request.fixturenames:
+        if request.getfixturevalue("backend") in CPU_ONLY_BACKENDS:
+            return torch.device("cpu")
     return DEVICE
 
 

@@ -12,12 +12,15 @@ magnitudes with opposite signs, whole-zero segments, and optionally NaN and ±In
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from hypothesis import strategies as st
 
 from sago_kernels import GradLayout
-from sago_kernels.kernels import LaunchConfig
+from sago_kernels.kernels import LaunchConfig, launch_config
+from sago_kernels.native import NativeConfig, native_config
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Largest decimal exponent per dtype, chosen so α·r + γ·f stays finite for |α|, |γ| <= 4 and the
@@ -37,6 +40,20 @@ CONFIGS = (
     LaunchConfig(block=64, stats_block=32, target_chunks=2, reduce_rows=16, seg_block=16),
     LaunchConfig(),
 )
+
+
+def configured(backend: str, config: LaunchConfig | None):
+    """A context that runs ``backend`` with the chunking of ``config`` (None: the defaults).
+
+    The native backend takes the tile size as its chunk length, so small buffers are cut into
+    several chunks per segment there too.
+    """
+    if config is None or backend == "reference":
+        return contextlib.nullcontext()
+    if backend == "native":
+        return native_config(NativeConfig(config.block, config.target_chunks))
+    return launch_config(config)
+
 
 SIZES = st.one_of(
     st.just(0),

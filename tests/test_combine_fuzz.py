@@ -7,19 +7,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from oracle import assert_output_matches, assert_stats_match, output_bound, segment_mask, truth
-from strategies import CONFIGS, DTYPES, EPS, SEEDS, WEIGHTS, fill_pair, layouts
+from strategies import CONFIGS, DTYPES, EPS, SEEDS, WEIGHTS, configured, fill_pair, layouts
 
 import sago_kernels as sk
 from sago_kernels.methods import METHODS
 
 
 def _run(backend, config, *args, **kwargs):
-    if backend == "triton":
-        from sago_kernels.kernels import launch_config
-
-        with launch_config(config):
-            return sk.combine_(*args, backend=backend, **kwargs)
-    return sk.combine_(*args, backend=backend, **kwargs)
+    with configured(backend, config):
+        return sk.combine_(*args, backend=backend, **kwargs)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,11 @@ N = 2**31 + 8192
 SEGMENTS = [(0, 3), (2**31 - 1024, 1500), (2**31 + 1024, 2000)]  # the middle one straddles 2**31
 
 
-@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton backend is not available here")
+@pytest.mark.parametrize("backend", ["triton", "native"])
 @pytest.mark.parametrize("method", ["sago", "pcgrad", "blur"])
-def test_segments_past_2_31_are_indexed_correctly(device, method):
+def test_segments_past_2_31_are_indexed_correctly(backend, device, method):
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available here")
     try:
         retain = torch.empty(N, dtype=torch.bfloat16, device=device)
         forget = torch.empty(N, dtype=torch.bfloat16, device=device)
@@ -42,7 +44,7 @@ def test_segments_past_2_31_are_indexed_correctly(device, method):
     f_small = torch.cat([forget[s : s + n] for s, n in SEGMENTS])
 
     out, stats = sk.combine_(
-        retain, forget, layout=layout, method=method, stats=True, backend="triton"
+        retain, forget, layout=layout, method=method, stats=True, backend=backend
     )
 
     m = METHODS[method]

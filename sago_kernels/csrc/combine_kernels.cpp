@@ -1,0 +1,466 @@
+// One fused, in-place pass over flat gradient buffers on the CPU (SPEC.md semantics).
+//
+// This file is compiled once per instruction set (SAGO_ISA = baseline, avx2, avx512; see
+// CMakeLists.txt) into its own namespace; sago_native.cpp picks one at run time. The code is
+// the same for all of them: GCC/Clang vector extensions of the native width, over blocks of
+// kLanes = 16 logical lanes. Every logical lane does the same IEEE operations in the same order
+// whatever the instruction set, so all variants give the same bits.
+//
+// Determinism: work is cut into a fixed list of chunks chosen in Python from the layout alone
+// (never from the thread count). Threads take whole chunks; a chunk keeps one partial sum per
+// lane, adds its lanes in lane order into its own row, and rows are added per segment in chunk
+// order afterwards. So outputs and statistics are bitwise the same with 1 thread or 64.
+//
+// g_final is float32 arithmetic without contraction (-ffp-contract=off): γ·f + α·r rounds
+// exactly as the reference does. Products of float32 values are exact in double, so the sums
+// are kept in double. Sign gates and finiteness are decided on bits. A block is loaded in full
+// before it is stored, so out may alias retain or forget (element for element) safely.
+
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "sago_native.h"
+#include "combine_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace SAGO_ISA {
+namespace {
+
+constexpr int kLanes = 16;  // logical lanes: a chunk keeps 16 partial sums of each kind
+constexpr int kRow = 8;     // doubles per chunk row: the six sums, padded
+
+// One vector of native width for this build; a block of kLanes is kParts such vectors. The
+// logical lanes, and so every result, are the same for every instruction set.
+#if defined(__AVX512F__)
+constexpr int kWidth = 16;
+#elif defined(__AVX2__)
+constexpr int kWidth = 8;
+#else
+constexpr int kWidth = 4;
+#endif
+constexpr int kParts = kLanes / kWidth;
+
+typedef float VF __attribute__((vector_size(4 * kWidth)));
+typedef double VD __attribute__((vector_size(8 * kWidth)));
+typedef uint32_t VU __attribute__((vector_size(4 * kWidth)));
+typedef int32_t VI __attribute__((vector_size(4 * kWidth)));  // masks: -1 true, 0 false
+typedef uint16_t VH __attribute__((vector_size(2 * kWidth)));
+
+// Every helper that takes or returns a vector is inlined: a 64-byte vector passed by value
+// outside AVX-512 goes through memory, which costs more than the arithmetic.
+#define SAGO_INLINE inline __attribute__((always_inline))
+
+SAGO_INLINE VU splat(uint32_t x) { return VU{} + x; }
+SAGO_INLINE VF splat(float x) { return VF{} + x; }
+
+SAGO_INLINE VF quiet_nan() { return reinterpret_cast<VF>(splat(0x7FC00000u)); }
+
+// ------------------------------------------------------------------ element formats
+// widen: buffer words -> float32 (exact); narrow: float32 -> words, round to nearest even,
+// NaN stays NaN (canonical quiet NaN, as torch's casts).
+
+struct Float32 {
+  using Word = float;
+  SAGO_INLINE static VF widen(const float* p) {
+    VF x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  }
+  SAGO_INLINE static void narrow(VF x, float* p) { std::memcpy(p, &x, sizeof x); }
+};
+
+// 16-bit words <-> 32-bit lanes. GCC's generic __builtin_convertvector between these widths
+// loads twice and shuffles; the one-instruction forms are spelled out where they exist.
+SAGO_INLINE VU load_words(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VU>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__AVX2__)
+  return reinterpret_cast<VU>(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  VH h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, VU);
+#endif
+}
+
+SAGO_INLINE void store_words(VU words, uint16_t* p) {  // every lane holds a value < 2**16
+#if defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(words)));
+#elif defined(__AVX2__)
+  const __m256i packed = _mm256_packus_epi32(reinterpret_cast<__m256i>(words), _mm256_setzero_si256());
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+#else
+  VH h = __builtin_convertvector(words, VH);
+  std::memcpy(p, &h, sizeof h);
+#endif
+}
+
+SAGO_INLINE VF widen_words(const uint16_t* p, VU (*to_bits)(VU)) {
+  return reinterpret_cast<VF>(to_bits(load_words(p)));
+}
+
+struct BFloat16 {
+  using Word = uint16_t;
+  SAGO_INLINE static VU bits(VU h) { return h << 16; }
+  SAGO_INLINE static VF widen(const uint16_t* p) { return widen_words(p, bits); }
+  SAGO_INLINE static void narrow(VF x, uint16_t* p) {
+    VU u = reinterpret_cast<VU>(x);
+    VU rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    VI nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    store_words(nan ? splat(0x7FC0u) : rounded, p);
+  }
+};
+
+struct Float16 {
+  using Word = uint16_t;
+  SAGO_INLINE static VU bits(VU h) {
+    VU sign = (h & 0x8000u) << 16;
+    VU exponent = (h >> 10) & 0x1Fu;
+    VU mantissa = h & 0x3FFu;
+    VU normal = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    VU special = sign | 0x7F800000u | (mantissa << 13);
+    // subnormal: mantissa * 2**-24 is exact and a normal float32 (no denormal arithmetic)
+    VF scaled = __builtin_convertvector(reinterpret_cast<VI>(mantissa), VF) * 0x1p-24f;
+    VU subnormal = sign | reinterpret_cast<VU>(scaled);
+    return exponent == 0u ? subnormal : exponent == 31u ? special : normal;
+  }
+  SAGO_INLINE static VF widen(const uint16_t* p) { return widen_words(p, bits); }
+  SAGO_INLINE static void narrow(VF x, uint16_t* p) {  // integers only
+    VU u = reinterpret_cast<VU>(x);
+    VU sign = (u >> 16) & 0x8000u;
+    VU a = u & 0x7FFFFFFFu;
+    // normal range: drop 13 mantissa bits with rounding; a carry moves into the exponent
+    VU normal = (a + 0xFFFu + ((a >> 13) & 1u) - 0x38000000u) >> 13;
+    // below 2**-14: the value in units of 2**-24, rounded (shift in [14, 31] matters)
+    VU e = a >> 23;
+    VU m = (a & 0x7FFFFFu) | 0x800000u;
+    VU shift = 126u - (e < 125u ? e : splat(125u));  // >= 1
+    shift = shift > 31u ? splat(31u) : shift;
+    VU half = (splat(1u) << (shift - 1u)) - 1u;
+    VU subnormal = (m + half + ((m >> shift) & 1u)) >> shift;
+    VU h = a > 0x7F800000u   ? splat(0x7E00u)
+           : a >= 0x477FF000u ? splat(0x7C00u)
+           : a >= 0x38800000u ? normal
+                              : subnormal;
+    store_words(sign | h, p);
+  }
+};
+
+// ------------------------------------------------------------------ one chunk
+
+enum Mode {
+  kSum = SAGO_GATE_SUM,
+  kSago = SAGO_GATE_SAGO,
+  kSagoPreferRetain = SAGO_GATE_SAGO_PREFER_RETAIN,
+  kAffine = 8,  // g = a·f + b·r with per-segment (a, b)
+  kDots = 9,    // read only: f·r, r·r, f·f
+};
+
+struct Weights {
+  float a, b;          // kAffine
+  float alpha, gamma;  // gates
+};
+
+struct Splats {  // the weights broadcast once per chunk, held in registers (not reloaded
+  VF a, b, alpha, gamma;  // after every store, which the compiler must assume may alias)
+};
+
+struct Part {  // partial sums of kWidth logical lanes of one chunk
+  VD fr, rr, ff, oo, o_r, o_f;
+  VU conflicts;  // a chunk has fewer than 2**32 elements per lane (native.py caps chunks)
+};
+
+SAGO_INLINE VD wide(VF x) { return __builtin_convertvector(x, VD); }
+
+// kWidth elements (one part of a block). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f and
+// conflicts. ``valid`` masks the lanes past a chunk's end (all true for full blocks).
+template <class IO, int kMode, bool kInputSums, bool kOutputSums>
+SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
+                      typename IO::Word* o_ptr, const Splats& w, Part& s, VI valid) {
+  const VF r = IO::widen(r_ptr);
+  const VF f = IO::widen(f_ptr);
+  if (kInputSums) {
+    const VD rd = wide(r), fd = wide(f);
+    s.fr += fd * rd;
+    s.rr += rd * rd;
+    s.ff += fd * fd;
+  }
+  if (kMode == kDots) return;
+  const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
+  // conflict: both non-zero and signs differ, on bits
+  const VI conflict = (reinterpret_cast<VI>(rb ^ fb) < 0) & ((rb & 0x7FFFFFFFu) != 0u) &
+                      ((fb & 0x7FFFFFFFu) != 0u) & valid;
+  VF o;
+  if (kMode == kSum) {
+    o = w.gamma * f + w.alpha * r;
+  } else if (kMode == kAffine) {
+    o = w.a * f + w.b * r;
+  } else {
+    const VF forget_part = w.gamma * f;
+    const VF retain_part = w.alpha * r;
+    const VF kept = kMode == kSago ? forget_part : forget_part + retain_part;
+    o = conflict ? retain_part : kept;
+    const VI finite = ((rb & 0x7F800000u) != 0x7F800000u) & ((fb & 0x7F800000u) != 0x7F800000u);
+    o = finite ? o : quiet_nan();
+  }
+  IO::narrow(o, o_ptr);
+  if (kOutputSums) {
+    const VD od = wide(valid ? o : VF{});  // a NaN weight times a padding 0 must not count
+    s.oo += od * od;
+    s.o_r += od * wide(r);
+    s.o_f += od * wide(f);
+    s.conflicts -= reinterpret_cast<VU>(conflict);  // -(-1) = +1
+  }
+}
+
+// Elements [0, n) of one chunk: combine (unless kDots) and fill the chunk's row of sums.
+template <class IO, int kMode, bool kStats>
+void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
+                typename IO::Word* o_ptr, int64_t n, const Weights& weights, double* row,
+                int64_t* conflicts_out) {
+  using Word = typename IO::Word;
+  constexpr bool kInputSums = kMode == kDots || (kStats && kMode != kAffine);
+  constexpr bool kOutputSums = kStats && kMode != kDots;
+  Part s[kParts] = {};
+  const VI all = VI{} - 1;
+  const Splats w = {splat(weights.a), splat(weights.b), splat(weights.alpha), splat(weights.gamma)};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int p = 0; p < kParts; ++p) {
+      const int64_t at = i + p * kWidth;
+      part<IO, kMode, kInputSums, kOutputSums>(r_ptr + at, f_ptr + at, o_ptr + at, w, s[p], all);
+    }
+  }
+  if (i < n) {  // the tail through zero-padded copies
+    const int width = static_cast<int>(n - i);
+    Word r_tail[kLanes] = {}, f_tail[kLanes] = {}, o_tail[kLanes] = {};
+    std::memcpy(r_tail, r_ptr + i, width * sizeof(Word));
+    std::memcpy(f_tail, f_ptr + i, width * sizeof(Word));
+    for (int p = 0; p < kParts; ++p) {
+      VI lane;
+      for (int q = 0; q < kWidth; ++q) lane[q] = p * kWidth + q;
+      const int at = p * kWidth;
+      part<IO, kMode, kInputSums, kOutputSums>(r_tail + at, f_tail + at, o_tail + at, w, s[p],
+                                               lane < width);
+    }
+    if (kMode != kDots) std::memcpy(o_ptr + i, o_tail, width * sizeof(Word));
+  }
+  if (!kInputSums && !kOutputSums) return;
+  double totals[SAGO_NUM_SUMS] = {0, 0, 0, 0, 0, 0};
+  int64_t conflicts = 0;
+  for (int p = 0; p < kParts; ++p) {  // logical lane order 0..15
+    for (int q = 0; q < kWidth; ++q) {
+      totals[0] += s[p].fr[q];
+      totals[1] += s[p].rr[q];
+      totals[2] += s[p].ff[q];
+      totals[3] += s[p].oo[q];
+      totals[4] += s[p].o_r[q];
+      totals[5] += s[p].o_f[q];
+      conflicts += s[p].conflicts[q];
+    }
+  }
+  if (kInputSums) {
+    for (int k = 0; k < 3; ++k) row[k] = totals[k];
+  }
+  if (kOutputSums) {
+    for (int k = 3; k < SAGO_NUM_SUMS; ++k) row[k] = totals[k];
+    *conflicts_out = conflicts;
+  }
+}
+
+// ------------------------------------------------------------------ coefficients
+
+inline uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+
+inline bool is_finite(float x) { return (bits_of(x) & 0x7F800000u) != 0x7F800000u; }
+
+// (a, b) with g_final = a·f + b·r, from float32 dots as the Triton coefficient kernel does:
+// PCGrad a = γ, b = α − γ·c with c = d/(n+eps) if d < 0 else 0; BLUR a = γ − α·c, b = α with
+// c = d/(m+eps). Both NaN where a dot or a weight is not finite (the segment becomes NaN).
+void affine_weights(float d, float n, float m, float alpha, float gamma, float eps, int code,
+                    float* a, float* b) {
+  bool ok;
+  if (code == SAGO_PROJECTION_BLUR) {
+    const float c = d / (m + eps);
+    *a = gamma - alpha * c;
+    *b = alpha;
+    ok = is_finite(d) && is_finite(m);
+  } else {
+    const float c = d < 0.0f ? d / (n + eps) : 0.0f;
+    *a = gamma;
+    *b = alpha - gamma * c;
+    ok = is_finite(d) && is_finite(n);
+  }
+  if (!(ok && is_finite(*a) && is_finite(*b))) *a = *b = quiet_nan()[0];
+}
+
+// ------------------------------------------------------------------ the combine
+
+class Combine {
+ public:
+  explicit Combine(const SagoCombineArgs& args) : A(args) {}
+
+  template <class IO>
+  int32_t run() {
+    try {
+      rows_.assign(static_cast<size_t>(A.num_chunks) * kRow, 0.0);
+      conflicts_.assign(static_cast<size_t>(A.num_chunks), 0);
+      if (A.scope != SAGO_ELEMENT) coef_.assign(static_cast<size_t>(A.num_segments) * 2, 0.0f);
+    } catch (const std::bad_alloc&) {
+      return SAGO_OUT_OF_MEMORY;
+    }
+    if (A.scope == SAGO_ELEMENT) {
+      switch (A.code) {
+        case SAGO_GATE_SUM: return write_pass<IO, kSum>();
+        case SAGO_GATE_SAGO: return write_pass<IO, kSago>();
+        case SAGO_GATE_SAGO_PREFER_RETAIN: return write_pass<IO, kSagoPreferRetain>();
+        default: return SAGO_BAD_METHOD;
+      }
+    }
+    if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR) return SAGO_BAD_METHOD;
+    for_each_chunk([&](int64_t c, const Weights& w) {
+      const int64_t start = A.chunk_start[c];
+      chunk_pass<IO, kDots, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
+                                  nullptr, A.chunk_len[c], w, &rows_[c * kRow], nullptr);
+    });
+    coefficients();
+    return write_pass<IO, kAffine>();
+  }
+
+ private:
+  template <class IO>
+  static const typename IO::Word* input(const void* base, int64_t offset) {
+    return static_cast<const typename IO::Word*>(base) + offset;
+  }
+
+  template <class Body>
+  void for_each_chunk(Body body) {
+    const int64_t chunks = A.num_chunks;
+    const Weights gates{A.alpha, A.alpha, A.alpha, A.gamma};
+#ifdef _OPENMP
+    const int threads = A.num_threads > 0 ? A.num_threads : 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && chunks > 1)
+#endif
+    for (int64_t c = 0; c < chunks; ++c) body(c, gates);
+  }
+
+  // Per-segment (a, b) from the dots pass: segment sums in chunk order, then float32 weights.
+  void coefficients() {
+    double total[3] = {0, 0, 0};
+    for (int64_t j = 0; j < A.num_segments; ++j) {
+      double dots[3] = {0, 0, 0};
+      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
+        for (int k = 0; k < 3; ++k) dots[k] += rows_[c * kRow + k];
+      }
+      for (int k = 0; k < 3; ++k) total[k] += dots[k];
+      affine_weights(static_cast<float>(dots[0]), static_cast<float>(dots[1]),
+                     static_cast<float>(dots[2]), A.alpha, A.gamma, A.eps, A.code,
+                     &coef_[j * 2], &coef_[j * 2 + 1]);
+    }
+    if (A.scope == SAGO_GLOBAL) {
+      float a, b;
+      affine_weights(static_cast<float>(total[0]), static_cast<float>(total[1]),
+                     static_cast<float>(total[2]), A.alpha, A.gamma, A.eps, A.code, &a, &b);
+      for (int64_t j = 0; j < A.num_segments; ++j) {
+        coef_[j * 2] = a;
+        coef_[j * 2 + 1] = b;
+      }
+    }
+  }
+
+  template <class IO, int kMode>
+  int32_t write_pass() {
+    using Word = typename IO::Word;
+    for_each_chunk([&](int64_t c, const Weights& gates) {
+      Weights w = gates;
+      if (kMode == kAffine) {
+        w.a = coef_[A.chunk_seg[c] * 2];
+        w.b = coef_[A.chunk_seg[c] * 2 + 1];
+      }
+      const int64_t start = A.chunk_start[c];
+      const Word* r = input<IO>(A.retain, start);
+      const Word* f = input<IO>(A.forget, start);
+      Word* o = static_cast<Word*>(A.out) + start;
+      if (A.want_stats) {
+        chunk_pass<IO, kMode, true>(r, f, o, A.chunk_len[c], w, &rows_[c * kRow], &conflicts_[c]);
+      } else {
+        chunk_pass<IO, kMode, false>(r, f, o, A.chunk_len[c], w, nullptr, nullptr);
+      }
+    });
+    if (A.want_stats) reduce_stats();
+    return SAGO_OK;
+  }
+
+  // Per-segment totals of the chunk rows, in chunk order (independent of the thread count).
+  void reduce_stats() {
+    for (int64_t j = 0; j < A.num_segments; ++j) {
+      double* sums = A.seg_sums + j * SAGO_NUM_SUMS;
+      int64_t conflicts = 0;
+      for (int k = 0; k < SAGO_NUM_SUMS; ++k) sums[k] = 0.0;
+      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
+        for (int k = 0; k < SAGO_NUM_SUMS; ++k) sums[k] += rows_[c * kRow + k];
+        conflicts += conflicts_[c];
+      }
+      A.seg_conflicts[j] = conflicts;
+    }
+  }
+
+  const SagoCombineArgs& A;
+  std::vector<double> rows_;
+  std::vector<int64_t> conflicts_;
+  std::vector<float> coef_;
+};
+
+template <class IO>
+void convert_blocks(const void* src, void* dst, int64_t n, bool widen) {
+  using Word = typename IO::Word;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int width = static_cast<int>(n - i < kLanes ? n - i : kLanes);
+    if (widen) {
+      Word in[kLanes] = {};
+      float out[kLanes];
+      std::memcpy(in, static_cast<const Word*>(src) + i, width * sizeof(Word));
+      for (int p = 0; p < kParts; ++p) Float32::narrow(IO::widen(in + p * kWidth), out + p * kWidth);
+      std::memcpy(static_cast<float*>(dst) + i, out, width * sizeof(float));
+    } else {
+      float in[kLanes] = {};
+      Word out[kLanes];
+      std::memcpy(in, static_cast<const float*>(src) + i, width * sizeof(float));
+      for (int p = 0; p < kParts; ++p) IO::narrow(Float32::widen(in + p * kWidth), out + p * kWidth);
+      std::memcpy(static_cast<Word*>(dst) + i, out, width * sizeof(Word));
+    }
+  }
+}
+
+}  // namespace
+
+int32_t combine(const SagoCombineArgs& args) {
+  Combine combine(args);
+  switch (args.dtype) {
+    case SAGO_FLOAT32: return combine.run<Float32>();
+    case SAGO_BFLOAT16: return combine.run<BFloat16>();
+    case SAGO_FLOAT16: return combine.run<Float16>();
+    default: return SAGO_BAD_DTYPE;
+  }
+}
+
+int32_t convert(int32_t dtype, const void* src, void* dst, int64_t n, bool widen) {
+  switch (dtype) {
+    case SAGO_BFLOAT16: convert_blocks<BFloat16>(src, dst, n, widen); return SAGO_OK;
+    case SAGO_FLOAT16: convert_blocks<Float16>(src, dst, n, widen); return SAGO_OK;
+    default: return SAGO_BAD_DTYPE;
+  }
+}
+
+}  // namespace SAGO_ISA

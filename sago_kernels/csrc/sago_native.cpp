@@ -1,0 +1,93 @@
+// The C ABI of the native backend, and the choice of instruction set at run time.
+//
+// combine_kernels.cpp is built once per instruction set (CMakeLists.txt); here the best one
+// this CPU supports is chosen, unless the caller asks for a lower one (args->isa, from
+// SAGO_NATIVE_ISA in native.py: tests and benchmarks compare them). All variants give the
+// same bits, so the choice is about speed only.
+
+#include "sago_native.h"
+
+#include "combine_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+struct Isa {
+  int32_t (*combine)(const SagoCombineArgs&);
+  int32_t (*convert)(int32_t, const void*, void*, int64_t, bool);
+};
+
+bool cpu_has(int isa) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (isa == SAGO_ISA_AVX512) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }
+  if (isa == SAGO_ISA_AVX2) return __builtin_cpu_supports("avx2");
+#endif
+  return isa == SAGO_ISA_BASELINE;
+}
+
+// The best compiled variant at or below ``wanted`` (< 0: the best there is) that this CPU runs.
+int32_t pick(int32_t wanted, Isa* isa) {
+  if (wanted < 0 || wanted > SAGO_ISA_AVX512) wanted = SAGO_ISA_AVX512;
+#ifdef SAGO_HAVE_AVX512
+  if (wanted >= SAGO_ISA_AVX512 && cpu_has(SAGO_ISA_AVX512)) {
+    *isa = {avx512::combine, avx512::convert};
+    return SAGO_ISA_AVX512;
+  }
+#endif
+#ifdef SAGO_HAVE_AVX2
+  if (wanted >= SAGO_ISA_AVX2 && cpu_has(SAGO_ISA_AVX2)) {
+    *isa = {avx2::combine, avx2::convert};
+    return SAGO_ISA_AVX2;
+  }
+#endif
+  *isa = {baseline::combine, baseline::convert};
+  return SAGO_ISA_BASELINE;
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t sago_native_abi(void) { return SAGO_NATIVE_ABI; }
+
+int32_t sago_native_max_threads(void) {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int32_t sago_native_isa(int32_t wanted) {
+  Isa isa;
+  return pick(wanted, &isa);
+}
+
+int32_t sago_native_combine(const SagoCombineArgs* args) {
+  if (args == nullptr || args->abi != SAGO_NATIVE_ABI) return SAGO_BAD_ABI;
+  Isa isa;
+  pick(args->isa, &isa);
+  return isa.combine(*args);
+}
+
+int32_t sago_native_widen(int32_t isa, int32_t dtype, const uint16_t* src, float* dst, int64_t n) {
+  Isa chosen;
+  pick(isa, &chosen);
+  return chosen.convert(dtype, src, dst, n, true);
+}
+
+int32_t sago_native_narrow(int32_t isa, int32_t dtype, const float* src, uint16_t* dst,
+                           int64_t n) {
+  Isa chosen;
+  pick(isa, &chosen);
+  return chosen.convert(dtype, src, dst, n, false);
+}
+
+}  // extern "C"
