@@ -1,6 +1,7 @@
 """The implementations a user could otherwise use, run on the same flat buffers.
 
-1. ``fused``     — ``sago_kernels.combine_`` (Triton on CUDA).
+1. ``fused``     — ``sago_kernels.combine_`` (Triton on CUDA); on a CPU, ``native`` is the
+                   same call on the C++ backend (``make_fused(..., backend="native")``).
 2. ``reference`` — ``sago_kernels.reference`` (eager torch, the CPU backend).
 3. ``paper``     — eager per-parameter code written the way the paper's public code computes:
                    a Python loop over parameters, cloned gradients, boolean-mask indexing for
@@ -137,4 +138,4 @@ def make_compiled(
     return run
 
 
-PEERS = ("fused", "reference", "paper", "compiled")
+PEERS = ("fused", "native", "reference", "paper", "compiled")

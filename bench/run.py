@@ -2,6 +2,8 @@
 
     python bench/run.py                                  # CPU: scaled-down layouts, seconds
     python bench/run.py --device cuda --scale 1 --out bench_out     # the 7B layouts on a GPU
+    python bench/run.py --layouts flat --flat 10000000 100000000 --peers native reference
+                                                         # the native backend's CPU targets
 
 For each layout × method × dtype × peer (see peers.py): the median time over several calls that
 rotate through distinct input buffers (so caches do not flatter), the effective bandwidth from
@@ -39,6 +41,8 @@ LAYOUTS = {
 
 
 def layout_for(name: str, scale: int) -> sk.GradLayout:
+    if name.startswith("flat_"):  # one segment of N elements: --flat N
+        return sk.GradLayout.from_sizes([int(name[5:])])
     shapes = LAYOUTS[name](scale)
     return sk.GradLayout.from_sizes(
         [torch.Size(s).numel() for _, s in shapes], names=[n for n, _ in shapes]
@@ -115,7 +119,10 @@ def run(args: argparse.Namespace) -> dict:
     dtypes = [getattr(torch, d) for d in args.dtypes]
     rows = []
     fused_backend = None if device.type == "cuda" else "triton"
-    for layout_name in args.layouts:
+    layout_names = [n for n in args.layouts if n != "flat"]
+    if "flat" in args.layouts:
+        layout_names += [f"flat_{n}" for n in args.flat]
+    for layout_name in layout_names:
         layout = layout_for(layout_name, args.scale)
         for dtype in dtypes:
             g = torch.Generator(device="cpu").manual_seed(0)
@@ -143,6 +150,8 @@ def run(args: argparse.Namespace) -> dict:
                 peers = {}
                 if (device.type == "cuda" or args.interpret) and "fused" in args.peers:
                     peers["fused"] = (make_fused(layout, method, fused_backend), 0.0)
+                if device.type == "cpu" and "native" in args.peers and "native" in sk.backends():
+                    peers["native"] = (make_fused(layout, method, "native"), 0.0)
                 if "reference" in args.peers:
                     peers["reference"] = (make_reference(layout, method), 0.0)
                 if "paper" in args.peers:
@@ -182,13 +191,14 @@ def run(args: argparse.Namespace) -> dict:
                         "copy_gbps": roof, "launches": launches, "extra_bytes": extra,
                         "compile_s": round(compile_s, 2) or None,
                     })  # fmt: skip
-                lead = "fused" if "fused" in times else next(iter(times), None)
+                lead = next((p for p in ("fused", "native") if p in times), next(iter(times), None))
                 for row in [r for r in rows[-len(peers) :] if not r.get("oom")] if lead else []:
                     row["speedup_of_" + lead] = row["ms"] / (times[lead] * 1e3)
                     print(
                         f"  {method:<19}{row['peer']:<10}{row['ms']:>10.3f} ms"
                         f"{row['gbps']:>9.1f} GB/s"
                         f"{100 * row['roofline_share']:>6.0f}% of copy"
+                        f" (copy time x{1 / row['roofline_share']:>5.2f})"
                         f"  {lead} speed-up x{row['speedup_of_' + lead]:>7.2f}"
                         f"  launches {row['launches'] if row['launches'] is not None else '-':>4}"
                         f"  extra {row['extra_bytes'] / 1e6:>9.2f} MB",
@@ -256,7 +266,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--scale", type=int, default=1 if cuda else 16, help="divide model widths by this"
     )
-    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    p.add_argument(
+        "--layouts",
+        nargs="+",
+        default=list(LAYOUTS),
+        choices=[*LAYOUTS, "flat"],
+        help="model layouts; 'flat' adds one single-segment layout per --flat size",
+    )
+    p.add_argument("--flat", nargs="+", type=int, default=[10**7], help="elements of 'flat'")
     p.add_argument("--methods", nargs="+", default=sk.methods(), choices=sk.methods())
     p.add_argument(
         "--dtypes",
@@ -269,8 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--peers",
         nargs="+",
-        default=["fused", "reference", "paper", "compiled"],
-        choices=["fused", "reference", "paper", "compiled"],
+        default=["fused", "native", "reference", "paper", "compiled"],
+        choices=["fused", "native", "reference", "paper", "compiled"],
     )
     p.add_argument(
         "--interpret",

@@ -1,7 +1,8 @@
 """Small CPU cases of the benchmark for ``pytest bench/ --benchmark-only`` (pytest-benchmark).
 
 The fused Triton call needs a GPU (or the interpreter, far too slow to time), so on a CPU these
-time the peers on a scaled-down Llama layout; on a CUDA machine the fused call joins them.
+time the native backend (when built) and the peers on a scaled-down Llama layout; on a CUDA
+machine the fused call joins them.
 The standalone ``bench/run.py`` is the full benchmark.
 """
 
@@ -17,11 +18,15 @@ import sago_kernels as sk
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 LAYOUT = layout_for("llama7b", 64 if DEVICE.type == "cpu" else 4)
 PEERS = ["reference", "paper", "compiled"] + (["fused"] if DEVICE.type == "cuda" else [])
+if DEVICE.type == "cpu" and "native" in sk.backends():
+    PEERS.append("native")
 
 
 def _make(peer: str, method: str):
     if peer == "fused":
         return make_fused(LAYOUT, method)
+    if peer == "native":
+        return make_fused(LAYOUT, method, backend="native")
     if peer == "reference":
         return make_reference(LAYOUT, method)
     if peer == "paper":

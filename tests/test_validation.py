@@ -97,7 +97,9 @@ def test_backend_triton_unavailable_is_a_clear_error(monkeypatch):
     r, f = torch.zeros(4), torch.zeros(4)
     with pytest.raises(RuntimeError, match="triton is not installed"):
         sk.combine_(r, f, backend="triton")
-    assert b.resolve_backend(None, torch.device("cpu"))[0] == "reference"
+    monkeypatch.setattr(b.native, "available", lambda: False)
+    with pytest.warns(UserWarning, match="native CPU backend is not available"):
+        assert b.resolve_backend(None, torch.device("cpu"))[0] == "reference"
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
@@ -107,12 +109,29 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 
 def test_auto_backend_choice(monkeypatch):
+    """CPU: native when built, else Triton under its interpreter, else the reference."""
     import sago_kernels.dispatch as b
 
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(b, "_warned_fallback", set())
+    if b.native.available():
+        assert b.resolve_backend(None, cpu)[0] == "native"
+    monkeypatch.setattr(b.native, "available", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert b.resolve_backend(None, torch.device("cpu"))[0] == (
-        "triton" if b._triton_installed() else "reference"
-    )
+    assert b.resolve_backend(None, cpu)[0] == ("triton" if b._triton_installed() else "reference")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert b.resolve_backend(None, torch.device("cpu"))[0] == "reference"
-    assert "reference" in sk.backends()
+    with pytest.warns(UserWarning, match="native CPU backend is not available"):
+        assert b.resolve_backend(None, cpu)[0] == "reference"
+    assert "reference" in sk.backends() and "native" not in sk.backends()
+
+
+def test_native_backend_errors_are_clear(monkeypatch):
+    import sago_kernels.dispatch as b
+
+    if b.native.available() and torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="runs on CPU tensors"):
+            b.resolve_backend("native", torch.device("cuda"))
+    monkeypatch.setattr(b.native, "available", lambda: False)
+    monkeypatch.setattr(b.native, "unavailable_reason", lambda: "not built here")
+    with pytest.raises(RuntimeError, match="backend='native' is not available: not built here"):
+        sk.combine_(torch.zeros(4), torch.zeros(4), backend="native")
