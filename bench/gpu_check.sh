@@ -28,6 +28,16 @@ print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; 
       f"{p.total_memory / 2**30:.0f} GiB")
 PY
 
+echo "== the native CPU backend (built into the checkout when cmake and a C++ compiler exist)"
+if command -v cmake >/dev/null \
+    && timeout 60 cmake -S . -B /tmp/sago-native-build -DCMAKE_BUILD_TYPE=Release >/dev/null \
+    && timeout 120 cmake --build /tmp/sago-native-build --parallel >/dev/null; then
+  "$PY" -c "import sago_kernels as sk; print('backends', sk.backends())"
+else
+  echo "not built: its tests are skipped"
+  export SAGO_ALLOW_NO_NATIVE=1
+fi
+
 echo "== tests on the GPU (compiled kernels: fuzz, determinism, no host sync, 2**31 offsets)"
 # the recipe/demo tests run on the CPU and are covered by CI; skip them here for time
 timeout 180 "$PY" -m pytest tests -q -p no:cacheprovider -x --ignore=tests/test_recipes.py \

@@ -8,7 +8,8 @@
 For each layout × method × dtype × peer (see peers.py): the median time over several calls that
 rotate through distinct input buffers (so caches do not flatter), the effective bandwidth from
 the minimal bytes (element-wise 3·N·itemsize, projection 5·N·itemsize), that bandwidth as a share
-of a device copy measured in the same run, the speed-up of the fused call over each peer,
+of a copy of the same bytes timed right after each call (the median of the per-call ratios, so
+drifting bandwidth on a shared machine cancels out), the speed-up of the fused call over each peer,
 kernel launches per call (CUDA, from the profiler) and the extra memory each peer allocates
 beyond the two input buffers (CUDA: peak allocated; CPU: bytes allocated, from the profiler).
 Prints a table; writes ``results.json`` and ``bandwidth.png`` to ``--out``.
@@ -59,37 +60,68 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn, inputs, reps: int, device: torch.device) -> float:
+def _timed(fn, args, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def median_seconds(
+    fn, inputs, reps: int, device: torch.device, copy=None
+) -> tuple[float, float | None]:
     """Median of ``reps`` calls, rotating through ``inputs``; warm-up excluded. A peer slower
-    than half a second a call gets 3 calls (its median is still far from the fused one's)."""
+    than half a second a call gets 3 calls (its median is still far from the fused one's).
+
+    With ``copy`` (a no-argument callable copying the same bytes, see :func:`same_bytes_copy`),
+    each call is followed by one copy and the second value is the median of the per-call ratios
+    time / copy time: on a shared machine whose bandwidth drifts between calls, a ratio of
+    neighbours is what stays meaningful.
+    """
     for r, f in inputs[:2]:
-        t = time.perf_counter()
-        fn(r, f)
-        _sync(device)
-    if time.perf_counter() - t > 0.5:
+        t = _timed(fn, (r, f), device)
+        if copy is not None:
+            copy()
+    if t > 0.5:
         reps = min(reps, 3)
-    times = []
+    times, ratios = [], []
     for i in range(reps):
-        r, f = inputs[i % len(inputs)]
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(r, f)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn(r, f)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        times.append(_timed(fn, inputs[i % len(inputs)], device))
+        if copy is not None:
+            ratios.append(times[-1] / _timed(copy, (), device))
+    return statistics.median(times), (statistics.median(ratios) if ratios else None)
+
+
+def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device, cap_elems: int):
+    """A callable that copies ``nbytes`` in all (reads half, writes half). On CUDA the buffers
+    hold at most ``cap_elems`` elements (memory is scarce beside 7B buffers): the copy is then
+    repeated, the last time partly, until ``nbytes`` have moved."""
+    elems = max(1, nbytes // 2 // dtype.itemsize)
+    size = min(elems, cap_elems) if device.type == "cuda" else elems
+    src = torch.ones(size, dtype=dtype, device=device)
+    dst = torch.empty_like(src).fill_(0)
+    whole, rest = divmod(elems, size)
+
+    def run() -> None:
+        for _ in range(whole):
+            dst.copy_(src)
+        if rest:
+            dst[:rest].copy_(src[:rest])
+
+    return run
 
 
 def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
     """Bandwidth of a plain device copy of the same element count (read N + write N)."""
     src = torch.randn(numel, device=device).to(dtype)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)
+    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)[0]
     return 2 * numel * src.element_size() / seconds / 1e9
 
 
@@ -166,9 +198,11 @@ def run(args: argparse.Namespace) -> dict:
                     except Exception as exc:  # report, do not hide, a compile that fails here
                         print(f"  compiled peer failed: {type(exc).__name__}: {exc}"[:200])
                 times = {}
+                nbytes = minimal_bytes(layout, method, dtype.itemsize)
+                copy = same_bytes_copy(nbytes, dtype, device, cap_elems=layout.segment_numel)
                 for name, (fn, compile_s) in list(peers.items()):
                     try:
-                        seconds = median_seconds(fn, inputs, args.reps, device)
+                        seconds, copy_ratio = median_seconds(fn, inputs, args.reps, device, copy)
                         launches, extra = launches_and_memory(fn, *inputs[0], device)
                     except torch.OutOfMemoryError:
                         print(
@@ -181,14 +215,15 @@ def run(args: argparse.Namespace) -> dict:
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         continue
-                    gbps = minimal_bytes(layout, method, dtype.itemsize) / seconds / 1e9
+                    gbps = nbytes / seconds / 1e9
                     times[name] = seconds
                     rows.append({
                         "layout": layout_name, "segments": layout.num_segments,
                         "numel": layout.segment_numel,
                         "dtype": str(dtype).replace("torch.", ""), "method": method, "peer": name,
-                        "ms": seconds * 1e3, "gbps": gbps, "roofline_share": gbps / roof,
-                        "copy_gbps": roof, "launches": launches, "extra_bytes": extra,
+                        "ms": seconds * 1e3, "gbps": gbps, "roofline_share": 1 / copy_ratio,
+                        "copy_time_ratio": copy_ratio, "copy_gbps": roof,
+                        "launches": launches, "extra_bytes": extra,
                         "compile_s": round(compile_s, 2) or None,
                     })  # fmt: skip
                 lead = next((p for p in ("fused", "native") if p in times), next(iter(times), None))
@@ -198,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
                         f"  {method:<19}{row['peer']:<10}{row['ms']:>10.3f} ms"
                         f"{row['gbps']:>9.1f} GB/s"
                         f"{100 * row['roofline_share']:>6.0f}% of copy"
-                        f" (copy time x{1 / row['roofline_share']:>5.2f})"
+                        f" (x{row['copy_time_ratio']:>5.2f} its time)"
                         f"  {lead} speed-up x{row['speedup_of_' + lead]:>7.2f}"
                         f"  launches {row['launches'] if row['launches'] is not None else '-':>4}"
                         f"  extra {row['extra_bytes'] / 1e6:>9.2f} MB",
