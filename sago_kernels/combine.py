@@ -6,6 +6,7 @@ from typing import Literal, overload
 
 import torch
 
+from . import ops, sharding
 from ._validation import check_combine_args, check_scalar
 from .dispatch import resolve_backend
 from .layout import GradLayout
@@ -29,6 +30,7 @@ def combine_(
     out: torch.Tensor | None = ...,
     stats: Literal[False] = ...,
     backend: BackendName | None = ...,
+    process_group: object | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -45,6 +47,7 @@ def combine_(
     out: torch.Tensor | None = ...,
     stats: Literal[True],
     backend: BackendName | None = ...,
+    process_group: object | None = ...,
 ) -> tuple[torch.Tensor, CombineStats]: ...
 
 
@@ -60,6 +63,7 @@ def combine_(
     out: torch.Tensor | None = None,
     stats: bool = False,
     backend: BackendName | None = None,
+    process_group: object | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, CombineStats]:
     """Combine the retain and forget gradients into g_final, written in place into ``retain``.
 
@@ -78,13 +82,18 @@ def combine_(
             in the same passes.
         backend: ``"triton"``, ``"native"`` (C++ on CPU), ``"reference"`` or ``None`` (auto:
             Triton for CUDA tensors, native for CPU tensors; see ``sago_kernels.dispatch``).
+        process_group: sharded gradients (FSDP2 or any split over ranks): the buffers hold this
+            rank's slice of every segment, and projection methods and statistics use the whole
+            segments through one all-reduce of per-segment dots over this group (see
+            ``sago_kernels.sharding``). Every rank of the group must call it.
 
     Returns:
         The written tensor, and the statistics when ``stats=True``.
 
     Nothing synchronises with the host (after a layout's first use on a device), so the call can
     sit inside a CUDA-graph-captured or asynchronous training step. Bad input raises ``TypeError``
-    or ``ValueError`` before anything is written.
+    or ``ValueError`` before anything is written. Inside ``torch.compile`` the call becomes one
+    custom op (``sago_kernels.ops``): no graph break, no recompile when alpha/gamma change.
 
     Example:
         >>> import torch, sago_kernels as sk
@@ -92,6 +101,16 @@ def combine_(
         >>> sk.combine_(r, f, method="sago", backend="reference")
         tensor([ 1.0000, -1.0000,  0.5000])
     """
+    if torch.compiler.is_compiling():  # one opaque custom op in the graph (see ops.py)
+        if process_group is not None:
+            raise NotImplementedError(
+                "combine_(..., process_group=...) is not supported inside torch.compile; call "
+                "it outside the compiled region."
+            )
+        target, table = ops.combine_compiled(
+            retain, forget, layout, out, method, alpha, gamma, eps, stats, backend
+        )
+        return (target, CombineStats.from_table(method, table)) if stats else target
     m = get_method(method)
     alpha = check_scalar("alpha", alpha)
     gamma = check_scalar("gamma", gamma)
@@ -101,7 +120,14 @@ def combine_(
     layout = check_combine_args(retain, forget, out, layout)
     _, run = resolve_backend(backend, retain.device)
     target = retain if out is None else out
-    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats)
+    sharded = {}
+    if process_group is not None:
+        group = sharding.check_group(process_group)
+        sharded = dict(
+            reduce=sharding.reducer(group),
+            seg_numels=sharding.global_numels(layout, retain.device, group),
+        )
+    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats, **sharded)
     if stats:
         return target, CombineStats.from_table(m.name, table)
     return target

@@ -22,6 +22,7 @@ import torch
 from . import native, reference
 from .layout import GradLayout
 from .methods import Method
+from .sharding import Reduce
 from .stats import geometry_table
 
 BackendFn = Callable[..., "torch.Tensor | None"]
@@ -66,20 +67,28 @@ def _reference_combine(
     gamma: float,
     eps: float,
     want_stats: bool,
+    reduce: Reduce | None = None,
+    seg_numels: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     with torch.no_grad():
         out, sums, conflicts = reference.combine(
             retain, forget, layout, method.reference, method.scope,
             alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32, with_sums=want_stats,
+            reduce=reduce,
         )  # fmt: skip
         reference.write_segments(target, out, layout)
         if not want_stats:
             return None
-        key = ("reference-numels", str(retain.device))
-        numels = layout._cache.get(key)
-        if numels is None:
-            numels = layout._cache[key] = torch.tensor(layout.numels, device=retain.device)
-        return geometry_table(sums, conflicts, numels)
+        if reduce is not None:
+            reduce(sums)
+            reduce(conflicts)
+        if seg_numels is None:
+            key = ("reference-numels", str(retain.device))
+            seg_numels = layout._cache.get(key)
+            if seg_numels is None:
+                seg_numels = torch.tensor(layout.numels, device=retain.device)
+                layout._cache[key] = seg_numels
+        return geometry_table(sums, conflicts, seg_numels)
 
 
 def _triton_combine(*args, **kwargs) -> torch.Tensor | None:

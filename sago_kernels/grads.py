@@ -48,8 +48,12 @@ def combine_grads_(
     eps: float = 1e-10,
     stats: bool = False,
     backend: BackendName | None = None,
+    process_group: object | None = None,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], CombineStats]:
     """Combine per-tensor gradients in place into ``retain_grads``; each tensor is one segment.
+
+    ``process_group``: the tensors are this rank's shards of the parameters (e.g.
+    ``p.grad.to_local()`` under FSDP2's ``fully_shard``); see :func:`combine_`.
 
     Cost: when each list holds contiguous, ascending, non-overlapping views of one flat buffer
     (as ``GradLayout.views`` makes them) and both lists have the same offsets, this is exactly
@@ -94,7 +98,10 @@ def combine_grads_(
                     f"{t.dtype} on {t.device}, gradient 0 with {retain_grads[0].dtype} on "
                     f"{retain_grads[0].device}."
                 )
-    kwargs = dict(method=method, alpha=alpha, gamma=gamma, eps=eps, stats=stats, backend=backend)
+    kwargs = dict(
+        method=method, alpha=alpha, gamma=gamma, eps=eps, stats=stats, backend=backend,
+        process_group=process_group,
+    )  # fmt: skip
     numels = tuple(t.numel() for t in retain_grads)
 
     spans = _flat_span(retain_grads), _flat_span(forget_grads)

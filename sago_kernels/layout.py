@@ -10,6 +10,7 @@ segment begins on an aligned address; padding is zero and no combine ever writes
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -150,6 +151,25 @@ class GradLayout:
         self._key = (tuple(starts), tuple(numels), numel, alignment)
         # Device tables and launch plans derived from this layout (see sago_kernels.kernels).
         self._cache: dict[object, object] = {}
+        GradLayout._registry[id(self)] = self
+
+    _registry: weakref.WeakValueDictionary[int, GradLayout] = weakref.WeakValueDictionary()
+
+    @property
+    def key(self) -> int:
+        """This layout's key in the registry of live layouts (what the custom ops take)."""
+        return id(self)
+
+    @classmethod
+    def from_key(cls, key: int) -> GradLayout:
+        """The live layout with ``key`` (see :attr:`key`)."""
+        layout = cls._registry.get(key)
+        if layout is None:
+            raise RuntimeError(
+                "sago_kernels: the layout was garbage-collected; keep a reference to it for as "
+                "long as the compiled function that uses it."
+            )
+        return layout
 
     # ----------------------------------------------------------------------------- builders
     @classmethod

@@ -29,13 +29,18 @@ import torch
 
 from .layout import GradLayout
 from .methods import Method
+from .sharding import Reduce
 from .stats import geometry_table
 
-ABI = 2  # SAGO_NATIVE_ABI in csrc/sago_native.h
+ABI = 3  # SAGO_NATIVE_ABI in csrc/sago_native.h
 NUM_SUMS = 6
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SCOPES = {"element": 0, "segment": 1, "global": 2}
-_STATUS = {1: "ABI mismatch", 2: "unsupported dtype", 3: "unknown method code", 4: "out of memory"}
+_STATUS = {
+    1: "ABI mismatch", 2: "unsupported dtype", 3: "unknown method code", 4: "out of memory",
+    5: "unknown phase",
+}  # fmt: skip
+PHASE_ALL, PHASE_DOTS, PHASE_WRITE = 0, 1, 2
 
 
 class _CombineArgs(ctypes.Structure):
@@ -63,6 +68,8 @@ class _CombineArgs(ctypes.Structure):
         ("eps", ctypes.c_float),
         ("seg_sums", ctypes.c_void_p),
         ("seg_conflicts", ctypes.c_void_p),
+        ("phase", ctypes.c_int32),
+        ("seg_dots", ctypes.c_void_p),
     ]
 
 
@@ -262,11 +269,15 @@ def combine_native(
     gamma: float,
     eps: float,
     want_stats: bool,
+    reduce: Reduce | None = None,
+    seg_numels: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` with the native library; return the geometry table if asked.
 
     Inputs are assumed validated (``_validation.py``): contiguous CPU buffers of one dtype and
-    length, a layout that fits them. Uses ``torch.get_num_threads()`` threads.
+    length, a layout that fits them. Uses ``torch.get_num_threads()`` threads. ``reduce`` and
+    ``seg_numels``: sharded buffers (``sharding.py``); projection methods then run the dots pass,
+    reduce the dots over the ranks, and run the write pass with them.
     """
     lib = library()
     if lib is None:
@@ -297,13 +308,32 @@ def combine_native(
         eps=eps,
         seg_sums=sums.data_ptr() if sums is not None else None,
         seg_conflicts=conflicts.data_ptr() if conflicts is not None else None,
+        phase=PHASE_ALL,
     )
-    status = lib.sago_native_combine(ctypes.byref(args))
-    if status:
-        raise RuntimeError(f"sago_native_combine failed: {_STATUS.get(status, status)}")
+    if reduce is not None and method.is_projection:
+        dots = torch.zeros((s, 3), dtype=torch.float64)
+        args.seg_dots = dots.data_ptr()
+        args.phase = PHASE_DOTS
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        local_dots = dots.clone() if want_stats else None
+        reduce(dots)
+        args.phase = PHASE_WRITE
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        if want_stats:
+            sums[:, :3] = local_dots  # the write pass sums only o·o, o·r, o·f
+    else:
+        _check(lib.sago_native_combine(ctypes.byref(args)))
     if not want_stats:
         return None
-    return geometry_table(sums, conflicts, plan.numels)
+    if reduce is not None:
+        reduce(sums)
+        reduce(conflicts)
+    return geometry_table(sums, conflicts, plan.numels if seg_numels is None else seg_numels)
+
+
+def _check(status: int) -> None:
+    if status:
+        raise RuntimeError(f"sago_native_combine failed: {_STATUS.get(status, status)}")
 
 
 def _convert(name: str, src: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype):

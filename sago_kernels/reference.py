@@ -73,32 +73,48 @@ def sago_prefer_retain(
     return poison_non_finite(out, f, r)
 
 
+Dots = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(f·r, r·r, f·f) of a whole segment, given when a rank holds only a shard of it."""
+
+
 def pcgrad(
-    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+    r: torch.Tensor,
+    f: torch.Tensor,
+    *,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    dots: Dots | None = None,
 ) -> torch.Tensor:
     """PCGrad on one segment (paper Sec. 3.3): project g_f off g_r when they conflict.
 
     d = g_f·g_r, n = g_r·g_r; c = d/(n+eps) if d < 0 else 0; g = γ·(g_f − c·g_r) + α·g_r.
     A segment whose dots or effective weight on g_r (α − γ·c) are non-finite is returned as NaN
-    in full, so that an overflow check sees it.
+    in full, so that an overflow check sees it. ``dots``: the whole segment's, when ``r`` and
+    ``f`` are one rank's shard of it.
     """
-    d = torch.dot(f, r)
-    n = torch.dot(r, r)
+    d, n, _ = dots if dots is not None else (torch.dot(f, r), torch.dot(r, r), None)
     c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
     out = gamma * (f - c * r) + alpha * r
     return _nan_unless_finite(out, d, n, alpha - gamma * c)
 
 
 def blur(
-    r: torch.Tensor, f: torch.Tensor, *, alpha: float, gamma: float, eps: float
+    r: torch.Tensor,
+    f: torch.Tensor,
+    *,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    dots: Dots | None = None,
 ) -> torch.Tensor:
     """BLUR-style projection (global): always remove g_r's component along g_f.
 
     d = g_r·g_f, m = g_f·g_f, c = d/(m+eps); g = γ·g_f + α·(g_r − c·g_f).
     Non-finite d, m or effective weight on g_f (γ − α·c) make the whole output NaN.
+    ``dots`` as for :func:`pcgrad`.
     """
-    d = torch.dot(r, f)
-    m = torch.dot(f, f)
+    d, _, m = dots if dots is not None else (torch.dot(r, f), None, torch.dot(f, f))
     c = d / (m + eps)
     out = gamma * f + alpha * (r - c * f)
     return _nan_unless_finite(out, d, m, gamma - alpha * c)
@@ -129,11 +145,17 @@ def combine(
     eps: float,
     compute_dtype: torch.dtype = torch.float32,
     with_sums: bool = True,
+    reduce: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
     ``scope`` says what one call of ``method_fn`` sees: ``"element"`` or ``"segment"`` — each
     segment on its own; ``"global"`` — all segments concatenated into one vector.
+
+    ``reduce`` (sharded gradients; see ``sharding.py``): the buffers hold this rank's shard of
+    every segment; ``reduce`` sums a tensor over the ranks in place. Projection methods then use
+    the whole segments' dots (this rank's dots, reduced), and the returned sums and conflict
+    counts are this rank's own (the caller reduces them).
 
     Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
     buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
@@ -147,16 +169,27 @@ def combine(
     segments = layout.segments
     kwargs = dict(alpha=alpha, gamma=gamma, eps=eps)
 
+    seg_dots = None
+    if reduce is not None and scope != "element":
+        seg_dots = torch.zeros((len(segments), 3), dtype=compute_dtype, device=r_all.device)
+        for j, s in enumerate(segments):
+            r, f = r_all[s.start : s.end], f_all[s.start : s.end]
+            seg_dots[j] = torch.stack([f @ r, r @ r, f @ f])
+        reduce(seg_dots)
     if scope == "global":
         r = torch.cat([r_all[s.start : s.end] for s in segments])
         f = torch.cat([f_all[s.start : s.end] for s in segments])
+        if seg_dots is not None:
+            kwargs["dots"] = tuple(seg_dots.sum(0).unbind())
         o = method_fn(r, f, **kwargs)
         cursor = 0
         for s in segments:
             out[s.start : s.end] = o[cursor : cursor + s.numel]
             cursor += s.numel
     else:
-        for s in segments:
+        for j, s in enumerate(segments):
+            if seg_dots is not None:
+                kwargs["dots"] = tuple(seg_dots[j].unbind())
             out[s.start : s.end] = method_fn(
                 r_all[s.start : s.end], f_all[s.start : s.end], **kwargs
             )

@@ -16,11 +16,20 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from . import sharding
 from ._validation import check_scalar
 from .combine import BackendName, MethodName, combine_
 from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
 from .methods import get_method
 from .stats import CombineStats
+
+
+def _ddp_class() -> type | None:
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return None
+    return DistributedDataParallel
 
 
 class GradientSynthesizer:
@@ -40,6 +49,15 @@ class GradientSynthesizer:
 
     ``keep_history`` steps of statistics are kept on the device (one ``[segments + 1, 8]``
     float32 table each); ``None`` keeps all.
+
+    Data parallel (DDP): pass the ``DistributedDataParallel`` model. Its backward passes inside
+    :meth:`forget` / :meth:`retain` run under ``no_sync()`` (no per-bucket all-reduce), and
+    :meth:`combine_` first averages each flat buffer over the model's process group with **one**
+    all-reduce per buffer. For a model replicated by other means, pass ``data_parallel_group``.
+
+    Sharded parameters (each rank holds a slice of every parameter, e.g. your own split; for
+    FSDP2's ``fully_shard`` see the README): pass ``process_group``; the combine then needs
+    one all-reduce of per-segment dots (see :func:`sago_kernels.combine_`).
 
     Gradient accumulation: any number of ``backward`` calls inside a context, or several
     contexts before :meth:`combine_`, add up. The first context after a combine starts from
@@ -61,7 +79,20 @@ class GradientSynthesizer:
         stats: bool = True,
         backend: BackendName | None = None,
         keep_history: int | None = 1000,
+        data_parallel_group: object | None = None,
+        process_group: object | None = None,
     ) -> None:
+        self._no_sync = None
+        ddp = _ddp_class()
+        if ddp is not None and isinstance(model_or_params, ddp):
+            self._no_sync = model_or_params.no_sync
+            if data_parallel_group is None:
+                data_parallel_group = model_or_params.process_group
+        if data_parallel_group is not None:
+            data_parallel_group = sharding.check_group(data_parallel_group)
+        if process_group is not None:
+            process_group = sharding.check_group(process_group)
+        self.data_parallel_group, self.process_group = data_parallel_group, process_group
         if isinstance(model_or_params, torch.nn.Module):
             named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
         else:
@@ -110,7 +141,8 @@ class GradientSynthesizer:
         self._active = task
         self._bind(task)
         try:
-            yield
+            with self._no_sync() if self._no_sync is not None else contextlib.nullcontext():
+                yield
         finally:
             self._bind(None)
             self._active = None
@@ -134,10 +166,12 @@ class GradientSynthesizer:
             raise RuntimeError(
                 f"combine_() inside synth.{self._active}(): leave the context first."
             )
+        if self.data_parallel_group is not None:
+            self.average_over_replicas_()
         result = combine_(
             self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
             alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
-            backend=self.backend,
+            backend=self.backend, process_group=self.process_group,
         )  # fmt: skip
         self._bind("retain")
         self._stale = True
@@ -148,6 +182,16 @@ class GradientSynthesizer:
         if self.keep_history is not None and len(self.history) > self.keep_history:
             del self.history[0]
         return stats
+
+    def average_over_replicas_(self) -> None:
+        """Average both flat buffers over ``data_parallel_group``: one all-reduce per buffer
+        (padding is zero on every rank and stays zero). :meth:`combine_` calls it."""
+        import torch.distributed as dist
+
+        world = dist.get_world_size(self.data_parallel_group)
+        for buffer in (self.forget_buffer, self.retain_buffer):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.data_parallel_group)
+            buffer.mul_(1.0 / world)
 
     def zero_grad(self) -> None:
         """Clear both buffers and unbind ``param.grad`` (as ``set_to_none=True`` would)."""

@@ -329,12 +329,30 @@ class Combine {
       }
     }
     if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR) return SAGO_BAD_METHOD;
-    for_each_chunk([&](int64_t c, const Weights& w) {
-      const int64_t start = A.chunk_start[c];
-      chunk_pass<IO, kDots, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
-                                  nullptr, A.chunk_len[c], w, &rows_[c * kRow], nullptr);
-    });
-    coefficients();
+    if (A.phase != SAGO_PHASE_ALL && A.phase != SAGO_PHASE_DOTS && A.phase != SAGO_PHASE_WRITE) {
+      return SAGO_BAD_PHASE;
+    }
+    std::vector<double> dots;
+    try {
+      dots.assign(static_cast<size_t>(A.num_segments) * 3, 0.0);
+    } catch (const std::bad_alloc&) {
+      return SAGO_OUT_OF_MEMORY;
+    }
+    if (A.phase == SAGO_PHASE_WRITE) {
+      for (size_t k = 0; k < dots.size(); ++k) dots[k] = A.seg_dots[k];
+    } else {
+      for_each_chunk([&](int64_t c, const Weights& w) {
+        const int64_t start = A.chunk_start[c];
+        chunk_pass<IO, kDots, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
+                                    nullptr, A.chunk_len[c], w, &rows_[c * kRow], nullptr);
+      });
+      segment_dots(dots.data());
+      if (A.phase == SAGO_PHASE_DOTS) {
+        for (size_t k = 0; k < dots.size(); ++k) A.seg_dots[k] = dots[k];
+        return SAGO_OK;
+      }
+    }
+    coefficients(dots.data());
     return write_pass<IO, kAffine>();
   }
 
@@ -355,18 +373,24 @@ class Combine {
     for (int64_t c = 0; c < chunks; ++c) body(c, gates);
   }
 
-  // Per-segment (a, b) from the dots pass: segment sums in chunk order, then float32 weights.
-  void coefficients() {
+  // Each segment's dots: its chunks' rows in chunk order (independent of the thread count).
+  void segment_dots(double* dots) const {
+    for (int64_t j = 0; j < A.num_segments; ++j) {
+      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
+        for (int k = 0; k < 3; ++k) dots[j * 3 + k] += rows_[c * kRow + k];
+      }
+    }
+  }
+
+  // Per-segment (a, b) from the segments' dots (float32 weights, as the Triton kernels).
+  void coefficients(const double* dots) {
     double total[3] = {0, 0, 0};
     for (int64_t j = 0; j < A.num_segments; ++j) {
-      double dots[3] = {0, 0, 0};
-      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
-        for (int k = 0; k < 3; ++k) dots[k] += rows_[c * kRow + k];
-      }
-      for (int k = 0; k < 3; ++k) total[k] += dots[k];
-      affine_weights(static_cast<float>(dots[0]), static_cast<float>(dots[1]),
-                     static_cast<float>(dots[2]), A.alpha, A.gamma, A.eps, A.code,
-                     &coef_[j * 2], &coef_[j * 2 + 1]);
+      const double* d = dots + j * 3;
+      for (int k = 0; k < 3; ++k) total[k] += d[k];
+      affine_weights(static_cast<float>(d[0]), static_cast<float>(d[1]),
+                     static_cast<float>(d[2]), A.alpha, A.gamma, A.eps, A.code, &coef_[j * 2],
+                     &coef_[j * 2 + 1]);
     }
     if (A.scope == SAGO_GLOBAL) {
       float a, b;

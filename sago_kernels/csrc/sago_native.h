@@ -22,7 +22,7 @@ extern "C" {
 
 // Bumped whenever SagoCombineArgs or a function signature changes; native.py refuses a library
 // built from other sources (e.g. a stale build in the source tree).
-#define SAGO_NATIVE_ABI 2
+#define SAGO_NATIVE_ABI 3
 
 enum SagoDtype { SAGO_FLOAT32 = 0, SAGO_BFLOAT16 = 1, SAGO_FLOAT16 = 2 };
 enum SagoScope { SAGO_ELEMENT = 0, SAGO_SEGMENT = 1, SAGO_GLOBAL = 2 };
@@ -33,12 +33,18 @@ enum SagoProjection { SAGO_PROJECTION_PCGRAD = 0, SAGO_PROJECTION_BLUR = 1 };
 // Instruction sets the kernels are built for (x86-64; elsewhere only BASELINE).
 enum SagoIsa { SAGO_ISA_BASELINE = 0, SAGO_ISA_AVX2 = 1, SAGO_ISA_AVX512 = 2 };
 
+// What one call does. Projection methods on sharded buffers (sharding.py) split the combine
+// around a sum of the per-segment dots over the ranks: DOTS, then the caller reduces seg_dots,
+// then WRITE with the reduced dots.
+enum SagoPhase { SAGO_PHASE_ALL = 0, SAGO_PHASE_DOTS = 1, SAGO_PHASE_WRITE = 2 };
+
 enum SagoStatus {
   SAGO_OK = 0,
   SAGO_BAD_ABI = 1,
   SAGO_BAD_DTYPE = 2,
   SAGO_BAD_METHOD = 3,
   SAGO_OUT_OF_MEMORY = 4,
+  SAGO_BAD_PHASE = 5,
 };
 
 // Number of per-segment sums written to seg_sums, in this order:
@@ -69,6 +75,8 @@ typedef struct SagoCombineArgs {
   float eps;                   // projection denominators
   double* seg_sums;            // [num_segments * SAGO_NUM_SUMS] when want_stats
   int64_t* seg_conflicts;      // [num_segments] when want_stats
+  int32_t phase;               // SagoPhase; DOTS and WRITE only for projection methods
+  double* seg_dots;            // [num_segments * 3] f·r, r·r, f·f: DOTS writes, WRITE reads
 } SagoCombineArgs;
 
 SAGO_NATIVE_API int32_t sago_native_abi(void);

@@ -22,6 +22,7 @@ import torch
 
 from ..layout import GradLayout
 from ..methods import Method
+from ..sharding import Reduce
 from . import _tiles
 from .chunk_pass import _chunk_pass_kernel
 from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_kernel
@@ -146,12 +147,16 @@ def combine_triton(
     gamma: float,
     eps: float,
     want_stats: bool,
+    reduce: Reduce | None = None,
+    seg_numels: torch.Tensor | None = None,
     config: LaunchConfig | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` (may be ``retain``); return the geometry table if asked.
 
     Inputs are assumed validated (see ``_validation.py``): same dtype/device/length, contiguous,
     finite scalars. Never synchronises with the host once the layout's plan is cached.
+    ``reduce`` and ``seg_numels``: sharded buffers (``sharding.py``): the per-segment dots and
+    the statistics' sums are summed over the ranks between the launches.
     """
     config = _active_config if config is None else config
     device = retain.device
@@ -193,6 +198,8 @@ def combine_triton(
 
     if method.is_projection:
         dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
+        if reduce is not None:
+            reduce(dots)
         coef = torch.empty((s, 2), **f32)
         _coefficients_kernel[(1,)](
             dots, coef, s, alpha, gamma, eps,
@@ -206,9 +213,13 @@ def combine_triton(
     if not want_stats:
         return None
     sums, seg_conflicts = segment_sums(partial, conflicts)
+    if reduce is not None:
+        reduce(sums)
+        reduce(seg_conflicts)
     table = torch.empty((s + 1, 8), **f32)
     _geometry_kernel[(1,)](
-        sums, seg_conflicts, plan.seg_numel, table, s, SEG_BLOCK=config.seg_block,
+        sums, seg_conflicts, plan.seg_numel if seg_numels is None else seg_numels, table, s,
+        SEG_BLOCK=config.seg_block,
         enable_fp_fusion=False,
     )  # fmt: skip
     return table

@@ -1,0 +1,255 @@
+"""One rank of a multi-process test (gloo, CPU); tests/test_distributed.py starts the ranks.
+
+    python tests/dist_worker.py SCENARIO --rank K --world W --init FILE [--backends ...]
+
+Scenarios (each rank checks its own results against a single-process run it makes itself, and
+exits non-zero with the reason on the first mismatch):
+
+- ``sharded``: every method, with and without statistics, on a layout whose segments are split
+  over the ranks in uneven ways (FSDP-style ceil splits, a segment split mid-way, ranks holding
+  none of a segment) equals the unsharded combine; the number of all-reduces is as documented.
+- ``ddp``: a DDP model's two-task step through ``GradientSynthesizer`` (no per-backward sync,
+  one averaging all-reduce per buffer) equals the single-process step on the whole batch.
+- ``fsdp2``: a tiny GPT-2 under ``fully_shard``: one unlearning step with the combine on the
+  parameters' local shards equals the single-process step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+import torch.distributed as dist
+
+import sago_kernels as sk
+
+SIZES = [1000, 0, 1, 77, 4099, 16, 33, 5, 260]
+
+
+def split(n: int, j: int, world: int) -> list[tuple[int, int]]:
+    """(offset, length) of segment j's slice on every rank: FSDP-style ceil splits for even j
+    (the last ranks may get less or nothing), the whole segment on one rank for odd j."""
+    if j % 2:
+        owner = j % world
+        return [(0, n) if k == owner else (0, 0) for k in range(world)]
+    chunk = -(-n // world)
+    return [(min(k * chunk, n), max(0, min(chunk, n - k * chunk))) for k in range(world)]
+
+
+def full_pair(dtype: torch.dtype) -> tuple[sk.GradLayout, torch.Tensor, torch.Tensor]:
+    layout = sk.GradLayout.from_sizes(SIZES, alignment=16)
+    g = torch.Generator().manual_seed(123)
+    r, f = layout.new_buffer(dtype), layout.new_buffer(dtype)
+    for j, (rv, fv) in enumerate(zip(layout.segment_views(r), layout.segment_views(f))):
+        rv.copy_(torch.randn(rv.numel(), generator=g))
+        fv.copy_(torch.randn(fv.numel(), generator=g))
+        if j % 3 == 0:  # make f·r < 0 so PCGrad projects here
+            fv.copy_(-rv + 0.3 * fv)
+    return layout, r, f
+
+
+def local_pair(layout, r, f, rank, world):
+    slices = [split(s.numel, j, world)[rank] for j, s in enumerate(layout.segments)]
+    local = sk.GradLayout.from_sizes([n for _, n in slices], alignment=16)
+    r_loc, f_loc = local.new_buffer(r.dtype), local.new_buffer(r.dtype)
+    for (off, n), s, rv, fv in zip(slices, layout.segments, local.views(r_loc), local.views(f_loc)):
+        rv.copy_(r[s.start + off : s.start + off + n])
+        fv.copy_(f[s.start + off : s.start + off + n])
+    return local, r_loc, f_loc, slices
+
+
+class CountingAllReduce:
+    """Counts dist.all_reduce calls (the combine must make exactly the documented number)."""
+
+    def __init__(self):
+        self.calls, self.original = 0, dist.all_reduce
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return self.original(*args, **kwargs)
+
+        dist.all_reduce = counted
+        return self
+
+    def __exit__(self, *exc):
+        dist.all_reduce = self.original
+
+
+def scenario_sharded(rank: int, world: int, backends: list[str]) -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        layout, r, f = full_pair(dtype)
+        local, r_loc, f_loc, slices = local_pair(layout, r, f, rank, world)
+        for backend in backends:
+            for method in sk.methods():
+                want, want_stats = sk.combine_(
+                    r.clone(), f, layout=layout, method=method, gamma=0.8, stats=True,
+                    backend=backend,
+                )  # fmt: skip
+                got, got_stats = sk.combine_(
+                    r_loc.clone(), f_loc, layout=local, method=method, gamma=0.8, stats=True,
+                    backend=backend, process_group=dist.group.WORLD,
+                )  # fmt: skip
+                where = f"rank {rank}/{world} {backend} {method} {dtype}"
+                tol = (
+                    dict(rtol=1e-5, atol=1e-6)
+                    if dtype == torch.float32
+                    else dict(rtol=2**-7, atol=1e-5)
+                )  # one bf16 rounding step apart at most when the weights differ by an ulp
+                for (off, n), s, gv in zip(slices, layout.segments, local.views(got)):
+                    torch.testing.assert_close(
+                        gv.float(), want[s.start + off : s.start + off + n].float(), **tol,
+                        msg=lambda m: f"{where}: output differs: {m}",
+                    )  # fmt: skip
+                torch.testing.assert_close(
+                    got_stats.table, want_stats.table, rtol=1e-4, atol=1e-5,
+                    msg=lambda m: f"{where}: statistics differ: {m}",
+                )  # fmt: skip
+                projection = sk.METHODS[method].is_projection
+                for stats in (False, True):
+                    with CountingAllReduce() as counter:
+                        sk.combine_(
+                            r_loc.clone(), f_loc, layout=local, method=method, stats=stats,
+                            backend=backend, process_group=dist.group.WORLD,
+                        )  # fmt: skip
+                    expected = int(projection) + 2 * int(stats)
+                    if counter.calls != expected:
+                        raise AssertionError(
+                            f"{where} stats={stats}: {counter.calls} all-reduces, "
+                            f"documented {expected}"
+                        )
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3), torch.nn.Linear(3, 1)
+    )
+
+
+def scenario_ddp(rank: int, world: int, backends: list[str]) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    g = torch.Generator().manual_seed(7)
+    per_rank = 4
+    x_f = torch.randn(per_rank * world, 6, generator=g)
+    x_r = torch.randn(per_rank * world, 6, generator=g)
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+
+    def losses(model, xf, xr):
+        return -model(xf).square().mean(), (model(xr) - 1).abs().mean()
+
+    for method in sk.methods():
+        single = _mlp()
+        synth = sk.GradientSynthesizer(single, method=method, stats=False, backend="reference")
+        lf, lr = losses(single, x_f, x_r)
+        with synth.forget():
+            lf.backward()
+        with synth.retain():
+            lr.backward()
+        synth.combine_()
+
+        ddp = DDP(copy.deepcopy(_mlp()))
+        hook_calls = []
+
+        def count_hook(state, bucket):
+            hook_calls.append(1)
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, count_hook)
+        synth_ddp = sk.GradientSynthesizer(ddp, method=method, stats=False, backend=backends[0])
+        with CountingAllReduce() as counter:
+            with synth_ddp.forget():
+                losses(ddp, x_f[mine], x_r[mine])[0].backward()
+            with synth_ddp.retain():
+                losses(ddp, x_f[mine], x_r[mine])[1].backward()
+            synth_ddp.combine_()
+        where = f"rank {rank}/{world} ddp {method}"
+        if hook_calls:
+            raise AssertionError(f"{where}: DDP synchronised during backward ({len(hook_calls)})")
+        if counter.calls != 2:
+            raise AssertionError(f"{where}: {counter.calls} all-reduces, expected one per buffer")
+        for (name, p_single), p_ddp in zip(single.named_parameters(), ddp.module.parameters()):
+            torch.testing.assert_close(
+                p_ddp.grad, p_single.grad, rtol=1e-5, atol=1e-6,
+                msg=lambda m: f"{where}: {name}: {m}",
+            )  # fmt: skip
+
+
+def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
+    from torch.distributed.fsdp import fully_shard
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16, tie_word_embeddings=False,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(3)
+    forget_ids = torch.randint(0, 50, (2 * world, 8), generator=g)
+    retain_ids = torch.randint(0, 50, (2 * world, 8), generator=g)
+    mine = slice(2 * rank, 2 * rank + 2)
+
+    def step_grads(model, fi, ri, combine):
+        (-model(input_ids=fi, labels=fi).loss).backward()
+        g_f = [p.grad.detach().clone() for p in model.parameters()]
+        model.zero_grad()
+        model(input_ids=ri, labels=ri).loss.backward()
+        return combine([p.grad for p in model.parameters()], g_f)
+
+    for method in ("sago", "pcgrad", "blur"):
+        single = copy.deepcopy(base)
+        want = step_grads(
+            single, forget_ids, retain_ids,
+            lambda r, f: sk.combine_grads_(r, f, method=method, backend="reference"),
+        )  # fmt: skip
+        sharded = copy.deepcopy(base)
+        for block in sharded.transformer.h:
+            fully_shard(block)
+        fully_shard(sharded)
+
+        def combine_local(r, f):
+            local_r = [t.to_local() for t in r]
+            local_f = [t.to_local() for t in f]
+            sk.combine_grads_(
+                local_r, local_f, method=method, backend=backends[0],
+                process_group=dist.group.WORLD,
+            )  # fmt: skip
+            return [t.full_tensor() for t in r]
+
+        # each rank's forward sees its own rows; FSDP2 averages the gradients over the ranks
+        got = step_grads(sharded, forget_ids[mine], retain_ids[mine], combine_local)
+        for (name, _), a, b in zip(single.named_parameters(), got, want):
+            torch.testing.assert_close(
+                a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f"rank {rank} fsdp2 {method} {name}: {m}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["sharded", "ddp", "fsdp2"])
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--init", required=True)
+    parser.add_argument("--backends", nargs="+", default=["reference"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{args.init}", rank=args.rank, world_size=args.world
+    )
+    try:
+        globals()[f"scenario_{args.scenario}"](args.rank, args.world, args.backends)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    print(f"rank {args.rank} ok")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
+    main()

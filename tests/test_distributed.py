@@ -1,0 +1,78 @@
+"""Multi-process tests on CPU with the gloo backend: sharded combines, DDP, FSDP2.
+
+Each test starts ``world`` processes of ``tests/dist_worker.py`` (see its docstring for what
+each scenario checks) and waits for them with a time limit; a rank's failure message is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BACKENDS
+
+WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+TIMEOUT_S = 300
+
+
+def run_ranks(scenario: str, world: int, tmp_path: Path, backends: list[str]) -> None:
+    init = tmp_path / "rendezvous"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                scenario,
+                "--rank",
+                str(rank),
+                "--world",
+                str(world),
+                "--init",
+                str(init),
+                "--backends",
+                *backends,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )  # fmt: skip
+        for rank in range(world)
+    ]
+    failures = []
+    for rank, proc in enumerate(procs):
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"{scenario}: rank {rank} did not finish in {TIMEOUT_S} s")
+        if proc.returncode != 0:
+            failures.append(f"--- rank {rank} (exit {proc.returncode})\n{err[-3000:]}")
+    assert not failures, "\n".join(failures)
+
+
+def _cpu_backends() -> list[str]:
+    """Backends that run on the workers' CPU buffers (Triton only under its interpreter)."""
+    names = [b for b in ("reference", "native") if b in BACKENDS]
+    if "triton" in BACKENDS and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_combine_equals_unsharded(world, tmp_path):
+    run_ranks("sharded", world, tmp_path, _cpu_backends())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_step_equals_single_process_step(world, tmp_path):
+    run_ranks("ddp", world, tmp_path, _cpu_backends()[-1:])
+
+
+def test_fsdp2_unlearning_step_equals_single_process_step(tmp_path):
+    pytest.importorskip("transformers")
+    run_ranks("fsdp2", 2, tmp_path, _cpu_backends()[:1])
