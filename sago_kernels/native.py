@@ -21,12 +21,12 @@ import contextlib
 import ctypes
 import importlib.machinery
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ._scoped import ScopedSetting
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
@@ -209,20 +209,12 @@ class NativeConfig:
 
 
 DEFAULT_CONFIG = NativeConfig()
-_active_config = DEFAULT_CONFIG
+_CONFIG = ScopedSetting(DEFAULT_CONFIG)
 
 
-@contextlib.contextmanager
-def native_config(config: NativeConfig) -> Iterator[NativeConfig]:
+def native_config(config: NativeConfig) -> contextlib.AbstractContextManager[NativeConfig]:
     """Run the native combines inside the ``with`` block with ``config`` (tests, tuning)."""
-    global _active_config
-    if not isinstance(config, NativeConfig):
-        raise TypeError(f"`config` should be a NativeConfig. Found `{type(config).__name__}`.")
-    previous, _active_config = _active_config, config
-    try:
-        yield config
-    finally:
-        _active_config = previous
+    return _CONFIG.use(config)
 
 
 @dataclass(frozen=True)
@@ -282,7 +274,7 @@ def combine_native(
     lib = library()
     if lib is None:
         raise RuntimeError(f"the native backend is not available: {unavailable_reason()}")
-    plan = _plan(layout, _active_config.chunk_elems(layout.segment_numel))
+    plan = _plan(layout, _CONFIG.value.chunk_elems(layout.segment_numel))
     s = layout.num_segments
     sums = torch.zeros((s, NUM_SUMS), dtype=torch.float64) if want_stats else None
     conflicts = torch.zeros(s, dtype=torch.int64) if want_stats else None

@@ -107,6 +107,21 @@ def scenario_sharded(rank: int, world: int, backends: list[str]) -> None:
                     got_stats.table, want_stats.table, rtol=1e-4, atol=1e-5,
                     msg=lambda m: f"{where}: statistics differ: {m}",
                 )  # fmt: skip
+                if method in ("sago", "pcgrad"):  # the synthesizer passes the group through
+                    params = [
+                        (f"p{j}", torch.nn.Parameter(torch.zeros(n, dtype=dtype)))
+                        for j, (_, n) in enumerate(slices)
+                    ]
+                    synth = sk.GradientSynthesizer(
+                        params, method=method, gamma=0.8, alignment=16, backend=backend,
+                        process_group=dist.group.WORLD,
+                    )  # fmt: skip
+                    synth.retain_buffer.copy_(r_loc)
+                    synth.forget_buffer.copy_(f_loc)
+                    synth_stats = synth.combine_()
+                    for a, b in zip(local.views(got), synth.layout.views(synth.retain_buffer)):
+                        torch.testing.assert_close(a, b, rtol=0, atol=0)
+                    torch.testing.assert_close(synth_stats.table, got_stats.table, rtol=0, atol=0)
                 projection = sk.METHODS[method].is_projection
                 for stats in (False, True):
                     with CountingAllReduce() as counter:

@@ -81,6 +81,14 @@ def test_every_instruction_set_gives_the_same_bits(method, dtype, monkeypatch):
         ), f"{isa} statistics differ"
 
 
+def test_bad_config_is_refused():
+    with pytest.raises(TypeError, match="should be a NativeConfig"):
+        with native.native_config("small"):
+            pass
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native.NativeConfig(min_chunk_elems=24)
+
+
 def test_bad_instruction_set_name_is_refused(monkeypatch):
     monkeypatch.setenv("SAGO_NATIVE_ISA", "sse9")
     with pytest.raises(ValueError, match="SAGO_NATIVE_ISA"):

@@ -15,11 +15,11 @@ kernel. Temporaries are O(C + S) floats; nothing proportional to N is allocated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from .._scoped import ScopedSetting
 from ..layout import GradLayout
 from ..methods import Method
 from ..sharding import Reduce
@@ -66,25 +66,17 @@ class LaunchConfig:
 
 
 DEFAULT_CONFIG = LaunchConfig()
-_active_config = DEFAULT_CONFIG
+_CONFIG = ScopedSetting(DEFAULT_CONFIG)
 
 
-@contextlib.contextmanager
-def launch_config(config: LaunchConfig) -> Iterator[LaunchConfig]:
+def launch_config(config: LaunchConfig) -> contextlib.AbstractContextManager[LaunchConfig]:
     """Run the combines inside the ``with`` block with ``config`` (tests, offline tuning).
 
     Example:
         >>> with launch_config(LaunchConfig(block=1024, num_warps=4)):
         ...     pass  # sk.combine_(...) here uses 1024-element tiles
     """
-    global _active_config
-    if not isinstance(config, LaunchConfig):
-        raise TypeError(f"`config` should be a LaunchConfig. Found `{type(config).__name__}`.")
-    previous, _active_config = _active_config, config
-    try:
-        yield config
-    finally:
-        _active_config = previous
+    return _CONFIG.use(config)
 
 
 @dataclass(frozen=True)
@@ -158,7 +150,7 @@ def combine_triton(
     ``reduce`` and ``seg_numels``: sharded buffers (``sharding.py``): the per-segment dots and
     the statistics' sums are summed over the ranks between the launches.
     """
-    config = _active_config if config is None else config
+    config = _CONFIG.value if config is None else config
     device = retain.device
     plan = chunk_plan(layout, device, config)
     s = layout.num_segments
