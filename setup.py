@@ -74,7 +74,7 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     # torch is not pinned: CUDA users keep their build; CI installs the CPU wheel first.
-    install_requires=["torch>=2.1"],
+    install_requires=["torch>=2.4"],  # torch.library.custom_op (ops.py)
     extras_require={
         "triton": ["triton>=3.0"],
         # the unlearning demo, the Trainer integration and the recipes
