@@ -1,4 +1,4 @@
-"""The native CPU backend: ``csrc/sago_native.cpp`` built by CMake, loaded with ctypes.
+"""The native CPU backend: ``csrc/`` (C++17, OpenMP) built by CMake, loaded with ctypes.
 
 Why ctypes and a plain C ABI rather than a torch extension: the library needs no torch headers,
 so it builds in seconds with any C++17 compiler, is independent of the installed torch's ABI,
