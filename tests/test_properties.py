@@ -127,8 +127,12 @@ def test_pcgrad_projected_forget_part_is_orthogonal(backend, device, layout, see
         tol = 4 * max(s.numel, 1) * 2**-24
         # what eps leaves of the component along r: γ·(d − c·n) = γ·d·eps/(n + eps)
         slack = gamma * abs(d) * 1e-10 / (nr * nr + 1e-10)
-        # float32 products and results below 2**-126 lose absolute precision, 2**-149 per step
+        # float32 products and results below 2**-126 lose absolute precision, 2**-149 per step;
+        # so may the coefficient c = d/(n + eps) itself (e.g. f = 1e-40, r = -2e12: c = f/r is
+        # below every float32 and becomes 0), which g = γ·(f − c·r) carries as γ·2**-149·|r|
+        # per element, so γ·2**-149·r·r in g·r
         underflow = 4 * 2.0**-149 * (1 + gamma) * (rs.abs().sum() + s.numel)
+        underflow = underflow + gamma * 2.0**-149 * (rs @ rs)
         err = 2 * tol * gamma * (nf * nr + ps.abs() @ rs.abs()) + 2 * slack + underflow
         assert abs(ps @ rs) <= err
         assert (os_ @ rs) >= -err - tol * alpha * nr * nr

@@ -48,7 +48,9 @@ constexpr int kWidth = 4;
 constexpr int kParts = kLanes / kWidth;
 
 typedef float VF __attribute__((vector_size(4 * kWidth)));
-typedef double VD __attribute__((vector_size(8 * kWidth)));
+typedef float VFh __attribute__((vector_size(2 * kWidth)));   // half a VF
+typedef double VDh __attribute__((vector_size(4 * kWidth)));  // half a VF's lanes as doubles:
+                                                               // one native register
 typedef uint32_t VU __attribute__((vector_size(4 * kWidth)));
 typedef int32_t VI __attribute__((vector_size(4 * kWidth)));  // masks: -1 true, 0 false
 typedef uint16_t VH __attribute__((vector_size(2 * kWidth)));
@@ -172,12 +174,41 @@ struct Splats {  // the weights broadcast once per chunk, held in registers (not
   VF a, b, alpha, gamma;  // after every store, which the compiler must assume may alias)
 };
 
+// kWidth lanes in double, as two native registers (a vector wider than the machine's would
+// travel through memory): lanes [0, kWidth/2) in lo, the rest in hi.
+struct VD {
+  VDh lo, hi;
+};
+
+SAGO_INLINE VD operator*(const VD& x, const VD& y) { return {x.lo * y.lo, x.hi * y.hi}; }
+SAGO_INLINE VD& operator+=(VD& acc, const VD& x) {
+  acc.lo += x.lo;
+  acc.hi += x.hi;
+  return acc;
+}
+SAGO_INLINE double lane(const VD& x, int q) {
+  return q < kWidth / 2 ? x.lo[q] : x.hi[q - kWidth / 2];
+}
+
 struct Part {  // partial sums of kWidth logical lanes of one chunk
   VD fr, rr, ff, oo, o_r, o_f;
   VU conflicts;  // a chunk has fewer than 2**32 elements per lane (native.py caps chunks)
 };
 
-SAGO_INLINE VD wide(VF x) { return __builtin_convertvector(x, VD); }
+SAGO_INLINE VD wide(VF x) {
+  VD wide;
+  if constexpr (kWidth >= 8) {  // convert each half: one instruction each
+    VFh lo, hi;
+    std::memcpy(&lo, &x, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
+    wide = {__builtin_convertvector(lo, VDh), __builtin_convertvector(hi, VDh)};
+  } else {  // SSE2 handles 8-byte halves poorly: convert whole, then split
+    typedef double VDw __attribute__((vector_size(8 * kWidth)));
+    const VDw all = __builtin_convertvector(x, VDw);
+    std::memcpy(&wide, &all, sizeof wide);
+  }
+  return wide;
+}
 
 // kWidth elements (one part of a block). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f and
 // conflicts. ``valid`` masks the lanes past a chunk's end (all true for full blocks).
@@ -257,12 +288,12 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
   int64_t conflicts = 0;
   for (int p = 0; p < kParts; ++p) {  // logical lane order 0..15
     for (int q = 0; q < kWidth; ++q) {
-      totals[0] += s[p].fr[q];
-      totals[1] += s[p].rr[q];
-      totals[2] += s[p].ff[q];
-      totals[3] += s[p].oo[q];
-      totals[4] += s[p].o_r[q];
-      totals[5] += s[p].o_f[q];
+      totals[0] += lane(s[p].fr, q);
+      totals[1] += lane(s[p].rr, q);
+      totals[2] += lane(s[p].ff, q);
+      totals[3] += lane(s[p].oo, q);
+      totals[4] += lane(s[p].o_r, q);
+      totals[5] += lane(s[p].o_f, q);
       conflicts += s[p].conflicts[q];
     }
   }
