@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], tmp_path: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("TRITON_INTERPRET", None)  # CPU tensors: the reference backend, as a user gets it
+    env.pop("TRITON_INTERPRET", None)  # CPU tensors: the native backend, as a user gets it
     done = subprocess.run(
         [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
@@ -53,3 +53,10 @@ def test_trainer_recipe(tmp_path):
                 "--pretrain-epochs", "2",
                 "--epochs", "10"], tmp_path)  # fmt: skip
     assert "before:" in out and "after:" in out and "forget_loss" in out
+
+
+def test_ddp_recipe(tmp_path):
+    out = _run([str(ROOT / "python" / "ddp_run.py"), "--world", "2", "--steps", "40"], tmp_path)
+    before = float(out.split("before: forget-class accuracy ")[1].split(",")[0])
+    after = float(out.split("after:  forget-class accuracy ")[1].split(",")[0])
+    assert after < before, out
