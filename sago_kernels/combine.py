@@ -93,7 +93,8 @@ def combine_(
     Nothing synchronises with the host (after a layout's first use on a device), so the call can
     sit inside a CUDA-graph-captured or asynchronous training step. Bad input raises ``TypeError``
     or ``ValueError`` before anything is written. Inside ``torch.compile`` the call becomes one
-    custom op (``sago_kernels.ops``): no graph break, no recompile when alpha/gamma change.
+    custom op (``sago_kernels.ops``): no graph break, and new alpha/gamma values recompile at
+    most once (dynamo's switch of a changed float to dynamic).
 
     Example:
         >>> import torch, sago_kernels as sk

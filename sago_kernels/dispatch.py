@@ -83,11 +83,7 @@ def _reference_combine(
             reduce(sums)
             reduce(conflicts)
         if seg_numels is None:
-            key = ("reference-numels", str(retain.device))
-            seg_numels = layout._cache.get(key)
-            if seg_numels is None:
-                seg_numels = torch.tensor(layout.numels, device=retain.device)
-                layout._cache[key] = seg_numels
+            seg_numels = layout.numel_table(retain.device)
         return geometry_table(sums, conflicts, seg_numels)
 
 

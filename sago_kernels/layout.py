@@ -160,6 +160,15 @@ class GradLayout:
         """This layout's key in the registry of live layouts (what the custom ops take)."""
         return id(self)
 
+    def numel_table(self, device: torch.device | str) -> torch.Tensor:
+        """The segment lengths as an int64 tensor on ``device`` (for the statistics), cached:
+        one host-to-device copy per layout and device."""
+        key = ("numel-table", str(device))
+        table = self._cache.get(key)
+        if table is None:
+            table = self._cache[key] = torch.tensor(self.numels, dtype=torch.int64, device=device)
+        return table
+
     @classmethod
     def from_key(cls, key: int) -> GradLayout:
         """The live layout with ``key`` (see :attr:`key`)."""

@@ -223,7 +223,6 @@ class _Plan:
     chunk_start: torch.Tensor  # [C] int64
     chunk_len: torch.Tensor  # [C] int64
     chunk_seg: torch.Tensor  # [C] int64
-    numels: torch.Tensor  # [S] int64, for the geometry table
 
 
 def _plan(layout: GradLayout, chunk_elems: int) -> _Plan:
@@ -242,8 +241,7 @@ def _plan(layout: GradLayout, chunk_elems: int) -> _Plan:
         def table(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64)
 
-        plan = _Plan(table(seg_chunk), table(starts), table(lengths), table(owners),
-                     table(layout.numels))  # fmt: skip
+        plan = _Plan(table(seg_chunk), table(starts), table(lengths), table(owners))
         layout._cache[key] = plan
     return plan
 
@@ -320,7 +318,9 @@ def combine_native(
     if reduce is not None:
         reduce(sums)
         reduce(conflicts)
-    return geometry_table(sums, conflicts, plan.numels if seg_numels is None else seg_numels)
+    if seg_numels is None:
+        seg_numels = layout.numel_table("cpu")
+    return geometry_table(sums, conflicts, seg_numels)
 
 
 def _check(status: int) -> None:

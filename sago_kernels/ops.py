@@ -5,8 +5,8 @@ Python body: the compiler sees one opaque op with its mutation declared (``retai
 is written; ``mutates_args``), never traces the kernels' launch code, and so neither breaks the
 graph nor falls back to the reference. At run time the op's body is the eager ``combine_`` with
 all its checks. ``alpha``, ``gamma`` and ``eps`` travel as one small CPU tensor (a ``float``
-argument would make the compiler guard on its value): changing them between steps needs no
-recompile.
+argument would make the compiler guard on its value): after dynamo's one recompile that makes a
+changed Python float dynamic, new values need no recompile.
 
 A layout cannot be an op argument; the ops take its :attr:`GradLayout.key` (a registry of live
 layouts, weak references) or ``WHOLE_BUFFER`` for ``layout=None``.

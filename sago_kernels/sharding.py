@@ -79,7 +79,7 @@ def global_numels(layout: GradLayout, device: torch.device, process_group: objec
                 f"same order). Found between {fewest} and {most} segments across the ranks of "
                 "`process_group`; build each rank's layout from the same parameter list."
             )
-        numels = torch.tensor(layout.numels, dtype=torch.int64, device=device)
+        numels = layout.numel_table(device).clone()
         dist.all_reduce(numels, op=dist.ReduceOp.SUM, group=process_group)
         layout._cache[key] = numels
     return numels

@@ -188,10 +188,15 @@ class GradientSynthesizer:
         (padding is zero on every rank and stays zero). :meth:`combine_` calls it."""
         import torch.distributed as dist
 
-        world = dist.get_world_size(self.data_parallel_group)
+        group = self.data_parallel_group
+        # NCCL averages inside the all-reduce; gloo has no AVG, so sum, then one scaling pass
+        average = dist.get_backend(group) == "nccl"
+        world = dist.get_world_size(group)
         for buffer in (self.forget_buffer, self.retain_buffer):
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.data_parallel_group)
-            buffer.mul_(1.0 / world)
+            dist.all_reduce(buffer, op=dist.ReduceOp.AVG if average else dist.ReduceOp.SUM,
+                            group=group)  # fmt: skip
+            if not average:
+                buffer.mul_(1.0 / world)
 
     def zero_grad(self) -> None:
         """Clear both buffers and unbind ``param.grad`` (as ``set_to_none=True`` would)."""
