@@ -43,6 +43,11 @@ def truth(retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps)
     )  # fmt: skip
 
 
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor as a same-width integer view (for exact comparisons)."""
+    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
 def segment_mask(layout: GradLayout, device=None) -> torch.Tensor:
     mask = torch.zeros(layout.numel, dtype=torch.bool, device=device)
     for s in layout.segments:

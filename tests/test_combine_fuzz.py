@@ -6,7 +6,14 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from oracle import assert_output_matches, assert_stats_match, output_bound, segment_mask, truth
+from oracle import (
+    assert_output_matches,
+    assert_stats_match,
+    bits,
+    output_bound,
+    segment_mask,
+    truth,
+)
 from strategies import CONFIGS, DTYPES, EPS, SEEDS, WEIGHTS, configured, fill_pair, layouts
 
 import sago_kernels as sk
@@ -16,10 +23,6 @@ from sago_kernels.methods import METHODS
 def _run(backend, config, *args, **kwargs):
     with configured(backend, config):
         return sk.combine_(*args, backend=backend, **kwargs)
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -54,10 +57,10 @@ def test_combine_matches_float64_reference(
     assert_output_matches(written, ref64, bound, layout, dtype, context=context)
     outside = ~segment_mask(layout, device)
     # nothing outside the segments is written; forget is never written
-    assert torch.equal(_bits(written)[outside], _bits(out if use_out else retain_before)[outside])
-    assert torch.equal(_bits(forget), _bits(forget_before))
+    assert torch.equal(bits(written)[outside], bits(out if use_out else retain_before)[outside])
+    assert torch.equal(bits(forget), bits(forget_before))
     if use_out:
-        assert torch.equal(_bits(retain), _bits(retain_before)), "out= must leave retain as is"
+        assert torch.equal(bits(retain), bits(retain_before)), "out= must leave retain as is"
     if not specials:
         assert_stats_match(stats.table, retain_before, forget, written, layout, context=context)
     else:

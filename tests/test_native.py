@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BACKENDS
+from oracle import bits
 from strategies import fill_pair
 
 import sago_kernels as sk
@@ -30,17 +31,13 @@ LAYOUT = sk.GradLayout.from_sizes([1000, 0, 1, 77, 4099, 16, 33], alignment=16)
 SMALL_CHUNKS = native.NativeConfig(min_chunk_elems=64, target_chunks=4)
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
-
-
-def _combine_bits(r, f, method):
+def _combinebits(r, f, method):
     with native.native_config(SMALL_CHUNKS):
         out, st = sk.combine_(
             r.clone(), f, layout=LAYOUT, method=method, alpha=0.75, gamma=1.5, stats=True,
             backend="native",
         )  # fmt: skip
-    return _bits(out).clone(), st.table.view(torch.int32).clone()
+    return bits(out).clone(), st.table.view(torch.int32).clone()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -52,7 +49,7 @@ def test_bitwise_identical_for_any_thread_count(method, dtype):
     try:
         for threads in (1, 2, 3, 7):
             torch.set_num_threads(threads)
-            results[threads] = _combine_bits(r, f, method)
+            results[threads] = _combinebits(r, f, method)
     finally:
         torch.set_num_threads(threads_before)
     for threads, (out, table) in results.items():
@@ -67,13 +64,13 @@ def _runnable_isas() -> list[str]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("method", list(sk.METHODS))
-def test_every_instruction_set_gives_the_same_bits(method, dtype, monkeypatch):
+def test_every_instruction_set_gives_the_samebits(method, dtype, monkeypatch):
     r, f = fill_pair(LAYOUT, dtype, 8, True, "cpu")
     results = {}
     for isa in _runnable_isas():
         monkeypatch.setenv("SAGO_NATIVE_ISA", isa)
         assert native.isa() == isa
-        results[isa] = _combine_bits(r, f, method)
+        results[isa] = _combinebits(r, f, method)
     for isa, (out, table) in results.items():  # NaN payloads are not part of the contract
         assert _same_values(out, results["baseline"][0]), f"{isa} output differs from baseline"
         assert _same_values(
@@ -101,7 +98,7 @@ def test_bad_instruction_set_name_is_refused(monkeypatch):
 def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:
     """Equal bits, except that any NaN matches any NaN (payloads are not part of the contract)."""
     both_nan = torch.isnan(got.float()) & torch.isnan(want.float())
-    return bool(((_bits(got) == _bits(want)) | both_nan).all())
+    return bool(((bits(got) == bits(want)) | both_nan).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -144,9 +141,7 @@ def test_narrowing_rounds_like_torch(dtype, monkeypatch):
     for isa in _runnable_isas():
         monkeypatch.setenv("SAGO_NATIVE_ISA", isa)
         got = native.narrow(x, dtype)
-        bad = ~(
-            (_bits(got) == _bits(want)) | (torch.isnan(got.float()) & torch.isnan(want.float()))
-        )
+        bad = ~((bits(got) == bits(want)) | (torch.isnan(got.float()) & torch.isnan(want.float())))
         assert not bad.any(), (
             f"{isa}: {x[bad][:5].tolist()} -> {got[bad][:5].tolist()}, "
             f"torch: {want[bad][:5].tolist()}"
