@@ -32,12 +32,13 @@ CHUNK_VARIANTS = (
         for mode in (DOTS, SAGO)
     ]
 )
+# (tile sizes and warps come from the launcher's default LaunchConfig in main())
 SMALL_VARIANTS = {
-    "segment_reduce": dict(ROWS=64),
-    "coefficients_pcgrad": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=False, SEG_BLOCK=1024),
-    "coefficients_pcgrad_global": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=True, SEG_BLOCK=1024),
-    "coefficients_blur": dict(PROJECTION=PROJECTION_BLUR, GLOBAL=True, SEG_BLOCK=1024),
-    "geometry": dict(SEG_BLOCK=1024),
+    "segment_reduce": dict(),
+    "coefficients_pcgrad": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=False),
+    "coefficients_pcgrad_global": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=True),
+    "coefficients_blur": dict(PROJECTION=PROJECTION_BLUR, GLOBAL=True),
+    "geometry": dict(),
 }
 
 # argument name → Triton type; "io" stands for the buffer element type of the variant
@@ -99,6 +100,7 @@ def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without the interpreter"
     from sago_kernels.kernels import _tiles
     from sago_kernels.kernels.chunk_pass import _chunk_pass_kernel
+    from sago_kernels.kernels.launch import DEFAULT_CONFIG as config
     from sago_kernels.kernels.reductions import (
         _coefficients_kernel,
         _geometry_kernel,
@@ -115,16 +117,19 @@ def main() -> None:
     assert [m.value for m in modes] == [SUM, SAGO, SAGO_PREFER_RETAIN, AFFINE, DOTS]
     result = {}
     for io, bf16, mode, stats in CHUNK_VARIANTS:
-        constexprs = dict(
-            MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=16, BLOCK=2048 if stats else 4096
-        )
+        block = min(config.stats_block, config.block) if stats else config.block
+        constexprs = dict(MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=16, BLOCK=block)
         result[chunk_variant_id(io, bf16, mode, stats)] = _describe(
-            _compile(_chunk_pass_kernel, io, constexprs, 8)
+            _compile(_chunk_pass_kernel, io, constexprs, config.num_warps)
         )
     kernels = {"segment_reduce": _segment_reduce_kernel, "geometry": _geometry_kernel}
     for name, constexprs in SMALL_VARIANTS.items():
         kernel = kernels.get(name, _coefficients_kernel)
-        result[name] = _describe(_compile(kernel, "*fp32", constexprs, 4))
+        if name == "segment_reduce":  # launched with Triton's default 4 warps
+            constexprs, warps = dict(ROWS=config.reduce_rows), 4
+        else:  # the one-program kernels
+            constexprs, warps = {**constexprs, "SEG_BLOCK": config.seg_block}, config.seg_warps
+        result[name] = _describe(_compile(kernel, "*fp32", constexprs, warps))
     print(json.dumps(result))
 
 

@@ -43,7 +43,16 @@ def test_chunk_elems_bounds():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(block=1000), dict(block=8), dict(reduce_rows=3), dict(max_chunk_elems=1 << 31)]
+    "bad",
+    [
+        dict(block=1000),
+        dict(block=8),
+        dict(reduce_rows=3),
+        dict(max_chunk_elems=1 << 31),
+        dict(num_warps=6),
+        dict(seg_warps=0),
+        dict(seg_warps=64),
+    ],
 )
 def test_launch_config_is_validated(bad):
     with pytest.raises(ValueError):

@@ -51,4 +51,5 @@ def test_chunk_pass_compiles_vectorised_without_spills(compiled, variant):
 
 @pytest.mark.parametrize("name", list(SMALL_VARIANTS))
 def test_small_kernels_compile_without_spills(compiled, name):
-    assert "LOCAL:0" in compiled[name]["usage"], compiled[name]["usage"]
+    usage = compiled[name]["usage"]
+    assert "LOCAL:0" in usage and "STACK:0" in usage, f"register spills: {usage}"

@@ -38,7 +38,9 @@ class LaunchConfig:
     sm_90, one program per SM; 2048 halves that); ``num_warps``: warps per chunk-pass program;
     ``target_chunks``: how many chunks the buffer is cut into (plus one per small segment), so
     the partial sums stay O(segments) whatever N; ``max_chunk_elems`` keeps per-chunk counts and
-    tile offsets in 32 bits.
+    tile offsets in 32 bits; ``seg_block`` and ``seg_warps``: the tile and warps of the
+    one-program coefficient and geometry kernels (the geometry kernel's eight accumulators
+    spill at 1024 segments a tile on 4 warps; 8 warps hold them in ~150 registers).
     """
 
     block: int = 4096
@@ -48,6 +50,7 @@ class LaunchConfig:
     max_chunk_elems: int = 1 << 24
     reduce_rows: int = 64
     seg_block: int = 1024
+    seg_warps: int = 8
 
     def __post_init__(self) -> None:
         for name in ("block", "stats_block", "reduce_rows", "seg_block"):
@@ -58,6 +61,12 @@ class LaunchConfig:
                 )
         if self.max_chunk_elems < self.block or self.max_chunk_elems > 1 << 30:
             raise ValueError("LaunchConfig.max_chunk_elems should be in [block, 2**30].")
+        for name in ("num_warps", "seg_warps"):
+            value = getattr(self, name)
+            if value < 1 or value > 32 or value & (value - 1):
+                raise ValueError(
+                    f"LaunchConfig.{name} should be a power of two in [1, 32]. Found {value}."
+                )
 
     def chunk_elems(self, segment_numel: int) -> int:
         """Chunk length (a multiple of ``block``) for a layout of ``segment_numel`` elements."""
@@ -196,7 +205,7 @@ def combine_triton(
         _coefficients_kernel[(1,)](
             dots, coef, s, alpha, gamma, eps,
             PROJECTION=method.code, GLOBAL=method.scope == "global", SEG_BLOCK=config.seg_block,
-            enable_fp_fusion=False,
+            num_warps=config.seg_warps, enable_fp_fusion=False,
         )  # fmt: skip
         partial, conflicts = chunk_pass(_tiles.MODE_AFFINE.value, coef, want_stats)
     else:
@@ -211,7 +220,6 @@ def combine_triton(
     table = torch.empty((s + 1, 8), **f32)
     _geometry_kernel[(1,)](
         sums, seg_conflicts, plan.seg_numel if seg_numels is None else seg_numels, table, s,
-        SEG_BLOCK=config.seg_block,
-        enable_fp_fusion=False,
+        SEG_BLOCK=config.seg_block, num_warps=config.seg_warps, enable_fp_fusion=False,
     )  # fmt: skip
     return table
