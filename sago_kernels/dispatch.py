@@ -1,7 +1,8 @@
 """Which implementation runs a combine: the registry of backends and the automatic choice.
 
 - ``"triton"``: the fused kernels (``sago_kernels.kernels``). CUDA tensors, or CPU tensors when
-  ``TRITON_INTERPRET=1`` was set before ``triton`` was imported (slow; for tests and debugging).
+  ``TRITON_INTERPRET=1`` was set before ``triton`` was imported (slow; for tests and debugging)
+  and the interpreter passes a one-kernel check (``kernels/interpreter_check.py``).
 - ``"native"``: the C++/OpenMP library (``sago_kernels.native``), CPU tensors, when it was built.
 - ``"reference"``: plain torch (``sago_kernels.reference``), any device.
 
@@ -39,18 +40,29 @@ def _interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run the kernels here (see interpreter_check.py)."""
+    from .kernels.interpreter_check import interpreter_problem
+
+    return interpreter_problem()
+
+
+def _interpreter_usable() -> bool:
+    return _interpreter_on() and _interpreter_problem() is None
+
+
 def _triton_runs_on(device: torch.device) -> bool:
     if not _triton_installed():
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and _interpreter_on()
+    return device.type == "cpu" and _interpreter_usable()
 
 
 def backends() -> list[str]:
     """Backends that can run on this machine (on some device)."""
     names = ["reference"]
-    if _triton_installed() and (torch.cuda.is_available() or _interpreter_on()):
+    if _triton_installed() and (torch.cuda.is_available() or _interpreter_usable()):
         names.append("triton")
     if native.available():
         names.append("native")
@@ -135,6 +147,8 @@ def resolve_backend(name: str | None, device: torch.device) -> tuple[str, Backen
     if name == "triton" and not _triton_runs_on(device):
         if not _triton_installed():
             why = "triton is not installed (`pip install triton`)"
+        elif device.type == "cpu" and _interpreter_on():
+            why = _interpreter_problem()
         else:
             why = (
                 "Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "

@@ -61,7 +61,11 @@ def pytest_report_header(config) -> list[str]:
     import sago_kernels.dispatch as b
 
     mode = "compiled (CUDA)" if HAS_CUDA else "interpreter" if b._interpreter_on() else "absent"
-    return [f"sago_kernels: device={DEVICE}, backends={BACKENDS}, triton={mode}"]
+    lines = [f"sago_kernels: device={DEVICE}, backends={BACKENDS}, triton={mode}"]
+    if not HAS_CUDA and b._triton_installed() and b._interpreter_on():
+        why = b._interpreter_problem()
+        lines += [f"sago_kernels: the Triton backend is off: {why}"] if why else []
+    return lines
 
 
 def pytest_configure(config) -> None:

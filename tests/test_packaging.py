@@ -29,9 +29,12 @@ def test_the_triton_backend_is_under_test():
     """A missing or broken triton must not turn the kernel tests into reference-only runs."""
     if os.environ.get("SAGO_ALLOW_NO_TRITON") == "1":
         return
+    from sago_kernels import dispatch
+
+    why = dispatch._interpreter_problem() if dispatch._interpreter_on() else None
     assert "triton" in BACKENDS, (
-        "triton is not usable here (install it, and on CPU set TRITON_INTERPRET=1 before import); "
-        "set SAGO_ALLOW_NO_TRITON=1 to run reference-only on purpose"
+        "triton is not usable here (install it, and on CPU set TRITON_INTERPRET=1 before import"
+        f"{'; ' + why if why else ''}); set SAGO_ALLOW_NO_TRITON=1 to run reference-only on purpose"
     )
     assert HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -108,6 +110,42 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         sk.combine_(torch.zeros(4), torch.zeros(4), backend="triton")
 
 
+@pytest.mark.skipif(not sk.dispatch._triton_installed(), reason="needs triton")
+def test_broken_interpreter_is_a_clear_error(monkeypatch):
+    """An interpreter that cannot run the kernels is named as the reason, never a traceback."""
+    import sago_kernels.dispatch as b
+    from sago_kernels.kernels import interpreter_check
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(b, "_warned_fallback", set())
+    monkeypatch.setattr(b.native, "available", lambda: False)
+    monkeypatch.setattr(interpreter_check, "interpreter_problem", lambda: "broken for this test")
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeError, match="not available: broken for this test"):
+        b.resolve_backend("triton", cpu)
+    with pytest.warns(UserWarning, match="native CPU backend is not available"):
+        assert b.resolve_backend(None, cpu)[0] == "reference"
+    assert ("triton" in sk.backends()) == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not sk.dispatch._triton_installed(), reason="needs triton")
+def test_interpreter_check_names_the_numpy_triton_pairing(monkeypatch):
+    """Triton <= 3.6 with numpy >= 2.4 fails on int(array); the reason says what to install."""
+    from sago_kernels.kernels import interpreter_check
+
+    class Failing:
+        def __getitem__(self, grid):
+            def launch(*args):
+                raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+            return launch
+
+    monkeypatch.setattr(interpreter_check, "_loop_to_scalar_bound", Failing())
+    why = interpreter_check.interpreter_problem.__wrapped__()
+    assert "0-dimensional" in why and "pip install 'triton>=3.7'" in why
+    assert "'numpy<2.4'" in why
+
+
 def test_auto_backend_choice(monkeypatch):
     """CPU: native when built, else Triton under its interpreter, else the reference."""
     import sago_kernels.dispatch as b
@@ -118,8 +156,12 @@ def test_auto_backend_choice(monkeypatch):
         assert b.resolve_backend(None, cpu)[0] == "native"
     monkeypatch.setattr(b.native, "available", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert b.resolve_backend(None, cpu)[0] == ("triton" if b._triton_installed() else "reference")
+    usable = b._triton_installed() and b._interpreter_problem() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's warning, when the interpreter is unusable
+        assert b.resolve_backend(None, cpu)[0] == ("triton" if usable else "reference")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(b, "_warned_fallback", set())
     with pytest.warns(UserWarning, match="native CPU backend is not available"):
         assert b.resolve_backend(None, cpu)[0] == "reference"
     assert "reference" in sk.backends() and "native" not in sk.backends()
