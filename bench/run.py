@@ -98,12 +98,21 @@ def median_seconds(
     return statistics.median(times), (statistics.median(ratios) if ratios else None)
 
 
-def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device, cap_elems: int):
+def copy_cap_elems(numel: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Elements per copy buffer: ``numel``, but on CUDA at most an eighth of the free memory
+    each (beside two 7B-element float32 buffers an 80 GB card has no room for two more; a copy
+    of a few GB already runs at the copy's full bandwidth)."""
+    if device.type != "cuda":
+        return numel
+    return max(1, min(numel, torch.cuda.mem_get_info(device)[0] // 8 // dtype.itemsize))
+
+
+def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device):
     """A callable that copies ``nbytes`` in all (reads half, writes half). On CUDA the buffers
-    hold at most ``cap_elems`` elements (memory is scarce beside 7B buffers): the copy is then
-    repeated, the last time partly, until ``nbytes`` have moved."""
+    are capped by :func:`copy_cap_elems`: the copy is then repeated, the last time partly,
+    until ``nbytes`` have moved."""
     elems = max(1, nbytes // 2 // dtype.itemsize)
-    size = min(elems, cap_elems) if device.type == "cuda" else elems
+    size = copy_cap_elems(elems, dtype, device)
     src = torch.ones(size, dtype=dtype, device=device)
     dst = torch.empty_like(src).fill_(0)
     whole, rest = divmod(elems, size)
@@ -118,8 +127,9 @@ def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device, cap_e
 
 
 def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
-    """Bandwidth of a plain device copy of the same element count (read N + write N)."""
-    src = torch.randn(numel, device=device).to(dtype)
+    """Bandwidth of a plain device copy of the same element count (read N + write N; on CUDA
+    of at most :func:`copy_cap_elems` elements, whose bandwidth is the same)."""
+    src = torch.randn(copy_cap_elems(numel, dtype, device), device=device).to(dtype)
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)[0]
     return 2 * numel * src.element_size() / seconds / 1e9
@@ -146,10 +156,18 @@ def launches_and_memory(
     return None, allocated
 
 
-def run(args: argparse.Namespace) -> dict:
+def save(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+
+
+def run(args: argparse.Namespace, out: Path | None = None) -> dict:
+    """Every case; with ``out``, ``results.json`` is rewritten after each layout × dtype (marked
+    ``"complete": false`` until the end), so a run cut short by a time limit keeps its rows."""
     device = torch.device(args.device)
     dtypes = [getattr(torch, d) for d in args.dtypes]
     rows = []
+    result = {"rows": rows, "environment": environment(device), "args": vars(args)}
     fused_backend = None if device.type == "cuda" else "triton"
     layout_names = [n for n in args.layouts if n != "flat"]
     if "flat" in args.layouts:
@@ -157,7 +175,8 @@ def run(args: argparse.Namespace) -> dict:
     for layout_name in layout_names:
         layout = layout_for(layout_name, args.scale)
         for dtype in dtypes:
-            g = torch.Generator(device="cpu").manual_seed(0)
+            # drawn on the device: a CPU generator would spend minutes on 7B-element buffers
+            g = torch.Generator(device=device).manual_seed(0)
             inputs = []
             pair_bytes = 2 * layout.numel * dtype.itemsize
             sets = args.sets
@@ -168,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
                 for _ in range(2):
                     buf = layout.new_buffer(dtype, device)
                     for v in layout.segment_views(buf):
-                        v.copy_(torch.randn(v.numel(), generator=g))
+                        v.copy_(torch.randn(v.numel(), generator=g, device=device))
                     pair.append(buf)
                 inputs.append(tuple(pair))
             roof = copy_gbps(layout.segment_numel, dtype, device, args.reps)
@@ -199,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
                         print(f"  compiled peer failed: {type(exc).__name__}: {exc}"[:200])
                 times = {}
                 nbytes = minimal_bytes(layout, method, dtype.itemsize)
-                copy = same_bytes_copy(nbytes, dtype, device, cap_elems=layout.segment_numel)
+                copy = same_bytes_copy(nbytes, dtype, device)
                 for name, (fn, compile_s) in list(peers.items()):
                     try:
                         seconds, copy_ratio = median_seconds(fn, inputs, args.reps, device, copy)
@@ -239,7 +258,9 @@ def run(args: argparse.Namespace) -> dict:
                         f"  extra {row['extra_bytes'] / 1e6:>9.2f} MB",
                         flush=True,
                     )
-    return {"rows": rows, "environment": environment(device), "args": vars(args)}
+            if out is not None:
+                save({**result, "complete": False}, out)
+    return {**result, "complete": True}
 
 
 def environment(device: torch.device) -> dict:
@@ -335,10 +356,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = run(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    result = run(args, out)
+    save(result, out)
     plot(result, out / "bandwidth.png")
     print(f"\nwrote {out / 'results.json'} and {out / 'bandwidth.png'}")
     return result
