@@ -6,9 +6,9 @@
 # Installs nothing (no network there): the checkout goes on PYTHONPATH. Needs torch, triton,
 # pytest and hypothesis (the lent machines have them); pytest-xdist spreads the tests (and their
 # ~165 kernel compilations) over 8 processes when present; transformers/matplotlib for the
-# Trainer tests and the plot if present. Budget: at most 3.5 + 2.5 + 2.5 minutes (each step has
+# Trainer tests and the plot if present. Budget: at most 180 + 140 + 120 + 60 s (each step has
 # its own timeout), so one call fits the 10-minute command limit. Every step writes into OUT as
-# it goes (the benchmark rewrites its results.json after each layout and dtype), so what a step
+# it goes (the benchmarks rewrite their JSON after each layout/dtype or setting), so what a step
 # finished survives a later timeout.
 set -uo pipefail
 OUT="${1:-gpu_check_out}"
@@ -40,20 +40,25 @@ echo "== tests on the GPU (compiled kernels: fuzz, determinism, no host sync, 2*
 # (test_distributed runs gloo on CPU and is covered by CI too)
 PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
-timeout 210 "$PY" -m pytest tests -q -p no:cacheprovider -x "${PARALLEL[@]}" --durations=15 \
+timeout 180 "$PY" -m pytest tests -q -p no:cacheprovider -x "${PARALLEL[@]}" --durations=15 \
     --ignore=tests/test_recipes.py --ignore=tests/test_distributed.py \
     2>&1 | tee "$OUT/tests.log" || status=1
 
 echo "== benchmark 1: the 7B layouts (Llama, Mistral) at full size, fused vs the paper-style peer"
 # (the reference's 3N float32 temporaries and the compiled peer's N-element index map do not
 #  fit beside 7B-element buffers on an 80 GB card; they run in benchmark 2)
-timeout 150 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b mistral7b \
+timeout 140 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b mistral7b \
     --peers fused paper --reps 10 --out "$OUT/full" 2>&1 | tee "$OUT/bench_full.log" || status=1
 
 echo "== benchmark 2: half-width Llama (1.7B elements) and many tiny segments, every peer, bf16"
 # (bf16 only, no Mistral: the torch.compile peer compiles once per method, dtype and layout)
-timeout 150 "$PY" bench/run.py --device cuda --scale 2 --layouts llama7b many_tiny \
+timeout 120 "$PY" bench/run.py --device cuda --scale 2 --layouts llama7b many_tiny \
     --dtypes bfloat16 --reps 10 --out "$OUT/half" 2>&1 | tee "$OUT/bench_half.log" || status=1
+
+echo "== launch settings: tile x warps x chunks on the 7B Llama layout, bf16, sago and pcgrad"
+# (the data for LaunchConfig's defaults, which are a fixed table, not autotuned)
+timeout 60 "$PY" bench/tune.py --device cuda --out "$OUT/tune" 2>&1 | tee "$OUT/tune.log" \
+    || status=1
 
 echo "== gpu_check finished with status $status; results in $OUT"
 exit $status

@@ -50,6 +50,16 @@ def layout_for(name: str, scale: int) -> sk.GradLayout:
     )
 
 
+def random_buffer(layout: sk.GradLayout, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """A gradient buffer of standard normal segments, drawn on ``g``'s device (a CPU generator
+    would spend minutes on 7B-element buffers) one segment at a time (no N-element float32
+    temporary beside two 7B float32 buffers)."""
+    buf = layout.new_buffer(dtype, g.device)
+    for v in layout.segment_views(buf):
+        v.copy_(torch.randn(v.numel(), generator=g, device=g.device))
+    return buf
+
+
 def minimal_bytes(layout: sk.GradLayout, method: str, itemsize: int) -> int:
     passes = 5 if METHODS[method].is_projection else 3
     return passes * layout.segment_numel * itemsize
@@ -175,7 +185,6 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
     for layout_name in layout_names:
         layout = layout_for(layout_name, args.scale)
         for dtype in dtypes:
-            # drawn on the device: a CPU generator would spend minutes on 7B-element buffers
             g = torch.Generator(device=device).manual_seed(0)
             inputs = []
             pair_bytes = 2 * layout.numel * dtype.itemsize
@@ -183,13 +192,7 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
             if device.type == "cuda":  # keep half the card free for the peers' temporaries
                 sets = max(1, min(sets, int(0.5 * torch.cuda.mem_get_info()[0] // pair_bytes)))
             for _ in range(sets):
-                pair = []
-                for _ in range(2):
-                    buf = layout.new_buffer(dtype, device)
-                    for v in layout.segment_views(buf):
-                        v.copy_(torch.randn(v.numel(), generator=g, device=device))
-                    pair.append(buf)
-                inputs.append(tuple(pair))
+                inputs.append(tuple(random_buffer(layout, dtype, g) for _ in range(2)))
             roof = copy_gbps(layout.segment_numel, dtype, device, args.reps)
             print(
                 f"\n{layout_name} ({layout.num_segments} segments, "

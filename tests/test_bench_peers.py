@@ -16,6 +16,7 @@ import sago_kernels as sk
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
+from conftest import BACKENDS, DEVICE  # noqa: E402
 from peers import make_compiled, make_paper  # noqa: E402
 
 
@@ -48,8 +49,25 @@ def test_benchmark_script_runs(tmp_path):
            "--peers", "reference", "paper", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = result["rows"]
+    assert result["complete"] is True
     assert {(r["method"], r["peer"]) for r in rows} == {
         ("sago", "reference"), ("sago", "paper"), ("pcgrad", "reference"), ("pcgrad", "paper")
     }  # fmt: skip
     assert all(r["ms"] > 0 and r["gbps"] > 0 and r["extra_bytes"] >= 0 for r in rows)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the sweep runs the Triton kernels")
+def test_launch_setting_sweep_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"}
+    cmd = [sys.executable, str(BENCH / "tune.py"), "--device", DEVICE.type, "--scale", "512",
+           "--methods", "sago", "pcgrad", "--blocks", "1024", "--warps", "4", "8",
+           "--chunks", "16", "--reps", "2", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "tune.json").read_text())
+    assert [(r["method"], r["num_warps"]) for r in rows] == [
+        ("sago", 4), ("sago", 8), ("pcgrad", 4), ("pcgrad", 8)
+    ]  # fmt: skip
+    assert all(r["ms"] > 0 and r["copy_share"] > 0 and r["block"] == 1024 for r in rows)

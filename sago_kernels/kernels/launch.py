@@ -31,7 +31,7 @@ from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_
 @dataclass(frozen=True)
 class LaunchConfig:
     """Launch settings. Defaults are a fixed table, not autotuned: autotuning an in-place kernel
-    re-runs it on live gradients. Not yet tuned on a GPU (see bench/RESULTS.md).
+    re-runs it on live gradients. Not yet tuned on a GPU: ``bench/tune.py`` sweeps them there.
 
     ``block``: elements per tile; ``stats_block``: the tile of passes that also sum statistics,
     capped at ``block`` (six float32 accumulators: at 4096 they need ~195 registers a thread on
