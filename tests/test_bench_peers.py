@@ -71,3 +71,16 @@ def test_launch_setting_sweep_runs(tmp_path):
         ("sago", 4), ("sago", 8), ("pcgrad", 4), ("pcgrad", 8)
     ]  # fmt: skip
     assert all(r["ms"] > 0 and r["copy_share"] > 0 and r["block"] == 1024 for r in rows)
+
+
+def test_copy_roofline_fits_beside_7b_float32_on_an_80gb_card(monkeypatch):
+    """The copy's buffers are capped by free memory: 7B float32 gradients take 54 GB of 80."""
+    from run import copy_cap_elems, layout_for
+
+    numel = layout_for("llama7b", 1).segment_numel
+    pair = 2 * numel * 4
+    free = 80e9 - pair
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free), int(80e9)))
+    cap = copy_cap_elems(numel, torch.float32, torch.device("cuda"))
+    assert 0 < cap < numel and pair + 2 * cap * 4 <= 0.3 * free + pair
+    assert copy_cap_elems(numel, torch.float32, torch.device("cpu")) == numel
