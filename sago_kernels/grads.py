@@ -112,10 +112,15 @@ def combine_grads_(
             result = combine_(r_flat, f_flat, layout=layout, **kwargs)
             return (retain_grads, result[1]) if stats else retain_grads
 
-    layout = GradLayout.from_sizes(numels, alignment=1)
-    r_flat = torch.cat([t.reshape(-1) for t in retain_grads])
-    f_flat = torch.cat([t.reshape(-1) for t in forget_grads])
+    # Padded starts (the default alignment), not a plain concatenation: unaligned starts would
+    # select the kernels' scalar-load variant (no 16-byte vectors, ~2x the registers on sm_90).
+    layout = GradLayout.from_sizes(numels)
+    first = retain_grads[0]
+    r_flat = layout.new_buffer(first.dtype, first.device)
+    f_flat = layout.new_buffer(first.dtype, first.device)
+    r_views, f_views = layout.segment_views(r_flat), layout.segment_views(f_flat)
+    torch._foreach_copy_(r_views, [t.reshape(-1) for t in retain_grads])
+    torch._foreach_copy_(f_views, [t.reshape(-1) for t in forget_grads])
     result = combine_(r_flat, f_flat, layout=layout, **kwargs)
-    for t, v in zip(retain_grads, layout.views(r_flat)):
-        t.copy_(v.view(t.shape))
+    torch._foreach_copy_(retain_grads, [v.view(t.shape) for t, v in zip(retain_grads, r_views)])
     return (retain_grads, result[1]) if stats else retain_grads

@@ -1,81 +1,38 @@
-"""Compile the kernels for sm_90 without a GPU; print one JSON line of what the code looks like.
+"""Compile every kernel the launcher launches, for sm_90, without a GPU; print one JSON line.
 
-Run without TRITON_INTERPRET (see test_sm90_compile.py). Variants are listed here so the test
-can parametrise over them at collection.
+A stub driver reports an H100/H200 target and each launch becomes Triton's warm-up (compile,
+do not run). So the launcher's own calls go through compiled-mode argument binding, which,
+unlike the interpreter, rejects unknown launch options and specialises on argument values and
+alignment, and then through the real Triton → PTX → cubin pipeline. For every distinct
+compiled kernel the line says whether its PTX has 16-byte vector loads and stores and what
+cuobjdump reports of its registers, stack and local memory.
+
+Run without TRITON_INTERPRET (see test_sm90_compile.py).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
 import subprocess
 import tempfile
 
-from sago_kernels.methods import PROJECTION_BLUR, PROJECTION_PCGRAD
 
-# chunk-pass modes (mirrors sago_kernels/kernels/_tiles.py; checked in main())
-SUM, SAGO, SAGO_PREFER_RETAIN, AFFINE, DOTS = 0, 1, 2, 8, 9
+class _StubDriver:
+    """What ``JITFunction.run`` asks of the active driver before it compiles, nothing more."""
 
-# (buffer pointer type, BF16_BITS, MODE, STATS)
-CHUNK_VARIANTS = (
-    [("*fp32", False, mode, False) for mode in (SUM, SAGO, SAGO_PREFER_RETAIN, AFFINE)]
-    + [
-        (io, bf16, mode, False)
-        for io, bf16 in (("*i16", True), ("*fp16", False))
-        for mode in (SAGO, AFFINE)
-    ]
-    + [
-        (io, bf16, mode, True)
-        for io, bf16 in (("*fp32", False), ("*i16", True))
-        for mode in (DOTS, SAGO)
-    ]
-)
-# (tile sizes and warps come from the launcher's default LaunchConfig in main())
-SMALL_VARIANTS = {
-    "segment_reduce": dict(),
-    "coefficients_pcgrad": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=False),
-    "coefficients_pcgrad_global": dict(PROJECTION=PROJECTION_PCGRAD, GLOBAL=True),
-    "coefficients_blur": dict(PROJECTION=PROJECTION_BLUR, GLOBAL=True),
-    "geometry": dict(),
-}
+    def __init__(self, target) -> None:
+        self.target = target
 
-# argument name → Triton type; "io" stands for the buffer element type of the variant
-ARG_TYPES = {
-    "retain_ptr": "io", "forget_ptr": "io", "out_ptr": "io",
-    "seg_start_ptr": "*i64", "seg_numel_ptr": "*i64", "seg_chunk_ptr": "*i64",
-    "coef_ptr": "*fp32", "partial_ptr": "*fp32", "conflict_ptr": "*i64",
-    "seg_sum_ptr": "*fp32", "seg_conflict_ptr": "*i64", "table_ptr": "*fp32",
-    "num_segments": "i32", "search_steps": "i32", "chunk_elems": "i32",
-    "alpha": "fp32", "gamma": "fp32", "eps": "fp32",
-}  # fmt: skip
+    def get_current_device(self) -> int:
+        return 0
 
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
 
-def chunk_variant_id(io: str, bf16: bool, mode: int, stats: bool) -> str:
-    return f"{io.strip('*')}{'-bf16' if bf16 else ''}-mode{mode}{'-stats' if stats else ''}"
-
-
-def _compile(kernel, io: str, constexprs: dict, num_warps: int):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    names = list(inspect.signature(kernel.fn).parameters)
-    signature, attrs = {}, {}
-    for i, name in enumerate(names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-            continue
-        kind = ARG_TYPES[name]
-        signature[name] = io if kind == "io" else kind
-        if signature[name].startswith("*") or name == "chunk_elems":
-            attrs[(i,)] = [
-                ["tt.divisibility", 16]
-            ]  # what the launcher's tensors and chunks satisfy
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": num_warps, "enable_fp_fusion": False}
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    def get_current_target(self):
+        return self.target
 
 
 def _describe(compiled) -> dict:
@@ -98,39 +55,64 @@ def _describe(compiled) -> dict:
 
 def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without the interpreter"
-    from sago_kernels.kernels import _tiles
-    from sago_kernels.kernels.chunk_pass import _chunk_pass_kernel
-    from sago_kernels.kernels.launch import DEFAULT_CONFIG as config
-    from sago_kernels.kernels.reductions import (
-        _coefficients_kernel,
-        _geometry_kernel,
-        _segment_reduce_kernel,
-    )
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import KernelInterface
 
-    modes = (
-        _tiles.MODE_SUM,
-        _tiles.MODE_SAGO,
-        _tiles.MODE_SAGO_PREFER_RETAIN,
-        _tiles.MODE_AFFINE,
-        _tiles.MODE_DOTS,
-    )
-    assert [m.value for m in modes] == [SUM, SAGO, SAGO_PREFER_RETAIN, AFFINE, DOTS]
-    result = {}
-    for io, bf16, mode, stats in CHUNK_VARIANTS:
-        block = min(config.stats_block, config.block) if stats else config.block
-        constexprs = dict(MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=16, BLOCK=block)
-        result[chunk_variant_id(io, bf16, mode, stats)] = _describe(
-            _compile(_chunk_pass_kernel, io, constexprs, config.num_warps)
-        )
-    kernels = {"segment_reduce": _segment_reduce_kernel, "geometry": _geometry_kernel}
-    for name, constexprs in SMALL_VARIANTS.items():
-        kernel = kernels.get(name, _coefficients_kernel)
-        if name == "segment_reduce":  # launched with Triton's default 4 warps
-            constexprs, warps = dict(ROWS=config.reduce_rows), 4
-        else:  # the one-program kernels
-            constexprs, warps = {**constexprs, "SEG_BLOCK": config.seg_block}, config.seg_warps
-        result[name] = _describe(_compile(kernel, "*fp32", constexprs, warps))
-    print(json.dumps(result))
+    import sago_kernels as sk
+    from sago_kernels.kernels.launch import DEFAULT_CONFIG, LaunchConfig, combine_triton
+    from sago_kernels.methods import METHODS
+
+    driver.set_active(_StubDriver(GPUTarget("cuda", 90, 32)))
+    variants: dict[str, dict] = {}
+    launches = 0
+
+    def warm_up_instead(self, grid):
+        def launch(*args, **kwargs):
+            nonlocal launches
+            launches += 1
+            kernel = self.run(*args, grid=grid, warmup=True, **kwargs)
+            io = next(a for a in args if isinstance(a, torch.Tensor)).dtype
+            constexprs = {k: v for k, v in kwargs.items() if k.isupper()}
+            name = f"{self.fn.__name__}|{str(io)[6:]}|{json.dumps(constexprs, sort_keys=True)}"
+            name += f"|warps={kwargs.get('num_warps', 4)}"
+            if name not in variants:
+                variants[name] = {
+                    "kernel": self.fn.__name__, "io": str(io)[6:], "constexprs": constexprs,
+                    **_describe(kernel),
+                }  # fmt: skip
+            return kernel
+
+        return launch
+
+    KernelInterface.__getitem__ = warm_up_instead
+    layouts = {
+        16: sk.GradLayout.from_sizes([100, 3, 70_000, 0, 17], alignment=16),
+        1: sk.GradLayout.from_sizes([101, 3, 70_001, 0, 17], alignment=1),
+    }
+    small = LaunchConfig(block=16, stats_block=16, target_chunks=4, reduce_rows=16, seg_block=16)
+    cases = [
+        (layout, dtype, method, stats, DEFAULT_CONFIG)
+        for layout in layouts.values()
+        for dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for method in METHODS.values()
+        for stats in (False, True)
+    ] + [
+        (layouts[16], torch.float32, METHODS[name], True, small)
+        for name in ("sago", "pcgrad", "blur")
+    ]  # fmt: skip
+    for layout, dtype, method, stats, config in cases:
+        r, f = layout.new_buffer(dtype), layout.new_buffer(dtype)
+        combine_triton(r, f, r, layout, method, 1.0, 1.0, 1e-8, stats, config=config)
+    # the sharded path: a reduction between launches and the global segment lengths
+    layout = layouts[16]
+    r, f = layout.new_buffer(torch.bfloat16), layout.new_buffer(torch.bfloat16)
+    combine_triton(
+        r, f, r, layout, METHODS["pcgrad_global"], 1.0, 1.0, 1e-8, True,
+        reduce=lambda t: None, seg_numels=layout.numel_table(torch.device("cpu")),
+    )  # fmt: skip
+    print(json.dumps({"launches": launches, "variants": list(variants.values())}))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""Compile every kernel variant for Hopper (sm_90) ahead of time, without a GPU.
+"""Every kernel the launcher launches binds and compiles for Hopper (sm_90), without a GPU.
 
-The interpreter runs the kernels' semantics but not the compiler. This compiles them with the
-real Triton → PTX → cubin pipeline for an H100/H200 target and checks what the speed design
-relies on: full tiles use 16-byte vector loads and stores (``ld.global.v4`` / ``st.global.v4``),
-and no variant spills registers to local memory. Compilation needs the kernels without
-``TRITON_INTERPRET``, so it runs in a subprocess (``aot_sm90.py``). On a CUDA machine the same
-kernels are compiled for the real device by the other tests, so this file is skipped there.
+The interpreter runs the kernels' semantics but neither the compiler nor compiled-mode launch
+binding (it accepts launch options a GPU would reject). ``aot_sm90.py`` runs the launcher's own
+calls, for every method, dtype, alignment and statistics setting, through both, with a stub
+driver standing in for an H100/H200, and reports what each distinct kernel compiled to. Checked
+here: what the speed design relies on (full tiles of 16-byte-aligned layouts use 16-byte vector
+loads and stores, ``ld.global.v4`` / ``st.global.v4``) and that no kernel of the default launch
+settings spills registers. It runs in a subprocess because compiling needs the kernels without
+``TRITON_INTERPRET``. On a CUDA machine the other tests compile for the real device instead, so
+this file is skipped there.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from aot_sm90 import CHUNK_VARIANTS, DOTS, SMALL_VARIANTS, chunk_variant_id
 from conftest import HAS_CUDA
+
+from sago_kernels.kernels.launch import DEFAULT_CONFIG
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="compiled for the real GPU by the other tests")
 
 pytest.importorskip("triton")
+
+DOTS, MODES = 9, {0, 1, 2, 8, 9}  # sum, sago, sago_prefer_retain, affine write, dots
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +36,54 @@ def compiled() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("aot_sm90.py")
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    "variant", CHUNK_VARIANTS, ids=[chunk_variant_id(*v) for v in CHUNK_VARIANTS]
-)
-def test_chunk_pass_compiles_vectorised_without_spills(compiled, variant):
-    info = compiled[chunk_variant_id(*variant)]
-    assert info["ld_v4"], "full tiles should load 16-byte vectors"
-    if variant[2] != DOTS:
-        assert info["st_v4"], "full tiles should store 16-byte vectors"
-    assert "LOCAL:0" in info["usage"] and "STACK:0" in info["usage"], (
-        f"register spills: {info['usage']}"
+def _default_settings(v: dict) -> bool:
+    c = v["constexprs"]
+    return c.get("BLOCK") in (DEFAULT_CONFIG.block, DEFAULT_CONFIG.stats_block) or (
+        c.get("SEG_BLOCK") == DEFAULT_CONFIG.seg_block
+        or c.get("ROWS") == DEFAULT_CONFIG.reduce_rows
     )
 
 
-@pytest.mark.parametrize("name", list(SMALL_VARIANTS))
-def test_small_kernels_compile_without_spills(compiled, name):
-    usage = compiled[name]["usage"]
-    assert "LOCAL:0" in usage and "STACK:0" in usage, f"register spills: {usage}"
+def _chunk_passes(compiled: dict, align: int) -> list[dict]:
+    return [
+        v
+        for v in compiled["variants"]
+        if v["kernel"] == "_chunk_pass_kernel"
+        and v["constexprs"]["ALIGN"] == align
+        and _default_settings(v)
+    ]
+
+
+def test_every_launch_compiles_and_covers_every_variant(compiled):
+    kernels = {v["kernel"] for v in compiled["variants"]}
+    assert kernels == {
+        "_chunk_pass_kernel", "_segment_reduce_kernel", "_coefficients_kernel", "_geometry_kernel"
+    }  # fmt: skip
+    for align in (16, 1):
+        seen = {(v["io"], v["constexprs"]["MODE"], v["constexprs"]["STATS"])
+                for v in _chunk_passes(compiled, align)}  # fmt: skip
+        for io in ("float32", "int16", "float16"):  # bf16 travels as int16 words
+            assert {m for i, m, _ in seen if i == io} == MODES, (align, io, seen)
+    assert compiled["launches"] > len(compiled["variants"])
+
+
+def test_aligned_full_tiles_use_16_byte_vectors(compiled):
+    passes = _chunk_passes(compiled, 16)
+    assert passes
+    for v in passes:
+        assert v["ld_v4"], f"full tiles should load 16-byte vectors: {v}"
+        if v["constexprs"]["MODE"] != DOTS:
+            assert v["st_v4"], f"full tiles should store 16-byte vectors: {v}"
+
+
+def test_default_launch_settings_never_spill(compiled):
+    default = [v for v in compiled["variants"] if _default_settings(v)]
+    assert len(default) >= 2 * 3 * 9 + 5  # chunk passes (align x dtype x mode/stats) + small
+    spilled = [v for v in default if "LOCAL:0" not in v["usage"] or "STACK:0" not in v["usage"]]
+    assert not spilled, "register spills:\n" + "\n".join(map(str, spilled))
