@@ -133,14 +133,14 @@ def test_interpreter_check_names_the_numpy_triton_pairing(monkeypatch):
     """Triton <= 3.6 with numpy >= 2.4 fails on int(array); the reason says what to install."""
     from sago_kernels.kernels import interpreter_check
 
-    class Failing:
+    class InterpretedFunction:  # an interpreted kernel that fails the way Triton 3.6's does
         def __getitem__(self, grid):
             def launch(*args):
                 raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
 
             return launch
 
-    monkeypatch.setattr(interpreter_check, "_loop_to_scalar_bound", Failing())
+    monkeypatch.setattr(interpreter_check, "_loop_to_scalar_bound", InterpretedFunction())
     why = interpreter_check.interpreter_problem.__wrapped__()
     assert "0-dimensional" in why and "pip install 'triton>=3.7'" in why
     assert "'numpy<2.4'" in why
@@ -177,3 +177,16 @@ def test_native_backend_errors_are_clear(monkeypatch):
     monkeypatch.setattr(b.native, "unavailable_reason", lambda: "not built here")
     with pytest.raises(RuntimeError, match="backend='native' is not available: not built here"):
         sk.combine_(torch.zeros(4), torch.zeros(4), backend="native")
+
+
+@pytest.mark.skipif(not sk.dispatch._triton_installed(), reason="needs triton")
+def test_interpreter_check_names_a_late_interpret_setting(monkeypatch):
+    """Kernels jitted before TRITON_INTERPRET=1 was set are compiled ones: say so."""
+    from sago_kernels.kernels import interpreter_check
+
+    class Compiled:  # what triton.jit returns without the interpreter
+        pass
+
+    monkeypatch.setattr(interpreter_check, "_loop_to_scalar_bound", Compiled())
+    why = interpreter_check.interpreter_problem.__wrapped__()
+    assert "set after `import triton`" in why

@@ -28,6 +28,11 @@ def _loop_to_scalar_bound(out_ptr, n):
 @functools.cache
 def interpreter_problem() -> str | None:
     """Why the interpreter cannot run the kernels here, or None when it can."""
+    if type(_loop_to_scalar_bound).__name__ != "InterpretedFunction":
+        return (
+            "TRITON_INTERPRET=1 was set after `import triton`, so the kernels were compiled for "
+            "a GPU; set it before triton is first imported"
+        )
     out = torch.zeros(1, dtype=torch.int32)
     try:
         _loop_to_scalar_bound[(1,)](out, 4)
@@ -36,13 +41,15 @@ def interpreter_problem() -> str | None:
         error = f"a loop to a scalar bound summed to {int(out[0])}, not 6"
     except Exception as exc:  # noqa: BLE001 - any failure means the same: not usable
         error = f"{type(exc).__name__}: {exc}"
-    import numpy
-
-    hint = ""
     if "0-dimensional" in error:
-        hint = (
-            f" Triton {triton.__version__}'s interpreter cannot turn scalar arguments into loop "
-            f"bounds with numpy {numpy.__version__} (numpy >= 2.4 needs Triton >= 3.7): "
-            "`pip install 'triton>=3.7'` or `pip install 'numpy<2.4'`."
+        import numpy
+
+        return (
+            f"Triton {triton.__version__}'s interpreter cannot turn scalar arguments into loop "
+            f"bounds with numpy {numpy.__version__} ({error}); numpy >= 2.4 needs Triton >= 3.7: "
+            "`pip install 'triton>=3.7'` or `pip install 'numpy<2.4'`"
         )
-    return f"Triton's interpreter fails on a loop to a scalar argument ({error}).{hint}"
+    return (
+        f"Triton's interpreter failed on a one-loop test kernel ({error}; TRITON_INTERPRET=1 "
+        "must be set before triton is first imported)"
+    )
