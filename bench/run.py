@@ -142,7 +142,7 @@ def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -
     src = torch.randn(copy_cap_elems(numel, dtype, device), device=device).to(dtype)
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)[0]
-    return 2 * numel * src.element_size() / seconds / 1e9
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
 def launches_and_memory(

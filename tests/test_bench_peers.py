@@ -84,3 +84,13 @@ def test_copy_roofline_fits_beside_7b_float32_on_an_80gb_card(monkeypatch):
     cap = copy_cap_elems(numel, torch.float32, torch.device("cuda"))
     assert 0 < cap < numel and pair + 2 * cap * 4 <= 0.3 * free + pair
     assert copy_cap_elems(numel, torch.float32, torch.device("cpu")) == numel
+
+
+def test_copy_bandwidth_counts_the_bytes_it_copied(monkeypatch):
+    """Capped on CUDA, the copy's bandwidth is its own bytes over its own time."""
+    import run
+
+    monkeypatch.setattr(run, "copy_cap_elems", lambda numel, dtype, device: 1000)
+    monkeypatch.setattr(run, "median_seconds", lambda *args, **kwargs: (1e-6, None))
+    gbps = run.copy_gbps(10**6, torch.float32, torch.device("cpu"), reps=1)
+    assert gbps == pytest.approx(2 * 1000 * 4 / 1e-6 / 1e9)
