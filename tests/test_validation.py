@@ -155,6 +155,8 @@ def test_auto_backend_choice(monkeypatch):
     if b.native.available():
         assert b.resolve_backend(None, cpu)[0] == "native"
     monkeypatch.setattr(b.native, "available", lambda: False)
+    if b._triton_installed():  # jit the check's kernel as this process does (compiled on a GPU)
+        import sago_kernels.kernels.interpreter_check  # noqa: F401
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     usable = b._triton_installed() and b._interpreter_problem() is None
     with warnings.catch_warnings():
