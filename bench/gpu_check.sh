@@ -60,5 +60,8 @@ echo "== launch settings: tile x warps x chunks on the 7B Llama layout, bf16, sa
 timeout 60 "$PY" bench/tune.py --device cuda --out "$OUT/tune" 2>&1 | tee "$OUT/tune.log" \
     || status=1
 
+echo "== the targets of issue 4, judged from the JSON above (copy this table into RESULTS.md)"
+"$PY" bench/targets.py "$OUT" | tee "$OUT/targets.md" || status=1
+
 echo "== gpu_check finished with status $status; results in $OUT"
 exit $status

@@ -94,3 +94,32 @@ def test_copy_bandwidth_counts_the_bytes_it_copied(monkeypatch):
     monkeypatch.setattr(run, "median_seconds", lambda *args, **kwargs: (1e-6, None))
     gbps = run.copy_gbps(10**6, torch.float32, torch.device("cpu"), reps=1)
     assert gbps == pytest.approx(2 * 1000 * 4 / 1e-6 / 1e9)
+
+
+def _row(method, peer, dtype="bfloat16", share=0.95, speedup=1.0, extra=100_000):
+    return {"layout": "llama7b", "method": method, "peer": peer, "dtype": dtype,
+            "roofline_share": share, "speedup_of_fused": speedup, "extra_bytes": extra}  # fmt: skip
+
+
+def test_target_verdicts_follow_the_numbers():
+    from targets import evaluate
+
+    methods = sk.methods()
+    full = [_row(m, "fused", d) for m in methods for d in ("bfloat16", "float32")]
+    full += [_row(m, "paper", d, speedup=25.0) for m in methods for d in ("bfloat16", "float32")]
+    half = [_row(m, "fused") for m in methods] + [_row(m, "compiled", speedup=2.0) for m in methods]
+    verdicts = {name: status for name, status, _ in evaluate(full, half)}
+    assert set(verdicts.values()) == {"met"}, verdicts
+
+    full[0] = _row(methods[0], "fused", share=0.85)  # one element-wise case at 85% of copy
+    half = half[:6] + [_row(m, "compiled", speedup=1.2) for m in methods]  # projection 1.2x only
+    half[1]["extra_bytes"] = 1000  # so the full-width call allocates more: grows with N
+    verdicts = {name: (status, nums) for name, status, nums in evaluate(full, half)}
+    assert verdicts["element-wise ≥ 90% of copy, bfloat16"][0] == "**not met**"
+    assert "85.00" in verdicts["element-wise ≥ 90% of copy, bfloat16"][1]
+    assert verdicts["projection ≥ 1.5× torch.compile (half width)"][0] == "**not met**"
+    assert verdicts["element-wise no slower than torch.compile (half width)"][0] == "met"
+    assert verdicts["extra memory O(segments)"][0] == "**not met**"
+
+    empty = {name: status for name, status, _ in evaluate([], [])}
+    assert set(empty.values()) == {"not measured"}
