@@ -1,6 +1,6 @@
 """Judge issue 4's GPU targets from the benchmark's JSON: one table, met or not, with the numbers.
 
-    python bench/targets.py OUT_DIR       # OUT_DIR as given to gpu_check.sh (full/ and half/)
+    python bench/targets.py OUT_DIR   # OUT_DIR as given to gpu_check.sh (full/, half/, step/)
 
 ``gpu_check.sh`` runs it last, so the one GPU call ends with the verdicts ready to copy into
 ``bench/RESULTS.md``. A target whose rows are missing (a step timed out, a peer ran out of
@@ -65,6 +65,30 @@ def _memory_verdict(full: list[dict], half: list[dict]) -> tuple[str, str, str]:
     return name, "met", f"up to {peak:.0f} kB at full width, the same at half width"
 
 
+def step_verdicts(step: dict | None) -> list[tuple[str, str, str]]:
+    """The end-to-end targets from ``step.py``'s JSON: the combine's share of a whole step, and
+    the synthesizer's peak memory against the paper-style step's (a gradient's size apart)."""
+    share_name = "combine ≤ 2% of the Algorithm 1 step (~1B Llama)"
+    memory_name = "synthesizer peak ≥ one gradient below paper-style"
+    rows = {r["variant"]: r for r in (step or {}).get("rows", [])}
+    synth = [r for name, r in rows.items() if name.startswith("synthesizer/")]
+    if not synth:
+        return [(share_name, "not measured", "no step rows"), (memory_name, "not measured", "")]
+    worst = max(synth, key=lambda r: r["combine_share"])
+    ok = worst["combine_share"] <= 0.02
+    span = ", ".join(f"{r['variant'][12:]} {100 * r['combine_share']:.2f}%" for r in synth)
+    out = [(share_name, "met" if ok else "**not met**", span)]
+    pairs = [(r, rows.get("paper/" + r["variant"][12:])) for r in synth]
+    pairs = [(s, p) for s, p in pairs if p is not None and s["peak_gib"] is not None]
+    if not pairs:
+        return out + [(memory_name, "not measured", "no paper-style rows with CUDA peak memory")]
+    grad = step["grad_gib"]
+    gaps = [(s["variant"][12:], p["peak_gib"] - s["peak_gib"]) for s, p in pairs]
+    ok = all(gap >= grad for _, gap in gaps)
+    numbers = ", ".join(f"{m} {gap:.2f} GiB lower" for m, gap in gaps) + f" (gradient {grad:.2f} GiB)"
+    return out + [(memory_name, "met" if ok else "**not met**", numbers)]
+
+
 def evaluate(full: list[dict], half: list[dict]) -> list[tuple[str, str, str]]:
     """(target, status, numbers) for each target of issue 4."""
     out = []
@@ -91,8 +115,10 @@ def main(argv: list[str]) -> int:
         return 2
     root = Path(argv[0])
     full, half = _rows(root / "full" / "results.json"), _rows(root / "half" / "results.json")
+    step_json = root / "step" / "step.json"
+    step = json.loads(step_json.read_text()) if step_json.exists() else None
     print("| target (7B Llama layout) | status | numbers |\n| --- | --- | --- |")
-    for name, status, numbers in evaluate(full, half):
+    for name, status, numbers in evaluate(full, half) + step_verdicts(step):
         print(f"| {name} | {status} | {numbers} |")
     print("\n(host syncs: tests/test_no_host_sync.py in the same run's test log)")
     return 0
