@@ -11,9 +11,10 @@
 # Needs torch, triton, pytest, hypothesis and transformers (the lent machines have them);
 # pytest-xdist spreads the tests (and their kernel compilations) over 8 processes when present.
 # Every step has its own timeout and writes into OUT as it goes (the benchmarks rewrite their
-# JSON after each layout/dtype, setting or variant), so what a step finished survives a later
-# timeout. Step timeouts (s), full / quick: tests 95/45, benchmark 1 80/25, torch.compile peer
-# 40/-, sweep 30/-, step 45/25.
+# JSON after each layout/dtype, setting or variant; test failures go to failures.log as they
+# happen), so what a step finished survives a later timeout. Step timeouts (s), full / quick:
+# tests 110/45, benchmark 1 60/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
+# ONLY="tests bench1 compiled sweep step" (any subset) runs just those steps.
 set -uo pipefail
 OUT="${1:-gpu_check_out}"
 QUICK=0
@@ -32,6 +33,8 @@ step() {
     [[ -n "${ARCHIVE:-}" ]] && tar czf "$ARCHIVE" -C "$OUT" .
     echo; echo "== $1  ($(date -u +%H:%M:%S))"
 }
+ONLY=" ${ONLY:-tests bench1 compiled sweep step} "
+want() { [[ "$ONLY" == *" $1 "* ]]; }
 
 step "card and versions"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.txt"
@@ -47,6 +50,7 @@ PY
 # GPU's work (the fuzz tests would otherwise run every case on the CPU library too).
 export SAGO_NATIVE_LIB=0 SAGO_ALLOW_NO_NATIVE=1
 
+if want tests; then
 step "tests with compiled kernels: fuzz vs float64, determinism, no host sync, CUDA graphs, 2**31 offsets, synthesizer memory"
 PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
@@ -58,43 +62,54 @@ else
     TESTS=(tests/test_combine_fuzz.py tests/test_properties.py tests/test_no_host_sync.py
            tests/test_large_offsets.py tests/test_compile.py tests/test_synthesizer.py
            tests/test_grads.py)
-    LIMIT=95
+    LIMIT=110
 fi
-timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q -p no:cacheprovider --maxfail=25 \
-    "${PARALLEL[@]}" --durations=8 2>&1 | tee "$OUT/tests.log" || status=1
+SAGO_FAILURE_LOG="$OUT/failures.log" timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q \
+    -p no:cacheprovider -p no:benchmark --maxfail=40 "${PARALLEL[@]}" --durations=8 2>&1 \
+    | tee "$OUT/tests.log" || status=1
+fi
 
-step "benchmark 1: the 7B Llama layout, bf16 and fp32: fused vs paper-style vs reference (where it fits)"
-# (the reference's float32 temporaries, ~6-90 bytes an element, do not fit beside 7B buffers:
-#  run.py reports that as out of memory; the torch.compile peer's segment map runs at half width)
+if want bench1; then
+step "benchmark 1: the 7B Llama layout, bf16 and fp32: fused vs paper-style"
+# (the reference's float32 temporaries, 6-90 bytes an element, do not fit beside 7B buffers:
+#  benchmark 2 and the tests compare it; the torch.compile peer's segment map runs at half width)
 if (( QUICK )); then
     timeout -k 5 25 "$PY" bench/run.py --device cuda --scale 4 --layouts llama7b \
         --dtypes bfloat16 --peers fused paper --reps 5 --out "$OUT/full" 2>&1 \
         | tee "$OUT/bench_full.log" || status=1
 else
-    timeout -k 5 80 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b \
-        --dtypes bfloat16 float32 --peers fused paper reference --reps 10 --out "$OUT/full" \
+    timeout -k 5 60 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b \
+        --dtypes bfloat16 float32 --peers fused paper --reps 10 --out "$OUT/full" \
         2>&1 | tee "$OUT/bench_full.log" || status=1
-
-    step "benchmark 2: half-width Llama, bf16: fused vs torch.compile (compile time excluded)"
-    # methods interleaved so that a timeout still leaves both kinds measured
-    timeout -k 5 40 "$PY" bench/run.py --device cuda --scale 2 --layouts llama7b \
-        --dtypes bfloat16 --peers fused compiled --reps 10 --out "$OUT/half" \
-        --methods sago pcgrad sum blur sago_prefer_retain pcgrad_global 2>&1 \
-        | tee "$OUT/bench_half.log" || status=1
-
-    step "launch settings: tile x warps on the 7B Llama layout, bf16, sago and pcgrad"
-    timeout -k 5 30 "$PY" bench/tune.py --device cuda --blocks 2048 4096 8192 --warps 4 8 \
-        --chunks 4096 --reps 8 --out "$OUT/tune" 2>&1 | tee "$OUT/tune.log" || status=1
+fi
 fi
 
-step "one Algorithm 1 step on a random ~1B Llama (bf16, AdamW): synthesizer vs paper-style vs summed"
+if want compiled && (( ! QUICK )); then
+step "benchmark 2: half-width Llama, bf16: fused vs torch.compile (compile time excluded)"
+# methods interleaved so that a timeout still leaves both kinds measured
+timeout -k 5 60 "$PY" bench/run.py --device cuda --scale 2 --layouts llama7b \
+    --dtypes bfloat16 --peers fused compiled --reps 10 --out "$OUT/half" \
+    --methods sago pcgrad sum blur sago_prefer_retain pcgrad_global 2>&1 \
+    | tee "$OUT/bench_half.log" || status=1
+fi
+
+if want sweep && (( ! QUICK )); then
+step "launch settings: tile x warps x chunks on the 7B Llama layout, bf16 sago (element-wise)"
+timeout -k 5 35 "$PY" bench/tune.py --device cuda --methods sago --blocks 2048 4096 8192 \
+    --warps 2 4 8 16 --chunks 4096 16384 --per-thread 8 32 --reps 6 --out "$OUT/tune" 2>&1 \
+    | tee "$OUT/tune.log" || status=1
+fi
+
+if want step; then
+step "one Algorithm 1 step on a random ~1B Llama (bf16, fused AdamW), without and with checkpointing"
 if (( QUICK )); then
-    STEP_ARGS=(--batch 2 --seq 256 --warmup 1 --steps 3); LIMIT=25
+    STEP_ARGS=(--batch 2 --seq 256 --warmup 1 --steps 3 --checkpointing on); LIMIT=25
 else
-    STEP_ARGS=(--batch 4 --seq 512 --warmup 2 --steps 5); LIMIT=45
+    STEP_ARGS=(--batch 4 --seq 512 --warmup 2 --steps 8); LIMIT=45
 fi
 timeout -k 5 $LIMIT "$PY" bench/step.py --device cuda --size 1b "${STEP_ARGS[@]}" \
     --out "$OUT/step" 2>&1 | tee "$OUT/step.log" || status=1
+fi
 
 step "targets, judged from the JSON above (copy this table into RESULTS.md)"
 "$PY" bench/targets.py "$OUT" | tee "$OUT/targets.md" || status=1

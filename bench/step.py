@@ -3,7 +3,7 @@
     python bench/step.py --device cuda --out step_out     # ~1B parameters, bf16 (the GPU check)
     python bench/step.py                                  # CPU: a tiny model, a smoke test
 
-A step is: forget loss backward, retain loss backward, combine, AdamW. Three ways to take it:
+A step is: forget loss backward, retain loss backward, combine, AdamW (fused on CUDA). Three ways to take it:
 
 - ``synthesizer``: ``GradientSynthesizer`` + ``unlearning_step``; autograd writes both gradients
   into two flat buffers and the fused combine turns the retain one into g_final in place.
@@ -12,17 +12,23 @@ A step is: forget loss backward, retain loss backward, combine, AdamW. Three way
   ``peers.py``) assigned to ``.grad``.
 - ``summed``: one backward of forget + retain loss (no two-task combine at all): the floor.
 
+Each runs without and with gradient checkpointing (``--checkpointing``). Which peak is lower
+depends on activations against gradients: the paper-style step's extra gradient copy (g_r cloned
+after the second backward) only raises its peak when it outweighs the activations that backward
+freed, as with checkpointing or small batches.
+
 For each: the median step time over ``--steps`` timed steps after ``--warmup`` (CUDA events around
 each step), the peak memory of the timed steps (``torch.cuda.max_memory_allocated``; weights,
 AdamW state and activations included) and, for the synthesizer, the median time of its combine
-alone and its share of the step. Every variant starts from the same weights and sees the same
-batches. Writes ``step.json`` to ``--out``.
+alone and its share of the step. Every variant starts from the same weights (kept on the CPU, so
+they are not in the peaks) and sees the same batches. Writes ``step.json`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import statistics
 import time
@@ -47,11 +53,26 @@ def build_model(size: str, dtype: torch.dtype, device: torch.device) -> torch.nn
     """A randomly initialised ``LlamaForCausalLM`` from a config (nothing is downloaded)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SIZES[size], max_position_embeddings=4096, tie_word_embeddings=False)
+    config = LlamaConfig(
+        **SIZES[size], max_position_embeddings=4096, tie_word_embeddings=False, use_cache=False
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config)
-    return model.to(dtype)
+    return model.to(dtype).train()
+
+
+def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Gradient checkpointing on or off, by the name this transformers version uses."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def make_batches(vocab: int, batch: int, seq: int, device: torch.device, n: int) -> list[dict]:
@@ -153,7 +174,8 @@ class Timers:
 
 
 def measure(name, setup, step, model, init_state, batches, args, device) -> dict:
-    """Reset the weights, build the variant and a fresh AdamW, warm up, time ``args.steps``."""
+    """Reset the weights, build the variant and a fresh AdamW, warm up, time ``args.steps``
+    (peak memory over the timed steps: weights, AdamW state, gradients and activations)."""
     with torch.no_grad():
         for p, p0 in zip(model.parameters(), init_state):
             p.copy_(p0)
@@ -162,7 +184,9 @@ def measure(name, setup, step, model, init_state, batches, args, device) -> dict
     if device.type == "cuda":
         torch.cuda.empty_cache()
     state = setup(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    # fused on CUDA, as transformers' Trainer defaults to: the foreach one allocates a
+    # gradient-sized temporary (the sqrt of exp_avg_sq) in every step
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     timers = Timers(device)
     step_times = []
     for i in range(args.warmup + args.steps):
@@ -195,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     model = build_model(args.size, dtype, device)
     n_params = sum(p.numel() for p in model.parameters())
-    init_state = [p.detach().clone() for p in model.parameters()]
+    init_state = [p.detach().cpu() for p in model.parameters()]
     batches = make_batches(model.config.vocab_size, args.batch, args.seq, device, 4)
     variants = [("summed", *summed_step(args.forget_loss))]
     for method in args.methods:
@@ -213,16 +237,19 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "params": n_params, "grad_gib": grad_gib, "args": vars(args)}
-    for name, setup, step in variants:
+    for checkpointing, (name, setup, step) in itertools.product(args.checkpointing, variants):
+        set_checkpointing(model, checkpointing == "on")
         row = measure(name, setup, step, model, init_state, batches, args, device)
+        row["checkpointing"] = checkpointing == "on"
         rows.append(row)
+        name = name + (" (checkpointing)" if checkpointing == "on" else "")
         combine = (
             f"combine {row['combine_ms']:8.2f} ms ({100 * row['combine_share']:5.1f}% of step)"
             if row["combine_ms"] is not None
             else " " * 35
         )
         peak = f"peak {row['peak_gib']:6.2f} GiB" if row["peak_gib"] is not None else ""
-        print(f"  {name:<28}step {row['step_ms']:9.2f} ms  {combine}  {peak}", flush=True)
+        print(f"  {name:<44}step {row['step_ms']:9.2f} ms  {combine}  {peak}", flush=True)
         (out / "step.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -237,8 +264,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=512 if cuda else 32)
     p.add_argument("--methods", nargs="+", default=["sago", "pcgrad"], choices=sk.methods())
     p.add_argument("--forget-loss", default="simnpo", choices=["ga", "simnpo"])
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"],
+        help="gradient checkpointing settings to run each variant under",
+    )
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="bench_out")
     return p.parse_args(argv)
 

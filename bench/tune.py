@@ -44,6 +44,9 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             nbytes = minimal_bytes(layout, method, dtype.itemsize)
             copy = same_bytes_copy(nbytes, dtype, device)
             for block, warps, chunks in itertools.product(args.blocks, args.warps, args.chunks):
+                per_thread = block // (32 * warps)
+                if not args.per_thread[0] <= per_thread <= args.per_thread[1]:
+                    continue  # too few elements a thread to vectorise, or too many registers
                 config = LaunchConfig(block=block, num_warps=warps, target_chunks=chunks)
 
                 def call(r: torch.Tensor, f: torch.Tensor) -> None:
@@ -76,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--blocks", nargs="+", type=int, default=[2048, 4096, 8192])
     p.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     p.add_argument("--chunks", nargs="+", type=int, default=[4096, 16384])
+    p.add_argument(
+        "--per-thread", nargs=2, type=int, default=[4, 32], metavar=("MIN", "MAX"),
+        help="skip settings outside this range of tile elements per thread",
+    )
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="bench_out")
     return p.parse_args(argv)

@@ -72,3 +72,14 @@ def pytest_configure(config) -> None:
     # The interpreter evaluates masked-off lanes too (0/0, inf - inf): numpy's warnings are noise.
     config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
     config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:numpy")
+
+
+def pytest_runtest_logreport(report) -> None:
+    """With ``SAGO_FAILURE_LOG=FILE``, append each failure to FILE as it happens: on a lent GPU a
+    run cut off by its time limit still leaves the tracebacks (pytest prints them only at the
+    end). Written by the controlling process only (under xdist the workers' reports reach it)."""
+    path = os.environ.get("SAGO_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"\n=== FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n")
