@@ -11,7 +11,7 @@
 # Needs torch, triton, pytest, hypothesis and transformers (the lent machines have them);
 # pytest-xdist spreads the tests (and their kernel compilations) over 8 processes when present.
 # Every step has its own timeout and writes into OUT as it goes (the benchmarks rewrite their
-# JSON after each layout/dtype, setting or variant; test failures go to failures.log as they
+# JSON after each method, setting or variant; test failures go to failures.log as they
 # happen), so what a step finished survives a later timeout. Step timeouts (s), full / quick:
 # tests 110/45, benchmark 1 60/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
 # ONLY="tests bench1 compiled sweep step" (any subset) runs just those steps.

@@ -175,7 +175,7 @@ def save(result: dict, out: Path) -> None:
 
 
 def run(args: argparse.Namespace, out: Path | None = None) -> dict:
-    """Every case; with ``out``, ``results.json`` is rewritten after each layout × dtype (marked
+    """Every case; with ``out``, ``results.json`` is rewritten after each method (marked
     ``"complete": false`` until the end), so a run cut short by a time limit keeps its rows."""
     device = torch.device(args.device)
     dtypes = [getattr(torch, d) for d in args.dtypes]
@@ -268,8 +268,8 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                         f"  extra {row['extra_bytes'] / 1e6:>9.2f} MB",
                         flush=True,
                     )
-            if out is not None:
-                save({**result, "complete": False}, out)
+                if out is not None:  # a time limit can cut a slow peer's compile short
+                    save({**result, "complete": False}, out)
     return {**result, "complete": True}
 
 

@@ -240,6 +240,7 @@ def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, 
         raise AssertionError("\n".join(lines))
     # conflict counts are integers: exact
     frac = (
-        counts.double() / torch.tensor([max(x, 1) for x in layout.numels], dtype=torch.float64)
+        counts.double().cpu()
+        / torch.tensor([max(x, 1) for x in layout.numels], dtype=torch.float64)
     ).float()
-    assert torch.equal(got[:-1, 7].float(), frac.cpu()), f"{context}: conflict fractions differ"
+    assert torch.equal(got[:-1, 7].float().cpu(), frac), f"{context}: conflict fractions differ"

@@ -123,3 +123,46 @@ def test_target_verdicts_follow_the_numbers():
 
     empty = {name: status for name, status, _ in evaluate([], [])}
     assert set(empty.values()) == {"not measured"}
+
+
+@pytest.mark.parametrize("method", ["sago", "pcgrad"])
+def test_step_benchmark_variants_take_the_same_step(method):
+    """bench/step.py's synthesizer and paper-style steps are one Algorithm 1 step: from the same
+    weights and batches they reach the same weights (else comparing their times is moot)."""
+    import argparse
+
+    import step
+
+    torch.manual_seed(0)
+    model = step.build_model("tiny", torch.float32, torch.device("cpu"))
+    init = [p.detach().clone() for p in model.parameters()]
+    batches = step.make_batches(model.config.vocab_size, 2, 16, torch.device("cpu"), 2)
+    args = argparse.Namespace(warmup=0, steps=1)
+    after = {}
+    for name, make in (("synth", step.synthesizer_step), ("paper", step.paper_step)):
+        row = step.measure(name, *make(method, "simnpo"), model, init, batches, args, model.device)
+        assert row["step_ms"] > 0 and row["combine_ms"] > 0 and 0 < row["combine_share"] < 1
+        after[name] = [p.detach().clone() for p in model.parameters()]
+    moved = [not torch.equal(a, b) for a, b in zip(after["synth"], init)]
+    assert all(moved), "a parameter did not move"
+    for a, b in zip(after["synth"], after["paper"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_step_verdicts_follow_the_numbers():
+    from targets import step_verdicts
+
+    def row(variant, peak, share=None, ckpt=False):
+        return {"variant": variant, "peak_gib": peak, "combine_share": share,
+                "checkpointing": ckpt}  # fmt: skip
+
+    rows = [row("summed", 8.0), row("synthesizer/sago", 10.0, 0.01), row("paper/sago", 12.5),
+            row("synthesizer/sago", 9.0, 0.03, True), row("paper/sago", 9.5, ckpt=True)]  # fmt: skip
+    verdicts = step_verdicts({"rows": rows, "grad_gib": 2.0})
+    assert [(name.split(",")[-1].strip(), status) for name, status, _ in verdicts] == [
+        ("combine ≤ 2% of the Algorithm 1 step (~1B Llama)", "**not met**"),
+        ("no checkpointing", "met"),
+        ("gradient checkpointing", "**not met**"),
+    ]
+    assert "3.00%" in verdicts[0][2] and "2.50 GiB lower" in verdicts[1][2]
+    assert {status for _, status, _ in step_verdicts(None)} == {"not measured"}

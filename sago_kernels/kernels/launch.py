@@ -1,6 +1,6 @@
 """The Triton backend: plan the chunks of a layout and launch the kernels for one combine.
 
-Launches per call (N = elements in segments, s = itemsize, S = segments, C = chunks ≤ S + 4096):
+Launches per call (N = elements in segments, s = itemsize, S = segments, C = chunks ≤ S + 16384):
 
 | method kind            | stats=False                      | stats=True                        |
 |------------------------|----------------------------------|-----------------------------------|
@@ -31,7 +31,11 @@ from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_
 @dataclass(frozen=True)
 class LaunchConfig:
     """Launch settings. Defaults are a fixed table, not autotuned: autotuning an in-place kernel
-    re-runs it on live gradients. Not yet tuned on a GPU: ``bench/tune.py`` sweeps them there.
+    re-runs it on live gradients. ``bench/tune.py`` sweeps them on a GPU; ``target_chunks`` comes
+    from its first sweep (H200, 7B Llama layout, bf16 SAGO: 16384 chunks beat 4096 by 0.6-2.4
+    points of copy bandwidth with every good tile setting, a shorter last wave). The tile and
+    warps are kept: 4096 x 8 warps and 2048 x 4 were the best two swept and within the
+    run-to-run spread of each other (``bench/RESULTS.md``).
 
     ``block``: elements per tile; ``stats_block``: the tile of passes that also sum statistics,
     capped at ``block`` (six float32 accumulators: at 4096 they need ~195 registers a thread on
@@ -46,7 +50,7 @@ class LaunchConfig:
     block: int = 4096
     stats_block: int = 2048
     num_warps: int = 8
-    target_chunks: int = 4096
+    target_chunks: int = 16384
     max_chunk_elems: int = 1 << 24
     reduce_rows: int = 64
     seg_block: int = 1024
