@@ -28,23 +28,24 @@ from .layout import GradLayout
 Reduce = Callable[[torch.Tensor], None]
 
 
-def _dist():
+def _dist(name: str = "process_group"):
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
-            "Parameter `process_group` needs torch.distributed to be initialised "
+            f"Parameter `{name}` needs torch.distributed to be initialised "
             "(`torch.distributed.init_process_group(...)`)."
         )
     return dist
 
 
-def check_group(process_group: object) -> object:
-    """The group itself, after checking it is one (``dist.group.WORLD`` is accepted)."""
-    dist = _dist()
+def check_group(process_group: object, *, name: str = "process_group") -> object:
+    """The group itself, after checking it is one (``dist.group.WORLD`` is accepted). ``name``:
+    the argument it came in as, for the error."""
+    dist = _dist(name)
     if not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(
-            "Parameter `process_group` should be a torch.distributed ProcessGroup (e.g. "
+            f"Parameter `{name}` should be a torch.distributed ProcessGroup (e.g. "
             f"`dist.group.WORLD`). Found `{type(process_group).__name__}`."
         )
     return process_group

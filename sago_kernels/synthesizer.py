@@ -12,13 +12,14 @@ layout tables and statistics. Nothing else is allocated per step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
 from . import sharding
 from ._validation import check_scalar
 from .combine import BackendName, MethodName, combine_
+from .dispatch import resolve_backend
 from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
 from .methods import get_method
 from .stats import CombineStats
@@ -30,6 +31,83 @@ def _ddp_class() -> type | None:
     except ImportError:  # pragma: no cover - torch built without distributed
         return None
     return DistributedDataParallel
+
+
+_ARG = "model_or_params"
+_FORMS = (
+    "a torch.nn.Module, an iterable of parameters (as `model.parameters()` gives) or of "
+    "(name, parameter) pairs (as `model.named_parameters()` gives)"
+)
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, tuple):
+        return f"a tuple of {len(item)} ({', '.join(type(x).__name__ for x in item)})"
+    return f"a {type(item).__name__}"
+
+
+def _given_params(
+    model_or_params: object,
+) -> tuple[list[tuple[str, torch.Tensor]], torch.nn.Module | None]:
+    """Every ``(name, tensor)`` given, in order, each checked to be a parameter; and the module
+    (if one was given) whose parameters the synthesizer watches for ``requires_grad`` changes.
+
+    Plain parameters are named by position ("0", "1", ...), as an optimizer numbers them.
+    """
+    if isinstance(model_or_params, torch.nn.Module):
+        return list(model_or_params.named_parameters()), model_or_params
+    if isinstance(model_or_params, torch.Tensor):
+        raise TypeError(
+            f"Parameter `{_ARG}` should be {_FORMS}. Found a single tensor; pass `[tensor]`."
+        )
+    if isinstance(model_or_params, Mapping):
+        items = list(model_or_params.items())
+    elif isinstance(model_or_params, Iterable) and not isinstance(model_or_params, (str, bytes)):
+        items = list(model_or_params)
+    else:
+        raise TypeError(
+            f"Parameter `{_ARG}` should be {_FORMS}. Found {_describe(model_or_params)}."
+        )
+    named: list[tuple[str, torch.Tensor]] = []
+    pairs = None
+    for i, item in enumerate(items):
+        is_pair = (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], torch.Tensor)
+        )
+        if not is_pair and not isinstance(item, torch.Tensor):
+            hint = (
+                " (an optimizer's parameter group? pass `group['params']`)"
+                if isinstance(item, Mapping)
+                else ""
+            )
+            raise TypeError(
+                f"Parameter `{_ARG}` should be {_FORMS}. Found `{_ARG}[{i}]` = "
+                f"{_describe(item)}{hint}."
+            )
+        if pairs is not None and pairs != is_pair:
+            raise TypeError(
+                f"Parameter `{_ARG}` should hold only parameters or only (name, parameter) "
+                f"pairs. Found both (`{_ARG}[{i}]` differs from the items before it)."
+            )
+        pairs = is_pair
+        name, p = item if is_pair else (str(i), item)
+        if not isinstance(p, torch.nn.Parameter) and not p.requires_grad:
+            raise TypeError(
+                f"Parameter `{_ARG}` should hold parameters (nn.Parameter, or leaf tensors that "
+                f"require grad). Found `{name}`: a tensor with requires_grad=False that is not an "
+                "nn.Parameter (a buffer or data?); leave it out."
+            )
+        if not p.is_leaf:
+            raise ValueError(
+                f"Parameter `{_ARG}` should hold leaf tensors: autograd only fills `.grad` of "
+                f"leaves. Found `{name}`, computed from other tensors (grad_fn="
+                f"{type(p.grad_fn).__name__}); pass the parameter it was computed from."
+            )
+        named.append((name, p))
+    return named, None
 
 
 class GradientSynthesizer:
@@ -63,12 +141,29 @@ class GradientSynthesizer:
     contexts before :meth:`combine_`, add up. The first context after a combine starts from
     zero (the buffers are cleared then), so ``optimizer.zero_grad()`` or :meth:`zero_grad` are
     both fine. Parameters that get no gradient in a task count as zero there. Frozen parameters
-    (``requires_grad=False``) are left alone.
+    (``requires_grad=False``) are left alone. ``model_or_params`` is a module, or what an
+    optimizer takes: parameters (named "0", "1", ... by position) or ``(name, parameter)``
+    pairs. A parameter listed twice (tied weights, ``named_parameters(remove_duplicate=False)``)
+    has one slot.
+
+    What raises instead of losing a gradient (a gradient that cannot reach the buffers is an
+    error, never dropped): a ``backward`` outside the contexts (found at the next context or
+    combine: it belongs to neither task); ``backward(create_graph=True)``, a ``zero_grad()`` or
+    an assignment to ``.grad`` inside a context (autograd then puts the gradient in a new
+    tensor outside the buffer; found when the context exits, and the step is refused until
+    :meth:`zero_grad`; for higher-order terms use ``torch.autograd.grad(..., create_graph=True)``
+    and a plain ``backward()`` of the final loss); a second :meth:`combine_` without new
+    backward passes (the buffers hold g_final already); freezing or unfreezing a parameter
+    after construction (the buffers have a slot for exactly the parameters trainable then:
+    build a new synthesizer).
     """
 
     def __init__(
         self,
-        model_or_params: torch.nn.Module | Iterable[tuple[str, torch.nn.Parameter]],
+        model_or_params: torch.nn.Module
+        | Iterable[torch.Tensor]
+        | Iterable[tuple[str, torch.Tensor]]
+        | Mapping[str, torch.Tensor],
         *,
         method: MethodName = "sago",
         alpha: float = 1.0,
@@ -82,6 +177,56 @@ class GradientSynthesizer:
         data_parallel_group: object | None = None,
         process_group: object | None = None,
     ) -> None:
+        # Everything is checked before anything is allocated or bound (and so before any
+        # backward pass: a bad argument never costs a forward/backward).
+        named, module = _given_params(model_or_params)
+        get_method(method)
+        alpha, gamma = check_scalar("alpha", alpha), check_scalar("gamma", gamma)
+        eps = check_scalar("eps", eps, non_negative=True)
+        if not isinstance(stats, bool):
+            raise TypeError(
+                f"Parameter `stats` should be a bool. Found `type(stats) = {type(stats).__name__}`."
+            )
+        if keep_history is not None and (
+            isinstance(keep_history, bool) or not isinstance(keep_history, int)
+        ):
+            raise TypeError(
+                "Parameter `keep_history` should be None (keep all) or an int >= 0. Found "
+                f"`type(keep_history) = {type(keep_history).__name__}`."
+            )
+        if keep_history is not None and keep_history < 0:
+            raise ValueError(
+                "Parameter `keep_history` should be None (keep all) or an int >= 0. Found "
+                f"`keep_history = {keep_history}`."
+            )
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(
+                "Parameter `backend` should be 'triton', 'native', 'reference' or None (auto). "
+                f"Found `type(backend) = {type(backend).__name__}`."
+            )
+        trainable: list[tuple[str, torch.Tensor]] = []
+        self._frozen: list[tuple[str, torch.Tensor]] = []
+        seen: set[int] = set()
+        for name, p in named:
+            if not p.requires_grad:
+                self._frozen.append((name, p))
+            elif id(p) not in seen:  # a tied weight listed again: its first name, one slot
+                seen.add(id(p))
+                trainable.append((name, p))
+        if not trainable:
+            raise ValueError("The model has no trainable parameters (requires_grad=True).")
+        dtypes = {p.dtype for _, p in trainable}
+        devices = {p.device for _, p in trainable}
+        if len(dtypes) != 1 or len(devices) != 1:
+            raise ValueError(
+                "All trainable parameters should share one dtype and device, as flat buffers "
+                f"need. Found dtypes {sorted(map(str, dtypes))} on {sorted(map(str, devices))}; "
+                "cast the model (e.g. `model.to(torch.bfloat16)`) or freeze the odd ones."
+            )
+        dtype, device = next(iter(dtypes)), next(iter(devices))
+        layout = GradLayout.from_params(trainable, granularity=granularity, alignment=alignment)
+        if backend is not None:
+            resolve_backend(backend, device)  # unknown or unavailable here: raise now
         self._no_sync = None
         ddp = _ddp_class()
         if ddp is not None and isinstance(model_or_params, ddp):
@@ -89,32 +234,20 @@ class GradientSynthesizer:
             if data_parallel_group is None:
                 data_parallel_group = model_or_params.process_group
         if data_parallel_group is not None:
-            data_parallel_group = sharding.check_group(data_parallel_group)
-        if process_group is not None:
-            process_group = sharding.check_group(process_group)
-        self.data_parallel_group, self.process_group = data_parallel_group, process_group
-        if isinstance(model_or_params, torch.nn.Module):
-            named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
-        else:
-            named = [(n, p) for n, p in model_or_params if p.requires_grad]
-        if not named:
-            raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        dtypes = {p.dtype for _, p in named}
-        devices = {p.device for _, p in named}
-        if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
-                "All trainable parameters should share one dtype and device, as flat buffers "
-                f"need. Found dtypes {sorted(map(str, dtypes))} on {sorted(map(str, devices))}; "
-                "cast the model (e.g. `model.to(torch.bfloat16)`) or freeze the odd ones."
+            data_parallel_group = sharding.check_group(
+                data_parallel_group, name="data_parallel_group"
             )
-        get_method(method)
-        alpha, gamma = check_scalar("alpha", alpha), check_scalar("gamma", gamma)
-        eps = check_scalar("eps", eps, non_negative=True)
+        if process_group is not None:
+            process_group = sharding.check_group(process_group, name="process_group")
+        self.data_parallel_group, self.process_group = data_parallel_group, process_group
+
         self.method, self.alpha, self.gamma, self.eps = method, alpha, gamma, eps
         self.stats_enabled, self.backend = stats, backend
-        self.params = [p for _, p in named]
-        self.layout = GradLayout.from_params(named, granularity=granularity, alignment=alignment)
-        dtype, device = next(iter(dtypes)), next(iter(devices))
+        self.names = [n for n, _ in trainable]
+        self.params = [p for _, p in trainable]
+        self._module = module
+        self.layout = layout
+        assert len(layout.params) == len(self.params)  # one slot per distinct parameter
         self.retain_buffer = self.layout.new_buffer(dtype, device)
         self.forget_buffer = self.layout.new_buffer(dtype, device)
         self._views = {
@@ -123,6 +256,7 @@ class GradientSynthesizer:
         }
         self._stale = False  # buffers hold a finished step and must be cleared before the next
         self._active: str | None = None
+        self._broken: str | None = None  # why this step's gradients are incomplete, if they are
         self.keep_history = keep_history
         self.history: list[CombineStats] = []
 
@@ -132,20 +266,100 @@ class GradientSynthesizer:
         for p, v in zip(self.params, views):
             p.grad = v
 
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise RuntimeError(
+                f"This step's gradients are incomplete: {self._broken} Call synth.zero_grad() "
+                "to discard them, then run the step again."
+            )
+
+    def _check_trainable(self, *, walk_module: bool = False) -> None:
+        """The trainable parameters are still the ones the buffers were laid out for.
+
+        Each context checks the parameters known at construction (~0.1 µs each); the combine
+        also walks the module for parameters added since (~1 µs a submodule, once a step)."""
+        for name, p in zip(self.names, self.params):
+            if not p.requires_grad:
+                raise RuntimeError(
+                    f"Parameter `{name}` was frozen (requires_grad=False) after the synthesizer "
+                    "was built; it keeps a gradient slot that an optimizer would still step. "
+                    "Build a new GradientSynthesizer after changing requires_grad."
+                )
+        unslotted = [(name, p) for name, p in self._frozen if p.requires_grad]
+        if walk_module and self._module is not None and not unslotted:
+            known = {id(p) for p in self.params}
+            new = {
+                id(p)
+                for sub in self._module.modules()
+                for p in sub._parameters.values()
+                if p is not None and p.requires_grad and id(p) not in known
+            }
+            if new:  # the slow walk that names it, on the error path only
+                unslotted = [(n, p) for n, p in self._module.named_parameters() if id(p) in new]
+        if unslotted:
+            raise RuntimeError(
+                f"Parameter `{unslotted[0][0]}` requires grad but has no slot in the flat buffers "
+                "(it was unfrozen or added after the synthesizer was built), so its gradient "
+                "would be dropped. Build a new GradientSynthesizer after changing requires_grad."
+            )
+
+    def _check_no_stray_grads(self) -> None:
+        """No gradient reached a parameter outside the contexts. Between contexts ``.grad`` is
+        None; after a combine it is the parameter's view of g_final (or None after an
+        optimizer's ``zero_grad``). Anything else came from a ``backward`` outside the contexts
+        (or an assignment) and belongs to neither task: refused rather than guessed at."""
+        allowed = self._views["retain"] if self._stale else [None] * len(self.params)
+        for name, p, view in zip(self.names, self.params, allowed):
+            grad = p.grad
+            if grad is not None and grad is not view:
+                raise RuntimeError(
+                    f"`{name}.grad` holds a gradient from outside synth.forget() / "
+                    "synth.retain() (a backward() outside the contexts, or an assignment to "
+                    ".grad); it belongs to neither task. Run each backward inside a context, or "
+                    "discard it with `optimizer.zero_grad()` (the flat buffers keep the step)."
+                )
+
+    def _check_still_bound(self, task: str) -> None:
+        """Every backward of the context added into the buffer: ``.grad`` is still our view."""
+        for name, p, view in zip(self.names, self.params, self._views[task]):
+            grad = p.grad
+            if grad is view:
+                continue
+            how = "set to None" if grad is None else "replaced by a tensor outside the buffer"
+            self._broken = (
+                f"`{name}.grad` was {how} inside synth.{task}(), so gradients meant for the "
+                f"{task} buffer are missing from it. Autograd does this for "
+                "backward(create_graph=True), which builds .grad out of place and is not "
+                "supported inside the contexts (take higher-order terms with "
+                "`torch.autograd.grad(..., create_graph=True)`, then call a plain backward() "
+                "on the final loss); a zero_grad() or an assignment to .grad inside the "
+                "context does it too (zero gradients outside the contexts)."
+            )
+            self._check_usable()
+
     @contextlib.contextmanager
     def _task(self, task: str) -> Iterator[None]:
         if self._active is not None:
             raise RuntimeError(f"Already inside synth.{self._active}(); contexts do not nest.")
+        self._check_usable()
+        self._check_trainable()
+        self._check_no_stray_grads()
         if self._stale:
             self.zero_grad()
         self._active = task
         self._bind(task)
+        completed = False
         try:
             with self._no_sync() if self._no_sync is not None else contextlib.nullcontext():
                 yield
+            completed = True
         finally:
-            self._bind(None)
-            self._active = None
+            try:
+                if completed:  # an exception from the body goes up as it is
+                    self._check_still_bound(task)
+            finally:
+                self._bind(None)
+                self._active = None
 
     def forget(self) -> contextlib.AbstractContextManager[None]:
         """Inside: ``backward`` adds into the forget buffer (g_f)."""
@@ -166,6 +380,16 @@ class GradientSynthesizer:
             raise RuntimeError(
                 f"combine_() inside synth.{self._active}(): leave the context first."
             )
+        self._check_usable()
+        if self._stale:
+            raise RuntimeError(
+                "combine_() was already called on these gradients: the retain buffer holds "
+                "g_final, and combining it again would apply the method twice. Run the next "
+                "step's synth.forget() / synth.retain() backward passes first (to combine "
+                "buffers you fill by hand, call synth.zero_grad() before filling them)."
+            )
+        self._check_trainable(walk_module=True)
+        self._check_no_stray_grads()
         if self.data_parallel_group is not None:
             self.average_over_replicas_()
         result = combine_(
@@ -199,11 +423,19 @@ class GradientSynthesizer:
                 buffer.mul_(1.0 / world)
 
     def zero_grad(self) -> None:
-        """Clear both buffers and unbind ``param.grad`` (as ``set_to_none=True`` would)."""
+        """Clear both buffers and unbind ``param.grad`` (as ``set_to_none=True`` would); also
+        discards a step refused as incomplete."""
+        if self._active is not None:
+            raise RuntimeError(
+                f"synth.zero_grad() inside synth.{self._active}(): it would discard the "
+                "gradients accumulated so far and unbind .grad mid-task. Call it outside the "
+                "contexts."
+            )
         self.retain_buffer.zero_()
         self.forget_buffer.zero_()
         self._bind(None)
         self._stale = False
+        self._broken = None
 
     # ------------------------------------------------------------------ inspection
     @property
