@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import run_loss
+from ._validation import check_scalar
+from .losses import check_batch, get_loss, loss_hparams, run_loss
 from .stats import CombineStats
 from .synthesizer import GradientSynthesizer
 
@@ -41,15 +42,31 @@ def unlearning_step(
     """Algorithm 1, one step: two backward passes into the flat buffers, the fused combine,
     optional clipping of g, then ``optimizer.step()`` and ``optimizer.zero_grad()``.
 
-    Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask``.
+    Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask``. Every argument
+    is checked before the first context, so a bad one leaves the last step's gradients as
+    they were. ``max_grad_norm``: a finite float > 0, or None for no clipping.
     """
+    f_loss, r_loss = get_loss(forget_loss, forget=True), get_loss(retain_loss, forget=False)
+    hparams = loss_hparams(f_loss, dict(loss_kwargs or {}))
+    for loss in (f_loss, r_loss):
+        if loss.needs_reference and ref_model is None:
+            raise ValueError(
+                f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model)."
+            )
+    check_batch("forget_batch", forget_batch)
+    check_batch("retain_batch", retain_batch)
+    if max_grad_norm is not None:
+        max_grad_norm = check_scalar("max_grad_norm", max_grad_norm)
+        if max_grad_norm <= 0:
+            raise ValueError(
+                "Parameter `max_grad_norm` should be > 0, or None for no clipping. Found "
+                f"`max_grad_norm = {max_grad_norm}`."
+            )
     with synth.forget():
-        loss_f = run_loss(
-            forget_loss, model, forget_batch, ref_model=ref_model, **dict(loss_kwargs or {})
-        )
+        loss_f = run_loss(f_loss, model, forget_batch, ref_model=ref_model, **hparams)
         loss_f.backward()
     with synth.retain():
-        loss_r = run_loss(retain_loss, model, retain_batch, ref_model=ref_model, forget=False)
+        loss_r = run_loss(r_loss, model, retain_batch, ref_model=ref_model)
         loss_r.backward()
     stats = synth.combine_()
     if max_grad_norm is not None:

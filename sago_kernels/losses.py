@@ -20,7 +20,50 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ._validation import check_scalar
+
 IGNORE_INDEX = -100
+
+
+def check_labels(labels: torch.Tensor, vocab: int) -> None:
+    """Every label is a token id in ``[0, vocab)`` or ``IGNORE_INDEX``: any other value would be
+    gathered as some other token (a negative one as token 0) and scored without a word.
+
+    One fused check per call. On the CPU it raises ``ValueError`` naming a bad label. On an
+    accelerator it is a device-side assertion (``torch._assert_async``), so the loss never waits
+    for the device: a bad label stops the process at the next synchronisation, as
+    ``F.cross_entropy`` does with a bad target there.
+    """
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(
+            f"Parameter `labels` should hold integer token ids. Found `labels.dtype = "
+            f"{labels.dtype}`."
+        )
+    bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
+    if labels.device.type != "cpu":
+        torch._assert_async(
+            ~bad.any(),
+            f"sago_kernels.losses: `labels` should be token ids in [0, {vocab}) or "
+            f"{IGNORE_INDEX} (ignored)",
+        )
+        return
+    if bad.any():
+        where = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"Parameter `labels` should hold token ids in [0, {vocab}) (the logits' vocabulary) "
+            f"or {IGNORE_INDEX} for unscored positions. Found `labels[{where}] = "
+            f"{labels[where].item()}`; mark unscored positions with {IGNORE_INDEX}."
+        )
+
+
+def check_beta(beta: object) -> float:
+    """β of NPO/SimNPO: a finite Python float > 0 (the losses divide by it)."""
+    beta = check_scalar("beta", beta)
+    if beta <= 0:
+        raise ValueError(
+            f"Parameter `beta` should be > 0 (the loss is scaled by 2/β). Found `beta = {beta}`."
+        )
+    return beta
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +73,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
             "`logits` should be [batch, time, vocab] and `labels` [batch, time]. Found "
             f"`logits.shape = {tuple(logits.shape)}`, `labels.shape = {tuple(labels.shape)}`."
         )
+    check_labels(labels, logits.shape[-1])
     logits, targets = logits[:, :-1].float(), labels[:, 1:]
     mask = targets != IGNORE_INDEX
     logp = torch.log_softmax(logits, dim=-1)
@@ -61,6 +105,7 @@ def npo_loss(
     logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
 ) -> torch.Tensor:
     """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen."""
+    beta = check_beta(beta)
     log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
@@ -69,6 +114,7 @@ def simnpo_loss(
     logits: torch.Tensor, labels: torch.Tensor, beta: float = 4.5, delta: float = 0.0
 ) -> torch.Tensor:
     """SimNPO: L = −(2/β)·mean log σ(β·(NLL_θ(x)/|x| − δ)), length-normalised, no reference."""
+    beta, delta = check_beta(beta), check_scalar("delta", delta)
     picked, mask = token_logprobs(logits, labels)
     mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1)
     return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta)).mean()
@@ -78,11 +124,14 @@ def kl_loss(logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor
     """KL(p_ref ‖ p_θ) of the next-token distributions, mean over labelled positions.
 
     The retain loss that keeps the model's predictions on D_r where the reference had them.
+    Tokens the reference rules out (logit -inf, p_ref = 0) add 0 (0·log 0 = 0), not NaN.
     """
     _, mask = token_logprobs(logits, labels)
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits[:, :-1].detach().float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    ref_p = ref_logp.exp()
+    # where, not a product: 0·(-inf) is NaN, and where's backward sends 0 to the unused branch
+    kl = torch.where(ref_p > 0, ref_p * (ref_logp - logp), 0.0).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -122,6 +171,41 @@ def get_loss(name: str, *, forget: bool) -> Loss:
     return table[name]
 
 
+def loss_hparams(
+    loss: Loss, hparams: Mapping[str, object], *, what: str = "loss_kwargs"
+) -> dict[str, float]:
+    """The loss's hyperparameters (its defaults, overridden by ``hparams``), each checked, so a
+    bad one fails before any forward pass. ``what``: the argument they came in as."""
+    unknown = sorted(set(hparams) - set(loss.defaults))
+    if unknown:
+        takes = sorted(loss.defaults) if loss.defaults else "none"
+        raise TypeError(
+            f"Parameter `{what}` should only hold the {loss.name!r} loss's hyperparameters "
+            f"({takes}). Found {unknown}."
+        )
+    merged = {**loss.defaults, **hparams}
+    values = {name: check_scalar(name, value) for name, value in merged.items()}
+    if "beta" in values:
+        check_beta(values["beta"])
+    return values
+
+
+def check_batch(name: str, batch: object) -> Mapping[str, torch.Tensor]:
+    """A batch a loss can run on: a mapping with ``input_ids`` and ``labels`` tensors."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"Parameter `{name}` should be a mapping with `input_ids` and `labels` (and optionally "
+            f"`attention_mask`). Found `type({name}) = {type(batch).__name__}`."
+        )
+    for key in ("input_ids", "labels"):
+        if not isinstance(batch.get(key), torch.Tensor):
+            raise ValueError(
+                f"Parameter `{name}` should have a tensor under {key!r}. Found keys "
+                f"{sorted(map(str, batch))}."
+            )
+    return batch
+
+
 def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
     return out.logits if hasattr(out, "logits") else out
@@ -137,16 +221,16 @@ def run_loss(
     **hparams: float,
 ) -> torch.Tensor:
     """One forward of ``model`` (and of ``ref_model`` under no_grad when the loss needs it),
-    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``."""
+    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``.
+    Everything is checked before the forward."""
     if isinstance(loss, str):
         loss = get_loss(loss, forget=forget)
-    kwargs = {**loss.defaults, **hparams}
+    kwargs: dict[str, object] = dict(loss_hparams(loss, hparams, what="hparams"))
+    batch = check_batch("batch", batch)
+    if loss.needs_reference and ref_model is None:
+        raise ValueError(f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model).")
     logits = _logits(model, batch)
     if loss.needs_reference:
-        if ref_model is None:
-            raise ValueError(
-                f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model)."
-            )
         with torch.no_grad():
             kwargs["ref_logits"] = _logits(ref_model, batch)
     return loss.fn(logits, batch["labels"], **kwargs)

@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from .data import split_pair
-from .losses import get_loss, run_loss
+from .losses import get_loss, loss_hparams, run_loss
 from .stats import FIELDS
 from .synthesizer import GradientSynthesizer
 
@@ -60,10 +60,12 @@ class UnlearningTrainer(transformers.Trainer):
         loss_kwargs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        # the losses are checked before the Trainer is built, not at the first training step
         for name, forget in ((forget_loss, True), (retain_loss, False)):
             if get_loss(name, forget=forget).needs_reference and ref_model is None:
                 raise ValueError(f"{name!r} needs `ref_model` (a frozen copy of the model).")
+        loss_hparams(get_loss(forget_loss, forget=True), dict(loss_kwargs or {}))
+        super().__init__(*args, **kwargs)
         self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
         self.loss_kwargs = dict(loss_kwargs or {})
         self.ref_model = ref_model

@@ -112,3 +112,85 @@ def test_run_loss_forwards_once_and_needs_reference():
         L.run_loss("npo", model, batch)
     with pytest.raises(ValueError, match="forget_loss"):
         L.run_loss("dpo", model, batch)
+
+
+# --------------------------------------------------------------------------- misuse (issue 12)
+
+
+@pytest.mark.parametrize("bad", [-1, -2, -99, -101, 3, 7])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x, y: L.nll_loss(x, y),
+        lambda x, y: L.ga_loss(x, y),
+        lambda x, y: L.npo_loss(x, y, torch.zeros_like(x)),
+        lambda x, y: L.simnpo_loss(x, y),
+        lambda x, y: L.kl_loss(x, y, torch.zeros_like(x)),
+    ],
+)
+def test_labels_outside_the_vocabulary_are_refused(loss, bad):
+    logits, labels = _batch()  # vocab of 3
+    labels[0, 2] = bad
+    with pytest.raises(ValueError, match=rf"labels\[\(0, 2\)\] = {bad}"):
+        loss(logits, labels)
+
+
+def test_labels_should_be_integers():
+    logits, labels = _batch()
+    with pytest.raises(TypeError, match="labels.dtype"):
+        L.nll_loss(logits, labels.float())
+
+
+def test_kl_counts_tokens_the_reference_rules_out_as_zero():
+    logits, labels = _batch()
+    ref = torch.tensor([[0.0, LN2, float("-inf")]]).expand(2, 3, 3)  # p_ref = [1/3, 2/3, 0]
+    kl = sum(p * math.log(p / q) for p, q in ((1 / 3, 0.25), (2 / 3, 0.5)))
+    x = logits.clone().requires_grad_(True)
+    loss = L.kl_loss(x, labels, ref)
+    torch.testing.assert_close(loss, torch.tensor(kl))
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    # the model ruling out the same token is no divergence either
+    masked = logits.clone()
+    masked[..., 2] = float("-inf")
+    torch.testing.assert_close(L.kl_loss(masked, labels, masked), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("beta, error", [(0, ValueError), (0.0, ValueError), (-0.5, ValueError),
+                                         (float("nan"), ValueError), (float("inf"), ValueError),
+                                         ("0.1", TypeError), (None, TypeError)])  # fmt: skip
+@pytest.mark.parametrize("name", ["npo", "simnpo"])
+def test_beta_should_be_a_positive_float_before_any_forward(name, beta, error):
+    logits, labels = _batch()
+    direct = (
+        (lambda: L.npo_loss(logits, labels, torch.zeros_like(logits), beta=beta))
+        if name == "npo"
+        else (lambda: L.simnpo_loss(logits, labels, beta=beta))
+    )
+    with pytest.raises(error, match="beta"):
+        direct()
+
+    class Never(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            raise AssertionError("the model ran before `beta` was checked")
+
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": labels}
+    with pytest.raises(error, match="beta"):
+        L.run_loss(name, Never(), batch, ref_model=Never(), beta=beta)
+
+
+def test_run_loss_checks_its_arguments_before_the_forward():
+    class Never(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            raise AssertionError("the model ran before the arguments were checked")
+
+    logits, labels = _batch()
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": labels}
+    with pytest.raises(TypeError, match="'simnpo' loss's hyperparameters"):
+        L.run_loss("simnpo", Never(), batch, bta=1.0)
+    with pytest.raises(TypeError, match="none"):
+        L.run_loss("ga", Never(), batch, beta=1.0)
+    with pytest.raises(ValueError, match="ref_model"):
+        L.run_loss("kl", Never(), batch, forget=False)
+    with pytest.raises(ValueError, match="labels"):
+        L.run_loss("nll", Never(), {"input_ids": batch["input_ids"]}, forget=False)

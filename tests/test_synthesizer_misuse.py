@@ -359,3 +359,95 @@ def test_a_bad_data_parallel_group_is_reported_under_its_own_name(tmp_path):
     finally:
         if started:
             dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- item 5: the step
+
+
+class _LM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(torch.tanh(self.emb(input_ids)))
+
+
+def _lm():
+    return _LM()
+
+
+def _batch(seed):
+    ids = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(forget_loss="dpo"), ValueError, "forget_loss"),
+        (dict(retain_loss="ce"), ValueError, "retain_loss"),
+        (dict(forget_loss="npo"), ValueError, "ref_model"),
+        (dict(retain_loss="kl"), ValueError, "ref_model"),
+        (dict(loss_kwargs={"bta": 0.1}), TypeError, "bta"),
+        (dict(forget_loss="ga", loss_kwargs={"beta": 0.1}), TypeError, "beta"),
+        (dict(loss_kwargs={"beta": 0.0}), ValueError, "beta"),
+        (dict(loss_kwargs={"beta": -1.0}), ValueError, "beta"),
+        (dict(loss_kwargs={"beta": float("nan")}), ValueError, "beta"),
+        (dict(loss_kwargs={"beta": "0.1"}), TypeError, "beta"),
+        (dict(loss_kwargs={"delta": float("inf")}), ValueError, "delta"),
+        (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm=0.0), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm=float("nan")), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm=float("inf")), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm="1.0"), TypeError, "max_grad_norm"),
+        (dict(max_grad_norm=True), TypeError, "max_grad_norm"),
+        (dict(forget_batch={"input_ids": torch.zeros(2, 3, dtype=torch.long)}), ValueError,
+         "forget_batch"),
+        (dict(retain_batch=[1, 2]), TypeError, "retain_batch"),
+    ],
+)  # fmt: skip
+def test_a_bad_step_is_refused_before_the_last_steps_gradients_are_touched(kwargs, error, match):
+    model = _lm()
+    synth = sk.GradientSynthesizer(model, method="sago", backend="reference")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = dict(forget_loss="simnpo", retain_loss="nll", max_grad_norm=1.0)
+    sk.unlearning_step(model, synth, opt, _batch(0), _batch(1), **step)
+    g_final = synth.retain_buffer.clone()
+    weights = [p.detach().clone() for p in model.parameters()]
+    defaults = dict(forget_batch=_batch(2), retain_batch=_batch(3), **step)
+    with pytest.raises(error, match=match):
+        sk.unlearning_step(model, synth, opt, **{**defaults, **kwargs})
+    torch.testing.assert_close(synth.retain_buffer, g_final, rtol=0, atol=0)
+    assert all(p.grad is None for p in synth.params)  # as the optimizer's zero_grad left them
+    for before, p in zip(weights, model.parameters()):
+        torch.testing.assert_close(p.detach(), before, rtol=0, atol=0)
+    sk.unlearning_step(model, synth, opt, _batch(2), _batch(3), **step)  # and it goes on
+
+
+def test_max_grad_norm_clips_g_final_once_per_tensor():
+    model = _lm()
+    model.head.weight = model.emb.weight  # tied: [11, 8] both ways
+    params = list(model.named_parameters(remove_duplicate=False))
+    synth = sk.GradientSynthesizer(params, method="sum", backend="reference")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sk.unlearning_step(model, synth, opt, _batch(0), _batch(1), forget_loss="ga",
+                       max_grad_norm=1e-3)  # fmt: skip
+    assert math.isclose(synth.retain_buffer.norm().item(), 1e-3, rel_tol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(forget_loss="simnpo", loss_kwargs={"beta": 0.0}), ValueError, "beta"),
+        (dict(forget_loss="ga", loss_kwargs={"beta": 0.1}), TypeError, "beta"),
+        (dict(forget_loss="dpo"), ValueError, "forget_loss"),
+    ],
+)
+def test_the_trainer_checks_its_losses_before_building_anything(kwargs, error, match):
+    pytest.importorskip("transformers")
+    from sago_kernels.trainer import UnlearningTrainer
+
+    with pytest.raises(error, match=match):  # model=None: it never got that far
+        UnlearningTrainer(model=None, args=None, **kwargs)
