@@ -14,9 +14,13 @@ from .layout import GradLayout
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+"""Largest |alpha|, |gamma|, eps: every backend computes in float32, where a larger Python float
+becomes ±inf and turns finite gradients into ±inf or NaN."""
+
 
 def check_scalar(name: str, value: object, *, non_negative: bool = False) -> float:
-    """A finite Python real (int or float, not bool, not a tensor) as a float."""
+    """A Python real (int or float, not bool, not a tensor), finite in float32, as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         hint = (
             " Pass a Python float (a tensor would force a host sync)."
@@ -27,9 +31,15 @@ def check_scalar(name: str, value: object, *, non_negative: bool = False) -> flo
             f"Parameter `{name}` should be a finite Python float. Found `type({name}) = "
             f"{type(value).__name__}`.{hint}"
         )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Parameter `{name}` should be finite. Found `{name} = {value}`.")
+    try:
+        value = float(value)
+    except OverflowError:  # an int past float64's range
+        value = math.inf if value > 0 else -math.inf
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise ValueError(
+            f"Parameter `{name}` should be finite in float32, the precision every backend "
+            f"computes in (|{name}| <= {FLOAT32_MAX:.8g}). Found `{name} = {value}`."
+        )
     if non_negative and value < 0:
         raise ValueError(f"Parameter `{name}` should be >= 0. Found `{name} = {value}`.")
     return value

@@ -63,6 +63,11 @@ CASES = [
     ("gamma None", lambda r, f: _args(r, f, gamma=None), TypeError, "float"),
     ("eps negative", lambda r, f: _args(r, f, eps=-1e-3), ValueError, ">= 0"),
     ("stats not bool", lambda r, f: _args(r, f, stats=1), TypeError, "bool"),
+    # every backend computes in float32: a larger scalar is ±inf there
+    ("alpha past float32", lambda r, f: _args(r, f, alpha=1e39), ValueError, "float32"),
+    ("gamma past float32", lambda r, f: _args(r, f, gamma=-3.5e38), ValueError, "float32"),
+    ("eps past float32", lambda r, f: _args(r, f, eps=1e39), ValueError, "float32"),
+    ("alpha int past float64", lambda r, f: _args(r, f, alpha=10**400), ValueError, "float32"),
 ]
 
 
@@ -192,3 +197,26 @@ def test_interpreter_check_names_a_late_interpret_setting(monkeypatch):
     monkeypatch.setattr(interpreter_check, "_loop_to_scalar_bound", Compiled())
     why = interpreter_check.interpreter_problem.__wrapped__()
     assert "set after `import triton`" in why
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+@pytest.mark.parametrize("name, value", [("alpha", 1e39), ("gamma", -1e39), ("eps", 3.5e38)])
+def test_scalars_past_float32_are_refused_by_every_entry_point(device, name, value):
+    r, f = _buffers(device)
+    before = _bits(r)
+    with pytest.raises(ValueError, match="float32"):
+        sk.combine_grads_([r[:5], r[16:25]], [f[:5], f[16:25]], **{name: value})
+    assert torch.equal(_bits(r), before)
+    model = torch.nn.Linear(2, 1).to(device)
+    with pytest.raises(ValueError, match="float32"):
+        sk.GradientSynthesizer(model, **{name: value})
+
+
+def test_largest_float32_scalar_is_accepted(backend, device):
+    r, f = _buffers(device)
+    biggest = torch.finfo(torch.float32).max
+    out = sk.combine_(torch.zeros_like(r), f * 0, layout=LAYOUT, method="sum", alpha=biggest,
+                      gamma=-biggest, backend=backend)  # fmt: skip
+    assert torch.equal(out, torch.zeros_like(r))
