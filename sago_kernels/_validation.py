@@ -232,33 +232,55 @@ def check_grad_lists(retain_grads: list[torch.Tensor], forget_grads: list[torch.
     Spans are sorted once; only tensors whose spans overlap are compared element-wise
     (``_overlap.py``), so views of separate buffers or ascending views of one cost O(K log K).
     """
+    grad_on = torch.is_grad_enabled()
+    check_inference = not torch.is_inference_mode_enabled()
+    complex_ = retain_grads[0].dtype.is_complex  # only complex tensors carry the conjugate bit
+    e = retain_grads[0].element_size()
     spans = []
     for role, tensors in (("retain_grads", retain_grads), ("forget_grads", forget_grads)):
         written = role == "retain_grads"
         for i, t in enumerate(tensors):
-            name = f"{role}[{i}]"
-            if written:  # forget views with a bit are gathered, which resolves it (grads.py)
-                check_view_bits(name, t, written=True)
-            check_autograd_state(name, t, written=written)
-            if written and _overlap.has_internal_overlap(t):
-                raise ValueError(
-                    f"Parameter `{name}` should not have elements that share memory: it is "
-                    f"written in place. Found `{name}.stride() = {t.stride()}` for shape "
-                    f"{tuple(t.shape)} (e.g. an `expand`ed tensor); pass a tensor with its own "
-                    "memory per element."
+            # one cheap test per tensor (K, the number of parameters, can be in the thousands);
+            # the named checks only when something is off
+            if (t.requires_grad and grad_on) or (
+                written
+                and (
+                    t.is_neg()
+                    or (complex_ and t.is_conj())
+                    or (check_inference and t.is_inference())
                 )
-            if t.numel():
-                last = sum((n - 1) * s for n, s in _overlap.index_dims(t))
-                start = t.data_ptr()
-                spans.append((start, start + (last + 1) * t.element_size(), name, written, t))
+            ):
+                name = f"{role}[{i}]"
+                if written:  # forget views with a bit are gathered, which resolves it (grads.py)
+                    check_view_bits(name, t, written=True)
+                check_autograd_state(name, t, written=written)
+            n = t.numel()
+            if not n:
+                continue
+            if t.is_contiguous():
+                last = n - 1
+            else:
+                if written and _overlap.has_internal_overlap(t):
+                    name = f"{role}[{i}]"
+                    raise ValueError(
+                        f"Parameter `{name}` should not have elements that share memory: it is "
+                        f"written in place. Found `{name}.stride() = {t.stride()}` for shape "
+                        f"{tuple(t.shape)} (e.g. an `expand`ed tensor); pass a tensor with its "
+                        "own memory per element."
+                    )
+                last = sum((size - 1) * step for size, step in _overlap.index_dims(t))
+            start = t.data_ptr()
+            spans.append((start, start + (last + 1) * e, (role, i), written, t))
     spans.sort(key=lambda span: span[0])
-    open_spans: list[tuple[int, int, str, bool, torch.Tensor]] = []
+    open_spans: list[tuple[int, int, tuple[str, int], bool, torch.Tensor]] = []
     for span in spans:
-        start, _, name, written, t = span
-        open_spans = [other for other in open_spans if other[1] > start]
-        for _, _, other_name, other_written, other in open_spans:
+        start, _, where, written, t = span
+        if open_spans:
+            open_spans = [other for other in open_spans if other[1] > start]
+        for _, _, other_where, other_written, other in open_spans:
             if not (written or other_written) or not _overlap.tensors_share_memory(other, t):
                 continue
+            name, other_name = "{}[{}]".format(*where), "{}[{}]".format(*other_where)
             if written and other_written:
                 raise ValueError(
                     "Parameter `retain_grads` should not hold two tensors that share memory: "
