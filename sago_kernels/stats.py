@@ -102,13 +102,10 @@ def nan_where_norms_overflow(table: torch.Tensor) -> torch.Tensor:
     the same finite and non-finite fields (the combine's own dots follow the same rule,
     ``reference.segment_dots``). No host sync.
     """
-    finite = torch.isfinite(table[:, 1:4])
-    r, f, o = finite.unbind(-1)
-    keep = torch.ones_like(table, dtype=torch.bool)
-    keep[:, FIELDS.index("dot_fr")] = r & f
-    keep[:, FIELDS.index("cos_fr")] = r & f
-    keep[:, FIELDS.index("cos_out_r")] = o & r
-    keep[:, FIELDS.index("cos_out_f")] = o & f
+    r, f, o = torch.isfinite(table[:, 1:4]).unbind(-1)  # norm_r, norm_f, norm_out
+    rf, yes = r & f, torch.ones_like(r)
+    # in FIELDS order: dot_fr, norm_r, norm_f, norm_out, cos_fr, cos_out_r, cos_out_f, fraction
+    keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=-1)
     return torch.where(keep, table, torch.full_like(table, float("nan")))
 
 
