@@ -7,7 +7,7 @@ from typing import Literal, overload
 import torch
 
 from . import ops, sharding
-from ._validation import check_combine_args, check_scalar
+from ._validation import check_combine_args, check_requires_grad, check_scalar, mark_written
 from .dispatch import resolve_backend
 from .layout import GradLayout
 from .methods import get_method
@@ -75,8 +75,9 @@ def combine_(
             is one segment. Elements outside every segment are neither read nor written.
         method: ``"sum"``, ``"sago"``, ``"sago_prefer_retain"``, ``"pcgrad"`` (per segment),
             ``"pcgrad_global"`` or ``"blur"``; see ``sk.METHODS`` and the README.
-        alpha: retain weight α; gamma: forget weight γ (finite Python floats).
-        eps: added to the denominators of projection coefficients (>= 0).
+        alpha: retain weight α; gamma: forget weight γ (Python floats, finite in float32:
+            every backend computes in float32, so |α|, |γ| <= 3.4028235e38).
+        eps: added to the denominators of projection coefficients (>= 0, finite in float32).
         out: write g_final here instead (same dtype, device, length; may be ``forget``).
         stats: also return a :class:`CombineStats` of device tensors (gradient geometry), computed
             in the same passes.
@@ -96,6 +97,14 @@ def combine_(
     custom op (``sago_kernels.ops``): no graph break, and new alpha/gamma values recompile at
     most once (dynamo's switch of a changed float to dynamic).
 
+    The write is an in-place op on every backend: the written buffer's version counter is bumped
+    (autograd refuses a backward that saved it before), and what torch refuses for an in-place op
+    is refused up front: in grad mode no buffer may require grad (the combine has no derivative),
+    and inference tensors are written only inside ``torch.inference_mode()``. Negative views
+    (``x.is_neg()``) are refused: the kernels read raw memory, which holds the other sign.
+    Memory is judged on the elements the layout covers: ``retain`` and ``forget`` may interleave
+    outside the segments but share no segment element; ``out`` may be either buffer itself.
+
     Example:
         >>> import torch, sago_kernels as sk
         >>> r = torch.tensor([1.0, -2.0, 3.0]); f = torch.tensor([-1.0, -1.0, 0.5])
@@ -108,6 +117,7 @@ def combine_(
                 "combine_(..., process_group=...) is not supported inside torch.compile; call "
                 "it outside the compiled region."
             )
+        check_requires_grad(retain, forget, out)  # the rest: in the op's body, at run time
         target, table = ops.combine_compiled(
             retain, forget, layout, out, method, alpha, gamma, eps, stats, backend
         )
@@ -129,6 +139,7 @@ def combine_(
             seg_numels=sharding.global_numels(layout, retain.device, group),
         )
     table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats, **sharded)
+    mark_written(target)  # native and Triton write through raw pointers: torch did not see it
     if stats:
         return target, CombineStats.from_table(m.name, table)
     return target

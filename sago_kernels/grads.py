@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_scalar
+from ._validation import check_grad_lists, check_scalar, mark_written
 from .combine import BackendName, MethodName, combine_
 from .layout import GradLayout
 from .methods import get_method
@@ -22,6 +22,8 @@ def _flat_span(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[int
     offsets, previous_end = [], None
     for t in tensors:
         if not t.is_contiguous() or t.untyped_storage().data_ptr() != storage.data_ptr():
+            return None
+        if t.is_neg() or t.is_conj():  # a storage view would drop the bit: gather (resolves it)
             return None
         start = t.storage_offset()
         if previous_end is not None and start < previous_end:
@@ -62,6 +64,13 @@ def combine_grads_(
     and g_final is copied back into ``retain_grads``: correct, but use flat buffers when speed or
     memory matters.
 
+    Memory is judged element by element (strides included): a retain tensor may share no element
+    with another retain tensor or any forget tensor, nor with itself (an ``expand``ed tensor);
+    views that interleave without sharing an element (``x[0::2]`` and ``x[1::2]``) are fine.
+    Negative-bit forget views are gathered, which resolves them; negative-bit retain views are
+    refused (``.resolve_neg()`` would write into a copy). The retain tensors' version counters
+    are bumped, as any in-place op does. Errors are raised before anything is written.
+
     Example:
         >>> import torch, sago_kernels as sk
         >>> r = [torch.tensor([1.0, -2.0]), torch.tensor([3.0])]
@@ -98,6 +107,7 @@ def combine_grads_(
                     f"{t.dtype} on {t.device}, gradient 0 with {retain_grads[0].dtype} on "
                     f"{retain_grads[0].device}."
                 )
+    check_grad_lists(retain_grads, forget_grads)
     kwargs = dict(
         method=method, alpha=alpha, gamma=gamma, eps=eps, stats=stats, backend=backend,
         process_group=process_group,
@@ -110,6 +120,7 @@ def combine_grads_(
         if r_flat.numel() == f_flat.numel():
             layout = _view_layout(offsets, numels, r_flat.numel())
             result = combine_(r_flat, f_flat, layout=layout, **kwargs)
+            mark_written(retain_grads)  # the flat view has a version counter of its own
             return (retain_grads, result[1]) if stats else retain_grads
 
     # Padded starts (the default alignment), not a plain concatenation: unaligned starts would
@@ -124,4 +135,5 @@ def combine_grads_(
     torch._foreach_copy_(f_views, [t.reshape(-1) for t in forget_grads])
     result = combine_(r_flat, f_flat, layout=layout, **kwargs)
     torch._foreach_copy_(retain_grads, [v.view(t.shape) for t, v in zip(retain_grads, r_views)])
+    mark_written(retain_grads)
     return (retain_grads, result[1]) if stats else retain_grads

@@ -13,12 +13,22 @@ layouts, weak references) or ``WHOLE_BUFFER`` for ``layout=None``.
 
 Not inside compiled regions: ``out=forget`` (an op cannot both read and write one argument
 through two names) and ``process_group`` (not an op argument type); both raise there.
+
+The in-place contract (``combine_``'s docstring) holds through the ops, with two differences
+that come from where they run. The body runs below autograd, where the caller's grad mode is not
+visible, so it refuses tensors that require grad whatever the mode (``combine_`` itself refuses
+them in grad mode while the compiler traces it). And the compiler hands the body aliases of its
+inputs: an inference tensor passed to a compiled function outside inference mode is written
+before torch raises, as it is for torch's own in-place ops there; dynamo cannot trace
+``is_inference()`` to refuse it earlier. Negative views are resolved (or refused) by torch's
+own machinery before the body runs.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._validation import check_requires_grad
 from .layout import GradLayout
 
 WHOLE_BUFFER = -1
@@ -32,6 +42,9 @@ def _layout(key: int, numel: int) -> GradLayout:
 def _eager(retain, forget, out, key, method, weights, stats, backend):
     from .combine import combine_
 
+    # Below autograd the caller's grad mode is not visible: refuse tensors that require grad
+    # whatever the mode (combine_ refused them in grad mode before tracing the op).
+    check_requires_grad(retain, forget, out, grad_enabled=True)
     alpha, gamma, eps = weights.tolist()  # a CPU tensor: no device synchronisation
     layout = None if key == WHOLE_BUFFER else GradLayout.from_key(key)
     result = combine_(

@@ -77,6 +77,19 @@ Dots = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(f·r, r·r, f·f) of a whole segment, given when a rank holds only a shard of it."""
 
 
+def segment_dots(r: torch.Tensor, f: torch.Tensor) -> Dots:
+    """(f·r, r·r, f·f), each summed in the compute dtype.
+
+    Projection methods need all three finite, even where the formula uses two: r·r and f·f sum
+    non-negative terms, so whether they overflow does not depend on the summation order, and when
+    both are finite every partial sum of f·r is bounded by √(r·r · f·f) (Cauchy–Schwarz), so f·r
+    cannot overflow in any order either. Testing f·r alone would depend on the order (float32
+    [2e38, 2e38, −2e38, −2e38]·[1, 1, 1, 1] is inf, NaN or 0), and backends sum in different
+    orders and widths; with this rule they all write the same segments as NaN.
+    """
+    return torch.dot(f, r), torch.dot(r, r), torch.dot(f, f)
+
+
 def pcgrad(
     r: torch.Tensor,
     f: torch.Tensor,
@@ -89,14 +102,14 @@ def pcgrad(
     """PCGrad on one segment (paper Sec. 3.3): project g_f off g_r when they conflict.
 
     d = g_f·g_r, n = g_r·g_r; c = d/(n+eps) if d < 0 else 0; g = γ·(g_f − c·g_r) + α·g_r.
-    A segment whose dots or effective weight on g_r (α − γ·c) are non-finite is returned as NaN
-    in full, so that an overflow check sees it. ``dots``: the whole segment's, when ``r`` and
-    ``f`` are one rank's shard of it.
+    A segment whose dots (all three, see :func:`segment_dots`) or effective weight on g_r
+    (α − γ·c) are non-finite is returned as NaN in full, so that an overflow check sees it.
+    ``dots``: the whole segment's, when ``r`` and ``f`` are one rank's shard of it.
     """
-    d, n, _ = dots if dots is not None else (torch.dot(f, r), torch.dot(r, r), None)
+    d, n, m = dots if dots is not None else segment_dots(r, f)
     c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
     out = gamma * (f - c * r) + alpha * r
-    return _nan_unless_finite(out, d, n, alpha - gamma * c)
+    return _nan_unless_finite(out, d, n, m, alpha - gamma * c)
 
 
 def blur(
@@ -111,13 +124,13 @@ def blur(
     """BLUR-style projection (global): always remove g_r's component along g_f.
 
     d = g_r·g_f, m = g_f·g_f, c = d/(m+eps); g = γ·g_f + α·(g_r − c·g_f).
-    Non-finite d, m or effective weight on g_f (γ − α·c) make the whole output NaN.
-    ``dots`` as for :func:`pcgrad`.
+    Non-finite dots (all three, see :func:`segment_dots`) or effective weight on g_f (γ − α·c)
+    make the whole output NaN. ``dots`` as for :func:`pcgrad`.
     """
-    d, _, m = dots if dots is not None else (torch.dot(r, f), None, torch.dot(f, f))
+    d, n, m = dots if dots is not None else segment_dots(r, f)
     c = d / (m + eps)
     out = gamma * f + alpha * (r - c * f)
-    return _nan_unless_finite(out, d, m, gamma - alpha * c)
+    return _nan_unless_finite(out, d, n, m, gamma - alpha * c)
 
 
 def _nan_unless_finite(out: torch.Tensor, *scalars: torch.Tensor) -> torch.Tensor:

@@ -92,13 +92,31 @@ def _safe_cos(dot: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> 
     return torch.where(den == 0, torch.zeros_like(dot), dot / den)
 
 
+def nan_where_norms_overflow(table: torch.Tensor) -> torch.Tensor:
+    """The geometry table with every field built on a dot x·y (``dot_fr``, ``cos_fr``,
+    ``cos_out_r``, ``cos_out_f``) set to NaN in the rows where ‖x‖ or ‖y‖ is not finite.
+
+    Why: a float32 sum of x_i·y_i with mixed signs overflows or not depending on the summation
+    order (each backend has its own), but ‖x‖² and ‖y‖² sum non-negative terms, and while both are
+    finite no partial sum of x·y can overflow (Cauchy–Schwarz). So this rule gives every backend
+    the same finite and non-finite fields (the combine's own dots follow the same rule,
+    ``reference.segment_dots``). No host sync.
+    """
+    r, f, o = torch.isfinite(table[:, 1:4]).unbind(-1)  # norm_r, norm_f, norm_out
+    rf, yes = r & f, torch.ones_like(r)
+    # in FIELDS order: dot_fr, norm_r, norm_f, norm_out, cos_fr, cos_out_r, cos_out_f, fraction
+    keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=-1)
+    return torch.where(keep, table, torch.full_like(table, float("nan")))
+
+
 def geometry_table(
     sums: torch.Tensor, conflicts: torch.Tensor, numels: torch.Tensor
 ) -> torch.Tensor:
     """Turn per-segment sums into the ``[S + 1, 8]`` geometry table (float32, no host sync).
 
     ``sums`` is ``[S, 6]`` (f·r, r·r, f·f, o·o, o·r, o·f), ``conflicts`` and ``numels`` are
-    ``[S]`` int64. The last row is the global geometry, from the column totals.
+    ``[S]`` int64. The last row is the global geometry, from the column totals. Fields built on
+    a dot whose vectors' norms overflow are NaN (:func:`nan_where_norms_overflow`).
     """
     sums = sums.to(torch.float32)
     totals = torch.cat([sums, sums.sum(0, keepdim=True)])
@@ -109,7 +127,7 @@ def geometry_table(
     # o·o can only go negative through rounding; keep NaN as NaN.
     norm_out = torch.where(oo < 0, torch.zeros_like(oo), oo).sqrt()
     fraction = torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.zeros_like(counts))
-    return torch.stack(
+    table = torch.stack(
         [
             fr,
             norm_r,
@@ -122,3 +140,4 @@ def geometry_table(
         ],
         dim=-1,
     )
+    return nan_where_norms_overflow(table)

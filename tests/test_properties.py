@@ -223,6 +223,52 @@ def test_projection_overflowing_weight_is_nan_segment(backend, device):
     torch.testing.assert_close(out[2:].cpu(), torch.tensor([2.0, 3.0]))
 
 
+# Finite inputs whose float32 dots overflow in some summation orders and not in others: f·f is
+# inf in float32 however it is summed, f·r is inf, NaN or 0 depending on the order.
+BIG = 2e38
+OVERFLOWING = [[BIG, BIG, -BIG, -BIG], [BIG, -BIG, BIG, -BIG], [-BIG, BIG, BIG, -BIG]]
+
+
+@pytest.mark.parametrize("big_in", ["forget", "retain"])
+@pytest.mark.parametrize("values", OVERFLOWING, ids=["paired", "alternating", "nested"])
+@pytest.mark.parametrize("method", list(sk.METHODS))
+def test_dots_overflowing_float32_are_decided_alike_by_every_backend(
+    device, method, values, big_in
+):
+    """One rule on every backend (reference.segment_dots): a segment whose float32 r·r or f·f is
+    not finite is NaN for projection methods, and statistics built on a dot whose vectors' norms
+    overflow are NaN. Before, each backend's summation order (or, natively, double width)
+    decided, and they disagreed."""
+    layout = sk.GradLayout.from_sizes([4, 3], alignment=1)
+    ordinary = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 1.0, 2.0])]
+    big, ones = torch.tensor(values), torch.ones(4)
+    r = torch.cat([big if big_in == "retain" else ones, ordinary[0]]).to(device)
+    f = torch.cat([big if big_in == "forget" else ones, ordinary[1]]).to(device)
+    results = {}
+    for name in sk.backends():
+        if device.type != "cpu" and name in CPU_ONLY_BACKENDS:
+            continue
+        out, stats = sk.combine_(r.clone(), f, layout=layout, method=method, stats=True,
+                                 backend=name)  # fmt: skip
+        results[name] = out.cpu(), stats.table.cpu()
+    m = sk.METHODS[method]
+    out, table = results["reference"]
+    if m.is_projection:
+        assert torch.isnan(out[:4]).all(), "the overflowing segment is NaN"
+        assert torch.isnan(out[4:]).all() == (m.scope == "global")
+    else:
+        assert torch.isfinite(out).all()
+    assert torch.isnan(table[[0, 2], 0]).all(), "dot_fr of an overflowing norm is NaN"
+    assert torch.isnan(table[[0, 2], 4]).all(), "and so is cos_fr"
+    assert torch.isfinite(table[1, :3]).all()
+    for name, (got, got_table) in results.items():
+        assert torch.equal(torch.isnan(got), torch.isnan(out)), name
+        torch.testing.assert_close(got, out, equal_nan=True, msg=name)
+        for kind in (torch.isnan, torch.isinf):
+            assert torch.equal(kind(got_table), kind(table)), f"{name}: {got_table} vs {table}"
+        torch.testing.assert_close(got_table, table, equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- determinism
 
 

@@ -17,6 +17,7 @@
 // before it is stored, so out may alias retain or forget (element for element) safely.
 
 #include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -319,23 +320,35 @@ inline uint32_t bits_of(float x) {
 
 inline bool is_finite(float x) { return (bits_of(x) & 0x7F800000u) != 0x7F800000u; }
 
+// A double sum as the float32 value the coefficients use: rounded to nearest, ±inf past
+// float32's range (a plain cast of an out-of-range double is undefined behaviour in C++).
+inline float to_float32(double x) {
+  constexpr double kRoundsToInf = 0x1.ffffffp127;  // FLT_MAX + half an ulp (a tie goes up)
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (x >= kRoundsToInf) return kInf;
+  if (x <= -kRoundsToInf) return -kInf;
+  return static_cast<float>(x);  // NaN stays NaN
+}
+
 // (a, b) with g_final = a·f + b·r, from float32 dots as the Triton coefficient kernel does:
 // PCGrad a = γ, b = α − γ·c with c = d/(n+eps) if d < 0 else 0; BLUR a = γ − α·c, b = α with
-// c = d/(m+eps). Both NaN where a dot or a weight is not finite (the segment becomes NaN).
+// c = d/(m+eps). Both NaN where a weight or any of the three dots is not finite in float32 (the
+// segment becomes NaN). All three, not only the two a method uses: the sums here are exact-ish
+// doubles, so f·r alone would stay finite where a float32 sum overflows in some order; r·r and
+// f·f overflow whatever the order, and when both are finite no partial sum of f·r can
+// (Cauchy-Schwarz). So every backend, whatever its order and width, agrees (reference.py).
 void affine_weights(float d, float n, float m, float alpha, float gamma, float eps, int code,
                     float* a, float* b) {
-  bool ok;
   if (code == SAGO_PROJECTION_BLUR) {
     const float c = d / (m + eps);
     *a = gamma - alpha * c;
     *b = alpha;
-    ok = is_finite(d) && is_finite(m);
   } else {
     const float c = d < 0.0f ? d / (n + eps) : 0.0f;
     *a = gamma;
     *b = alpha - gamma * c;
-    ok = is_finite(d) && is_finite(n);
   }
+  const bool ok = is_finite(d) && is_finite(n) && is_finite(m);
   if (!(ok && is_finite(*a) && is_finite(*b))) *a = *b = quiet_nan()[0];
 }
 
@@ -422,14 +435,13 @@ class Combine {
     for (int64_t j = 0; j < A.num_segments; ++j) {
       const double* d = dots + j * 3;
       for (int k = 0; k < 3; ++k) total[k] += d[k];
-      affine_weights(static_cast<float>(d[0]), static_cast<float>(d[1]),
-                     static_cast<float>(d[2]), A.alpha, A.gamma, A.eps, A.code, &coef_[j * 2],
-                     &coef_[j * 2 + 1]);
+      affine_weights(to_float32(d[0]), to_float32(d[1]), to_float32(d[2]), A.alpha, A.gamma,
+                     A.eps, A.code, &coef_[j * 2], &coef_[j * 2 + 1]);
     }
     if (A.scope == SAGO_GLOBAL) {
       float a, b;
-      affine_weights(static_cast<float>(total[0]), static_cast<float>(total[1]),
-                     static_cast<float>(total[2]), A.alpha, A.gamma, A.eps, A.code, &a, &b);
+      affine_weights(to_float32(total[0]), to_float32(total[1]), to_float32(total[2]), A.alpha,
+                     A.gamma, A.eps, A.code, &a, &b);
       for (int64_t j = 0; j < A.num_segments; ++j) {
         coef_[j * 2] = a;
         coef_[j * 2 + 1] = b;

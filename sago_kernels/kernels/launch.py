@@ -23,6 +23,7 @@ from .._scoped import ScopedSetting
 from ..layout import GradLayout
 from ..methods import Method
 from ..sharding import Reduce
+from ..stats import nan_where_norms_overflow
 from . import _tiles
 from .chunk_pass import _chunk_pass_kernel
 from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_kernel
@@ -205,6 +206,7 @@ def combine_triton(
         dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
         if reduce is not None:
             reduce(dots)
+        dots = _nan_unless_norms_finite(dots, method.scope == "global")
         coef = torch.empty((s, 2), **f32)
         _coefficients_kernel[(1,)](
             dots, coef, s, alpha, gamma, eps,
@@ -226,4 +228,16 @@ def combine_triton(
         sums, seg_conflicts, plan.seg_numel if seg_numels is None else seg_numels, table, s,
         SEG_BLOCK=config.seg_block, num_warps=config.seg_warps, enable_fp_fusion=False,
     )  # fmt: skip
-    return table
+    return nan_where_norms_overflow(table)
+
+
+def _nan_unless_norms_finite(dots: torch.Tensor, whole: bool) -> torch.Tensor:
+    """The per-segment sums with f·r set to NaN where r·r or f·f is not finite (over all segments
+    when ``whole``, as a global method sees them), so the coefficient kernel writes those segments
+    as NaN: the rule of ``reference.segment_dots``, which makes the outcome independent of the
+    order f·r was summed in. O(segments), on the device, no host sync."""
+    norms = dots[:, 1:3].sum(0, keepdim=True) if whole else dots[:, 1:3]
+    ok = torch.isfinite(norms).all(-1)
+    fixed = dots.clone()
+    fixed[:, 0] = torch.where(ok, dots[:, 0], torch.full_like(dots[:, 0], float("nan")))
+    return fixed
