@@ -10,11 +10,63 @@ Nothing here synchronises with the host: every data-dependent choice is a ``torc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .layout import GradLayout
+
+# --------------------------------------------------------------------------- fixed-order dots
+
+_BLOCK = 4096
+"""Elements per block of a dot. ATen sums a tensor of fewer than 32768 elements (its
+``GRAIN_SIZE``) on one thread, and a bigger reduction with more than one output is split over
+threads by outputs, each output summed whole by one thread: so a block's sum, hence every bit of
+a dot, is the same for any ``torch.get_num_threads()``."""
+
+_CHUNK = 256 * _BLOCK
+"""Elements multiplied at a time: bounds a dot's temporaries (one product row of 4 MB each)."""
+
+
+def _block_sums(x: torch.Tensor) -> torch.Tensor:
+    """``[k, n]`` -> ``[k, ceil(n / _BLOCK)]``: the sum of each block of ``_BLOCK`` elements."""
+    full = x.shape[1] - x.shape[1] % _BLOCK
+    parts = [x[:, :full].unflatten(1, (-1, _BLOCK)).sum(-1)] if full else []
+    if full < x.shape[1]:
+        parts.append(x[:, full:].sum(-1, keepdim=True))
+    return torch.cat(parts, 1)
+
+
+def fixed_order_dots(
+    vectors: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """``[len(pairs)]``: vectors[i]·vectors[j] for each pair ``(i, j)``, in the vectors' dtype.
+
+    Why not ``torch.dot``: its summation order, hence its bits, change with
+    ``torch.get_num_threads()``. Here the order depends on the length alone: products in the
+    vectors' dtype (as ``torch.dot``), summed in that dtype within blocks of :data:`_BLOCK`
+    elements, the block sums added in float64 over blocks of blocks, and the total rounded once.
+    """
+    dtype, device = vectors[0].dtype, vectors[0].device
+    n = vectors[0].numel()
+    if n == 0:
+        return torch.zeros(len(pairs), dtype=dtype, device=device)
+    if n <= _BLOCK:  # one block: fewer, larger ops for the many small segments of a model
+        left = torch.stack([vectors[i] for i, _ in pairs])
+        return (left * torch.stack([vectors[j] for _, j in pairs])).sum(-1)
+    products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device)
+    partials = []
+    for lo in range(0, n, _CHUNK):  # chunks are whole blocks: the blocks do not depend on _CHUNK
+        hi = min(lo + _CHUNK, n)
+        p = products[:, : hi - lo]
+        for q, (i, j) in enumerate(pairs):
+            torch.mul(vectors[i][lo:hi], vectors[j][lo:hi], out=p[q])
+        partials.append(_block_sums(p))
+    sums = torch.cat(partials, 1).to(torch.float64)
+    while sums.shape[1] > 1:
+        sums = _block_sums(sums)
+    return sums[:, 0].to(dtype)
+
 
 # --------------------------------------------------------------------------- element helpers
 
@@ -93,7 +145,10 @@ def pcgrad(
     in full, so that an overflow check sees it. ``dots``: the whole segment's, when ``r`` and
     ``f`` are one rank's shard of it.
     """
-    d, n, _ = dots if dots is not None else (torch.dot(f, r), torch.dot(r, r), None)
+    if dots is not None:
+        d, n, _ = dots
+    else:
+        d, n = fixed_order_dots([f, r], [(0, 1), (1, 1)]).unbind()
     c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
     out = gamma * (f - c * r) + alpha * r
     return _nan_unless_finite(out, d, n, alpha - gamma * c)
@@ -114,7 +169,10 @@ def blur(
     Non-finite d, m or effective weight on g_f (γ − α·c) make the whole output NaN.
     ``dots`` as for :func:`pcgrad`.
     """
-    d, _, m = dots if dots is not None else (torch.dot(r, f), None, torch.dot(f, f))
+    if dots is not None:
+        d, _, m = dots
+    else:
+        d, m = fixed_order_dots([r, f], [(0, 1), (1, 1)]).unbind()
     c = d / (m + eps)
     out = gamma * f + alpha * (r - c * f)
     return _nan_unless_finite(out, d, m, gamma - alpha * c)
@@ -131,6 +189,7 @@ MethodFn = Callable[..., torch.Tensor]
 
 STAT_COLUMNS = ("dot_fr", "dot_rr", "dot_ff", "dot_oo", "dot_or", "dot_of")
 """Per-segment sums every backend produces for the statistics (see ``stats.py``)."""
+_STAT_PAIRS = ((0, 1), (1, 1), (0, 0), (2, 2), (2, 1), (2, 0))  # of (f, r, o), STAT_COLUMNS order
 
 
 def combine(
@@ -174,7 +233,7 @@ def combine(
         seg_dots = torch.zeros((len(segments), 3), dtype=compute_dtype, device=r_all.device)
         for j, s in enumerate(segments):
             r, f = r_all[s.start : s.end], f_all[s.start : s.end]
-            seg_dots[j] = torch.stack([f @ r, r @ r, f @ f])
+            seg_dots[j] = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)])
         reduce(seg_dots)
     if scope == "global":
         r = torch.cat([r_all[s.start : s.end] for s in segments])
@@ -199,7 +258,7 @@ def combine(
     rows, conflicts = [], []
     for s in segments:
         r, f, o = r_all[s.start : s.end], f_all[s.start : s.end], out[s.start : s.end]
-        rows.append(torch.stack([f @ r, r @ r, f @ f, o @ o, o @ r, o @ f]))
+        rows.append(fixed_order_dots([f, r, o], _STAT_PAIRS))
         conflicts.append(conflict_mask(f, r).sum())
     return out, torch.stack(rows), torch.stack(conflicts)
 
