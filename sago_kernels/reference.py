@@ -1,11 +1,14 @@
 """The reference combine: plain torch, one function per method, to be read next to the paper.
 
 ``r`` is the retain gradient g_r, ``f`` the forget gradient g_f, ``alpha`` the retain weight (α)
-and ``gamma`` the forget weight (γ), as in SPEC.md and Section 3 of the paper. Every function takes
-1-D tensors already in the compute dtype and returns g_final in that dtype. This module defines
-the truth that the Triton kernels are fuzzed against, and it is the CPU backend for now.
+and ``gamma`` the forget weight (γ), as in the README's Contract and Section 3 of the paper
+(arXiv:2604.14808). Every function takes 1-D tensors already in the compute dtype and returns
+g_final in that dtype. This module defines the truth that the other backends are fuzzed against,
+and it is the CPU backend wherever the native library is not built.
 
-Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``.
+Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``. Dot
+products are summed in a fixed order (:func:`fixed_order_dots`), so the results are the same bits
+for any ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _magnitude_bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def conflict_mask(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """conflict_i ⇔ f_i and r_i are both non-zero and of opposite sign (SPEC).
+    """conflict_i ⇔ f_i and r_i are both non-zero and of opposite sign (README, Contract).
 
     Decided on sign bits and magnitude bits, never on the product f_i·r_i (which underflows to 0
     for tiny values) nor on float comparisons (which a flush-denormals mode would change).
