@@ -5,7 +5,7 @@
 2. ``reference`` — ``sago_kernels.reference`` (eager torch, the CPU backend).
 3. ``paper``     — eager per-parameter code written the way the paper's public code computes:
                    a Python loop over parameters, cloned gradients, boolean-mask indexing for
-                   SAGO, a per-parameter ``.item()`` branch for PCGrad (written from SPEC's
+                   SAGO, a per-parameter ``.item()`` branch for PCGrad (written from the README's
                    formulas and the issue's description, not copied from anywhere).
 4. ``compiled``  — ``torch.compile`` of the reference for a fixed layout (compile time is
                    reported separately and excluded from the timing).

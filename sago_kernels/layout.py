@@ -9,7 +9,9 @@ segment begins on an aligned address; padding is zero and no combine ever writes
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,84 @@ lines and full-width vector loads for the first tile of every segment."""
 _GRANULARITIES = ("parameter", "module", "global")
 
 
+_MAX_ELEMENTS = 2**63 - 1
+"""Offsets and lengths travel to the kernels as int64."""
+
+
+def _as_count(name: str, value: object, *, minimum: int = 0, unit: str = "elements") -> int:
+    """``value`` as a Python int >= ``minimum``, never rounded: ints and integer scalars (numpy,
+    0-d integer tensors) pass; floats, bools and strings are refused."""
+    kind = f"an int >= {minimum}"
+    if isinstance(value, torch.Tensor):
+        integral = value.dim() == 0 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+        )
+    else:
+        integral = not isinstance(value, bool)
+    try:
+        count = operator.index(value) if integral else None
+    except TypeError:
+        count = None
+    if count is None:
+        real = isinstance(value, float) and math.isfinite(value)
+        hint = " Round it yourself if that is what you mean." if real else ""
+        raise TypeError(
+            f"Parameter `{name}` should be {kind} ({unit}). "
+            f"Found `{name} = {value!r}` of type {type(value).__name__}.{hint}"
+        )
+    if count < minimum:
+        raise ValueError(f"Parameter `{name}` should be {kind} ({unit}). Found `{name} = {count}`.")
+    if count > _MAX_ELEMENTS:
+        raise ValueError(
+            f"Parameter `{name}` should fit in int64 (offsets are 64-bit). "
+            f"Found `{name} = {count}`."
+        )
+    return count
+
+
+def _as_counts(name: str, values: object, what: str) -> list[int]:
+    """An iterable of counts (``what`` says what one is), each checked by :func:`_as_count`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"Parameter `{name}` should be an iterable of non-negative ints ({what}). "
+            f"Found `{name} = {values!r}` of type {type(values).__name__}."
+        )
+    if isinstance(values, torch.Tensor) and values.dim() != 1:
+        raise TypeError(
+            f"Parameter `{name}` should be a 1-D sequence of non-negative ints ({what}). "
+            f"Found `{name}.shape = {tuple(values.shape)}`."
+        )
+    return [_as_count(f"{name}[{j}]", v) for j, v in enumerate(values)]
+
+
+def _check_name(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(
+            f"Parameter `{name}` should be a str or None. "
+            f"Found `{name} = {value!r}` of type {type(value).__name__}."
+        )
+
+
+def _check_names(names: object, count: int) -> list[str | None] | None:
+    """``None``, or one name (str or None) per segment."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(
+            "Parameter `names` should be a sequence of str or None, one per segment. "
+            f"Found `names = {names!r}` of type {type(names).__name__}."
+        )
+    names = list(names)
+    if len(names) != count:
+        raise ValueError(
+            f"Parameter `names` should have one entry per segment ({count}). "
+            f"Found `len(names) = {len(names)}`."
+        )
+    for j, n in enumerate(names):
+        _check_name(f"names[{j}]", n)
+    return names
+
+
 @dataclass(frozen=True)
 class ParamSlot:
     """One parameter's gradient inside the flat buffer."""
@@ -33,6 +113,25 @@ class ParamSlot:
     offset: int
     shape: tuple[int, ...]
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here so a slot can never describe a negative or fractional extent.
+        object.__setattr__(self, "offset", _as_count("ParamSlot.offset", self.offset))
+        if isinstance(self.shape, (str, bytes)) or not isinstance(self.shape, Iterable):
+            raise TypeError(
+                "Parameter `ParamSlot.shape` should be a tuple of non-negative ints (e.g. "
+                f"`tuple(param.shape)`; `(n,)` for a vector). Found `ParamSlot.shape = "
+                f"{self.shape!r}` of type {type(self.shape).__name__}."
+            )
+        shape = tuple(
+            _as_count(f"ParamSlot.shape[{d}]", n) for d, n in enumerate(self.shape)
+        )
+        object.__setattr__(self, "shape", shape)
+        _check_name("ParamSlot.name", self.name)
+        if self.offset + self.numel > _MAX_ELEMENTS:
+            raise ValueError(
+                f"Parameter slot {self} should end before element 2**63 (offsets are int64)."
+            )
 
     @property
     def numel(self) -> int:
@@ -47,6 +146,11 @@ class Segment:
     numel: int
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _as_count("Segment.start", self.start))
+        object.__setattr__(self, "numel", _as_count("Segment.numel", self.numel))
+        _check_name("Segment.name", self.name)
+
     @property
     def end(self) -> int:
         return self.start + self.numel
@@ -57,12 +161,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _check_alignment(alignment: object) -> int:
-    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
-        raise ValueError(
-            "Parameter `alignment` should be a positive int (elements). "
-            f"Found `alignment = {alignment!r}`."
-        )
-    return alignment
+    return _as_count("alignment", alignment, minimum=1, unit="elements; 1 for no padding")
 
 
 class GradLayout:
@@ -99,40 +198,38 @@ class GradLayout:
         of ``alignment``. Elements that belong to no segment are never read or written.
         """
         alignment = _check_alignment(alignment)
-        starts = [int(s) for s in starts]
-        numels = [int(n) for n in numels]
+        starts = _as_counts("starts", starts, "one element offset per segment")
+        numels = _as_counts("numels", numels, "one length per segment")
         if len(starts) != len(numels):
             raise ValueError(
-                f"`starts` and `numels` should have one entry per segment. Found "
+                "Parameters `starts` and `numels` should have one entry per segment each. Found "
                 f"`len(starts) = {len(starts)}`, `len(numels) = {len(numels)}`."
             )
         if not starts:
-            raise ValueError("A layout needs at least one segment (it may have 0 elements).")
-        if names is not None and len(names) != len(starts):
-            raise ValueError(f"`names` should have {len(starts)} entries. Found {len(names)}.")
-        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-            raise ValueError(f"`numel` should be a non-negative int. Found `numel = {numel!r}`.")
+            raise ValueError(
+                "Parameters `starts` and `numels` should describe at least one segment (it may "
+                "have 0 elements). Found none; use `GradLayout.single(0)` for an empty buffer."
+            )
+        names = _check_names(names, len(starts))
+        numel = _as_count("numel", numel)
         previous_end = 0
         for j, (start, n) in enumerate(zip(starts, numels)):
-            if n < 0 or start < 0:
-                raise ValueError(
-                    f"Segment {j} should have start >= 0 and numel >= 0. "
-                    f"Found start={start}, numel={n}."
-                )
             if start < previous_end:
                 raise ValueError(
-                    f"Segments should be ascending and non-overlapping. Segment {j} starts at "
-                    f"{start}, before the previous segment ends at {previous_end}."
+                    f"Segments should be ascending and non-overlapping. Found `starts[{j}] = "
+                    f"{start}`, before the previous segment ends at {previous_end}; sort the "
+                    "segments by start and make each start at or after the previous end."
                 )
             if start % alignment:
                 raise ValueError(
-                    f"Segment {j} starts at {start}, which is not a multiple of "
-                    f"`alignment = {alignment}`. Pad the start or pass a smaller alignment."
+                    f"Every start should be a multiple of `alignment = {alignment}`. Found "
+                    f"`starts[{j}] = {start}`. Pad the start or pass a smaller alignment."
                 )
             previous_end = start + n
         if previous_end > numel:
             raise ValueError(
-                f"The last segment ends at element {previous_end}, past `numel = {numel}`."
+                f"Parameter `numel` should cover every segment. Found `numel = {numel}`, but the "
+                f"last segment ends at element {previous_end}, past it."
             )
         self._segments = tuple(
             Segment(s, n, None if names is None else names[j])
@@ -142,16 +239,64 @@ class GradLayout:
         self._alignment = alignment
         if params is None:
             params = [ParamSlot(s.start, (s.numel,), s.name) for s in self._segments]
-        for p in params:
-            if p.offset < 0 or p.offset + p.numel > numel:
-                raise ValueError(
-                    f"Parameter slot {p} does not fit in a buffer of {numel} elements."
-                )
+        else:
+            params = self._check_params(params)
         self._params = tuple(params)
         self._key = (tuple(starts), tuple(numels), numel, alignment)
         # Device tables and launch plans derived from this layout (see sago_kernels.kernels).
         self._cache: dict[object, object] = {}
         GradLayout._registry[id(self)] = self
+
+    def _check_params(self, params: object) -> list[ParamSlot]:
+        """Slots that lie inside the segments and do not share elements: a slot in padding would
+        never be combined, and two slots on one element would add two gradients together."""
+        if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
+            raise TypeError(
+                "Parameter `params` should be a sequence of ParamSlot. "
+                f"Found `params` of type {type(params).__name__}."
+            )
+        params = list(params)
+        for k, p in enumerate(params):
+            if not isinstance(p, ParamSlot):
+                raise TypeError(
+                    f"Parameter `params` should hold ParamSlot objects. "
+                    f"Found `params[{k}]` of type {type(p).__name__}."
+                )
+        starts = [s.start for s in self._segments]
+        previous = None
+        for k in sorted(range(len(params)), key=lambda k: params[k].offset):
+            p = params[k]
+            if p.offset + p.numel > self._numel:
+                raise ValueError(
+                    f"Parameter `params[{k}]` should fit in the buffer of {self._numel} "
+                    f"elements. Found `params[{k}] = {p}`, which ends at "
+                    f"{p.offset + p.numel}."
+                )
+            if p.numel == 0:
+                continue
+            # every element of the slot belongs to a segment: walk the segments it crosses
+            cursor, end = p.offset, p.offset + p.numel
+            j = bisect.bisect_right(starts, cursor) - 1
+            while cursor < end and 0 <= j < len(starts):
+                seg = self._segments[j]
+                if seg.start > cursor:
+                    break
+                cursor = max(cursor, seg.end)
+                j += 1
+            if cursor < end:
+                raise ValueError(
+                    f"Parameter `params[{k}]` should lie inside the segments. Found "
+                    f"`params[{k}] = {p}`, whose element {cursor} is in no segment (padding is "
+                    "never combined); widen the segments or move the slot."
+                )
+            if previous is not None and p.offset < previous[1].offset + previous[1].numel:
+                raise ValueError(
+                    f"Parameter slots should not share elements. Found `params[{previous[0]}] "
+                    f"= {previous[1]}` and `params[{k}] = {p}` overlapping; give each tensor "
+                    "its own slot (list a tied weight once)."
+                )
+            previous = (k, p)
+        return params
 
     _registry: weakref.WeakValueDictionary[int, GradLayout] = weakref.WeakValueDictionary()
 
@@ -196,16 +341,27 @@ class GradLayout:
             (0, 16, 16)
         """
         alignment = _check_alignment(alignment)
-        sizes = [int(n) for n in sizes]
+        sizes = _as_counts("sizes", sizes, "one segment length each")
+        if not sizes:
+            raise ValueError(
+                "Parameter `sizes` should list at least one segment (a size may be 0). "
+                "Found `sizes = []`."
+            )
         starts, cursor = [], 0
         for n in sizes:
             starts.append(cursor)
             cursor = _round_up(cursor + n, alignment)
+        if cursor > _MAX_ELEMENTS:
+            raise ValueError(
+                "Parameter `sizes` should add up (with padding) to fewer than 2**63 elements "
+                f"(offsets are int64). Found {cursor} elements."
+            )
         return cls(starts, sizes, cursor, alignment=alignment, names=names)
 
     @classmethod
     def single(cls, numel: int) -> GradLayout:
         """One segment spanning a whole buffer of ``numel`` elements (no padding)."""
+        numel = _as_count("numel", numel)
         return cls([0], [numel], numel)
 
     @classmethod
@@ -229,14 +385,29 @@ class GradLayout:
                 f"Found `granularity = {granularity!r}`."
             )
         alignment = _check_alignment(alignment)
+        if isinstance(params, (torch.Tensor, str, bytes)) or not isinstance(params, Iterable):
+            raise TypeError(
+                "Parameter `params` should be an iterable of tensors or (name, tensor) pairs, "
+                "e.g. `model.parameters()` or `model.named_parameters()` (wrap a single tensor "
+                f"in a list). Found `params` of type {type(params).__name__}."
+            )
         named: list[tuple[str | None, torch.Tensor]] = []
         seen: set[int] = set()
-        for item in params:
-            name, tensor = item if isinstance(item, tuple) else (None, item)
+        for k, item in enumerate(params):
+            if isinstance(item, tuple):
+                if len(item) != 2 or not isinstance(item[0], str):
+                    raise TypeError(
+                        "Parameter `params` should yield tensors or (name, tensor) pairs with a "
+                        f"str name. Found `params[{k}]` = a tuple of "
+                        f"({', '.join(type(x).__name__ for x in item)})."
+                    )
+                name, tensor = item
+            else:
+                name, tensor = None, item
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(
-                    "`params` should yield tensors or (name, tensor) pairs. "
-                    f"Found {type(tensor).__name__}."
+                    "Parameter `params` should yield tensors or (name, tensor) pairs. "
+                    f"Found `params[{k}]` of type {type(tensor).__name__}."
                 )
             if id(tensor) in seen:
                 continue
@@ -281,6 +452,16 @@ class GradLayout:
         trainable_only: bool = True,
     ) -> GradLayout:
         """Layout over a module's (trainable) named parameters, in ``named_parameters()`` order."""
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                "Parameter `module` should be a torch.nn.Module (use `GradLayout.from_params` "
+                f"for a list of tensors). Found `module` of type {type(module).__name__}."
+            )
+        if not isinstance(trainable_only, bool):
+            raise TypeError(
+                "Parameter `trainable_only` should be a bool. "
+                f"Found `trainable_only = {trainable_only!r}`."
+            )
         params = [
             (name, p)
             for name, p in module.named_parameters()

@@ -1,20 +1,75 @@
 """The reference combine: plain torch, one function per method, to be read next to the paper.
 
 ``r`` is the retain gradient g_r, ``f`` the forget gradient g_f, ``alpha`` the retain weight (α)
-and ``gamma`` the forget weight (γ), as in SPEC.md and Section 3 of the paper. Every function takes
-1-D tensors already in the compute dtype and returns g_final in that dtype. This module defines
-the truth that the Triton kernels are fuzzed against, and it is the CPU backend for now.
+and ``gamma`` the forget weight (γ), as in the README's Contract and Section 3 of the paper
+(arXiv:2604.14808). Every function takes 1-D tensors already in the compute dtype and returns
+g_final in that dtype. This module defines the truth that the other backends are fuzzed against,
+and it is the CPU backend wherever the native library is not built.
 
-Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``.
+Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``. Dot
+products are summed in a fixed order (:func:`fixed_order_dots`), so the results are the same bits
+for any ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .layout import GradLayout
+
+# --------------------------------------------------------------------------- fixed-order dots
+
+_BLOCK = 4096
+"""Elements per block of a dot. ATen sums a tensor of fewer than 32768 elements (its
+``GRAIN_SIZE``) on one thread, and a bigger reduction with more than one output is split over
+threads by outputs, each output summed whole by one thread: so a block's sum, hence every bit of
+a dot, is the same for any ``torch.get_num_threads()``."""
+
+_CHUNK = 256 * _BLOCK
+"""Elements multiplied at a time: bounds a dot's temporaries (one product row of 4 MB each)."""
+
+
+def _block_sums(x: torch.Tensor) -> torch.Tensor:
+    """``[k, n]`` -> ``[k, ceil(n / _BLOCK)]``: the sum of each block of ``_BLOCK`` elements."""
+    full = x.shape[1] - x.shape[1] % _BLOCK
+    parts = [x[:, :full].unflatten(1, (-1, _BLOCK)).sum(-1)] if full else []
+    if full < x.shape[1]:
+        parts.append(x[:, full:].sum(-1, keepdim=True))
+    return torch.cat(parts, 1)
+
+
+def fixed_order_dots(
+    vectors: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """``[len(pairs)]``: vectors[i]·vectors[j] for each pair ``(i, j)``, in the vectors' dtype.
+
+    Why not ``torch.dot``: its summation order, hence its bits, change with
+    ``torch.get_num_threads()``. Here the order depends on the length alone: products in the
+    vectors' dtype (as ``torch.dot``), summed in that dtype within blocks of :data:`_BLOCK`
+    elements, the block sums added in float64 over blocks of blocks, and the total rounded once.
+    """
+    dtype, device = vectors[0].dtype, vectors[0].device
+    n = vectors[0].numel()
+    if n == 0:
+        return torch.zeros(len(pairs), dtype=dtype, device=device)
+    if n <= _BLOCK:  # one block: fewer, larger ops for the many small segments of a model
+        left = torch.stack([vectors[i] for i, _ in pairs])
+        return (left * torch.stack([vectors[j] for _, j in pairs])).sum(-1)
+    products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device)
+    partials = []
+    for lo in range(0, n, _CHUNK):  # chunks are whole blocks: the blocks do not depend on _CHUNK
+        hi = min(lo + _CHUNK, n)
+        p = products[:, : hi - lo]
+        for q, (i, j) in enumerate(pairs):
+            torch.mul(vectors[i][lo:hi], vectors[j][lo:hi], out=p[q])
+        partials.append(_block_sums(p))
+    sums = torch.cat(partials, 1).to(torch.float64)
+    while sums.shape[1] > 1:
+        sums = _block_sums(sums)
+    return sums[:, 0].to(dtype)
+
 
 # --------------------------------------------------------------------------- element helpers
 
@@ -27,7 +82,7 @@ def _magnitude_bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def conflict_mask(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """conflict_i ⇔ f_i and r_i are both non-zero and of opposite sign (SPEC).
+    """conflict_i ⇔ f_i and r_i are both non-zero and of opposite sign (README, Contract).
 
     Decided on sign bits and magnitude bits, never on the product f_i·r_i (which underflows to 0
     for tiny values) nor on float comparisons (which a flush-denormals mode would change).
@@ -78,7 +133,8 @@ Dots = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def segment_dots(r: torch.Tensor, f: torch.Tensor) -> Dots:
-    """(f·r, r·r, f·f), each summed in the compute dtype.
+    """(f·r, r·r, f·f), each summed in the compute dtype, in a fixed order
+    (:func:`fixed_order_dots`).
 
     Projection methods need all three finite, even where the formula uses two: r·r and f·f sum
     non-negative terms, so whether they overflow does not depend on the summation order, and when
@@ -87,7 +143,8 @@ def segment_dots(r: torch.Tensor, f: torch.Tensor) -> Dots:
     [2e38, 2e38, −2e38, −2e38]·[1, 1, 1, 1] is inf, NaN or 0), and backends sum in different
     orders and widths; with this rule they all write the same segments as NaN.
     """
-    return torch.dot(f, r), torch.dot(r, r), torch.dot(f, f)
+    d, n, m = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)]).unbind()
+    return d, n, m
 
 
 def pcgrad(
@@ -144,6 +201,7 @@ MethodFn = Callable[..., torch.Tensor]
 
 STAT_COLUMNS = ("dot_fr", "dot_rr", "dot_ff", "dot_oo", "dot_or", "dot_of")
 """Per-segment sums every backend produces for the statistics (see ``stats.py``)."""
+_STAT_PAIRS = ((0, 1), (1, 1), (0, 0), (2, 2), (2, 1), (2, 0))  # of (f, r, o), STAT_COLUMNS order
 
 
 def combine(
@@ -187,7 +245,7 @@ def combine(
         seg_dots = torch.zeros((len(segments), 3), dtype=compute_dtype, device=r_all.device)
         for j, s in enumerate(segments):
             r, f = r_all[s.start : s.end], f_all[s.start : s.end]
-            seg_dots[j] = torch.stack([f @ r, r @ r, f @ f])
+            seg_dots[j] = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)])
         reduce(seg_dots)
     if scope == "global":
         r = torch.cat([r_all[s.start : s.end] for s in segments])
@@ -212,7 +270,7 @@ def combine(
     rows, conflicts = [], []
     for s in segments:
         r, f, o = r_all[s.start : s.end], f_all[s.start : s.end], out[s.start : s.end]
-        rows.append(torch.stack([f @ r, r @ r, f @ f, o @ o, o @ r, o @ f]))
+        rows.append(fixed_order_dots([f, r, o], _STAT_PAIRS))
         conflicts.append(conflict_mask(f, r).sum())
     return out, torch.stack(rows), torch.stack(conflicts)
 

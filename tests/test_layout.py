@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -105,3 +108,185 @@ def test_layout_identity():
     )
     assert a != sk.GradLayout.from_sizes([4, 3])
     assert "num_segments=2" in repr(a)
+
+
+# --------------------------------------------------------------------------- input validation
+# Sizes, offsets and shapes count elements: a float is never rounded, a bool or a string never
+# read as a number, and every error names the parameter it is about and what was found.
+
+
+@contextlib.contextmanager
+def _raises(error, *fragments):
+    """``pytest.raises(error)``, then check that the message holds each literal fragment."""
+    with pytest.raises(error) as info:
+        yield info
+    for fragment in fragments:
+        assert fragment in str(info.value), f"{fragment!r} not in {str(info.value)!r}"
+
+
+@pytest.mark.parametrize(
+    "sizes, error, fragments",
+    [
+        ([2.7], TypeError, ("Parameter `sizes[0]` should be an int >= 0", "Round it yourself")),
+        ([3, 2.0], TypeError, ("Parameter `sizes[1]`", "Found `sizes[1] = 2.0`")),
+        (["5"], TypeError, ("Parameter `sizes[0]`", "of type str")),
+        ([True], TypeError, ("Parameter `sizes[0]`", "of type bool")),
+        ([float("inf")], TypeError, ("Parameter `sizes[0]`", "Found `sizes[0] = inf`")),
+        ([float("nan")], TypeError, ("Parameter `sizes[0]`",)),
+        ([torch.tensor(2.0)], TypeError, ("Parameter `sizes[0]`",)),
+        ([torch.tensor(True)], TypeError, ("Parameter `sizes[0]`",)),
+        ([torch.tensor([3, 4])], TypeError, ("Parameter `sizes[0]`",)),
+        ([np.float32(3.0)], TypeError, ("Parameter `sizes[0]`",)),
+        ([np.True_], TypeError, ("Parameter `sizes[0]`",)),
+        ([4, -1], ValueError, ("Parameter `sizes[1]` should be an int >= 0", "`sizes[1] = -1`")),
+        ([2**63], ValueError, ("Parameter `sizes[0]` should fit in int64",)),
+        ([2**62, 2**62], ValueError, ("Parameter `sizes` should add up",)),
+        (5, TypeError, ("Parameter `sizes` should be an iterable", "Found `sizes = 5`")),
+        ("35", TypeError, ("Parameter `sizes` should be an iterable",)),
+        (torch.zeros(2, 2, dtype=torch.int64), TypeError, ("`sizes.shape = (2, 2)`",)),
+        ([], ValueError, ("Parameter `sizes` should list at least one segment",)),
+    ],
+)
+def test_from_sizes_refuses_what_is_not_a_count(sizes, error, fragments):
+    with _raises(error, *fragments):
+        sk.GradLayout.from_sizes(sizes)
+
+
+def test_integer_scalars_count_as_ints():
+    layout = sk.GradLayout.from_sizes(
+        [np.int64(3), torch.tensor(5), np.uint8(2)], alignment=np.int32(16)
+    )
+    assert layout.numels == (3, 5, 2) and layout.alignment == 16
+    assert all(type(n) is int for n in (*layout.starts, *layout.numels, layout.numel))
+    assert sk.GradLayout.from_sizes(np.array([3, 4])) == sk.GradLayout.from_sizes([3, 4])
+    assert sk.GradLayout.from_sizes(torch.tensor([3, 4])) == sk.GradLayout.from_sizes([3, 4])
+    assert sk.GradLayout.from_sizes(n for n in (3, 4)) == sk.GradLayout.from_sizes([3, 4])
+    slot = sk.ParamSlot(np.int64(2), torch.Size([2, 3]))
+    assert slot == sk.ParamSlot(2, (2, 3)) and type(slot.shape) is tuple and slot.numel == 6
+
+
+@pytest.mark.parametrize(
+    "alignment, error",
+    [(1.5, TypeError), (16.0, TypeError), (True, TypeError), ("64", TypeError), (0, ValueError),
+     (-64, ValueError)],
+)  # fmt: skip
+def test_alignment_is_a_positive_int_everywhere(alignment, error):
+    w = torch.nn.Parameter(torch.zeros(3))
+    for build in (
+        lambda: sk.GradLayout.from_sizes([3], alignment=alignment),
+        lambda: sk.GradLayout.from_params([w], alignment=alignment),
+        lambda: sk.GradLayout([0], [3], 3, alignment=alignment),
+    ):
+        with _raises(error, "Parameter `alignment` should be an int >= 1", "Found `alignment"):
+            build()
+
+
+@pytest.mark.parametrize(
+    "build, error, fragments",
+    [
+        (lambda: sk.ParamSlot(0, (-2, -2)), ValueError, ("`ParamSlot.shape[0]`", "= -2")),
+        (lambda: sk.ParamSlot(0, (3, 2.5)), TypeError, ("`ParamSlot.shape[1]`",)),
+        (lambda: sk.ParamSlot(0, 5), TypeError, ("`ParamSlot.shape` should be a tuple", "(n,)")),
+        (lambda: sk.ParamSlot(0, "ab"), TypeError, ("`ParamSlot.shape`",)),
+        (lambda: sk.ParamSlot(1.0, (2,)), TypeError, ("`ParamSlot.offset`",)),
+        (lambda: sk.ParamSlot(-1, (2,)), ValueError, ("`ParamSlot.offset`",)),
+        (lambda: sk.ParamSlot(0, (2,), name=3), TypeError, ("`ParamSlot.name`",)),
+        (lambda: sk.ParamSlot(2**62, (2**62,)), ValueError, ("2**63",)),
+        (lambda: sk.Segment(-1, 3), ValueError, ("`Segment.start`",)),
+        (lambda: sk.Segment(0, 2.0), TypeError, ("`Segment.numel`",)),
+        (lambda: sk.Segment(0, 1, name=b"x"), TypeError, ("`Segment.name`",)),
+    ],
+)
+def test_slots_and_segments_hold_only_counts(build, error, fragments):
+    with _raises(error, *fragments):
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragments",
+    [
+        (dict(starts=[0.5], numels=[3], numel=10), TypeError, ("`starts[0]`",)),
+        (dict(starts=[0], numels=["3"], numel=10), TypeError, ("`numels[0]`",)),
+        (dict(starts=[-4], numels=[3], numel=10), ValueError, ("`starts[0]`", ">= 0")),
+        (dict(starts=[0], numels=[3], numel=10.0), TypeError, ("`numel`", "10.0")),
+        (dict(starts=[0], numels=[3], numel=-1), ValueError, ("`numel`",)),
+        (dict(starts=0, numels=[3], numel=10), TypeError, ("`starts` should be an iterable",)),
+        (dict(starts=[0, 4], numels=[3, 3], numel=6), ValueError, ("`numel`", "ends at element 7")),
+        (dict(starts=[4, 0], numels=[3, 3], numel=8), ValueError, ("`starts[1] = 0`", "sort")),
+        (dict(starts=[0], numels=[3], numel=3, names="a"), TypeError, ("`names`",)),
+        (dict(starts=[0], numels=[3], numel=3, names=[1]), TypeError, ("`names[0]`",)),
+        (dict(starts=[0], numels=[3], numel=3, names=["a", "b"]), ValueError,
+         ("`names` should have one entry per segment (1)", "`len(names) = 2`")),
+    ],
+)  # fmt: skip
+def test_explicit_layout_refuses_junk(kwargs, error, fragments):
+    with _raises(error, *fragments):
+        sk.GradLayout(**kwargs)
+
+
+def test_from_sizes_names_are_checked():
+    with _raises(ValueError, "`names` should have one entry per segment (2)"):
+        sk.GradLayout.from_sizes([3, 4], names=["only one"])
+    with _raises(TypeError, "`names`"):
+        sk.GradLayout.from_sizes([3, 4], names="ab")  # a string is not a list of two names
+    assert [s.name for s in sk.GradLayout.from_sizes([3, 4], names=["a", None]).segments] == [
+        "a",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "params, error, fragments",
+    [
+        ([sk.ParamSlot(4, (7,))], ValueError, ("`params[0]` should fit", "ends at 11")),
+        ([sk.ParamSlot(12, (0,))], ValueError, ("`params[0]` should fit",)),
+        ([sk.ParamSlot(0, (5,))], ValueError, ("`params[0]` should lie inside the segments",
+                                               "element 3")),
+        ([sk.ParamSlot(0, (3,)), sk.ParamSlot(2, (1,))], ValueError,
+         ("should not share elements", "`params[0]", "`params[1]")),
+        ([sk.ParamSlot(5, (1,)), sk.ParamSlot(4, (3,))], ValueError,
+         ("should not share elements",)),
+        ([(0, (3,))], TypeError, ("`params[0]` of type tuple",)),
+        (sk.ParamSlot(0, (3,)), TypeError, ("`params` should be a sequence of ParamSlot",)),
+    ],
+)  # fmt: skip
+def test_explicit_param_slots_lie_in_segments_without_overlap(params, error, fragments):
+    # segments [0, 3) and [4, 7) of a 10-element buffer; element 3 is padding
+    with _raises(error, *fragments):
+        sk.GradLayout([0, 4], [3, 3], 10, params=params)
+
+
+def test_explicit_param_slots_that_fit():
+    layout = sk.GradLayout(
+        [0, 3, 8],
+        [3, 2, 2],
+        10,
+        params=[sk.ParamSlot(8, (2, 1)), sk.ParamSlot(1, (2, 2)), sk.ParamSlot(9, (0,))],
+    )  # a slot may span adjacent segments; empty slots take no room
+    assert [tuple(v.shape) for v in layout.views(layout.new_buffer())] == [(2, 1), (2, 2), (0,)]
+
+
+def test_from_params_and_from_module_refuse_junk():
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    with _raises(TypeError, "Parameter `params`", "wrap a single tensor in a list"):
+        sk.GradLayout.from_params(w)  # would otherwise lay out its rows as parameters
+    with _raises(TypeError, "Parameter `params`", "of type int"):
+        sk.GradLayout.from_params(5)
+    with _raises(TypeError, "`params[0]` = a tuple of (str, Parameter, int)"):
+        sk.GradLayout.from_params([("w", w, 1)])
+    with _raises(TypeError, "`params[0]` = a tuple of (int, Parameter)"):
+        sk.GradLayout.from_params([(0, w)])
+    with _raises(TypeError, "`params[1]` of type list"):
+        sk.GradLayout.from_params([w, [1.0]])
+    with _raises(TypeError, "Parameter `module` should be a torch.nn.Module"):
+        sk.GradLayout.from_module([w])
+    with _raises(TypeError, "Parameter `trainable_only` should be a bool"):
+        sk.GradLayout.from_module(torch.nn.Linear(2, 2), trainable_only="no")
+
+
+def test_single_checks_numel():
+    assert sk.GradLayout.single(np.int64(5)).numel == 5
+    with _raises(TypeError, "Parameter `numel`"):
+        sk.GradLayout.single(5.5)
+    with _raises(ValueError, "Parameter `numel`"):
+        sk.GradLayout.single(-1)

@@ -1,4 +1,4 @@
-"""Each loss against a hand computation on a tiny batch (SPEC "Losses")."""
+"""Each loss against a hand computation on a tiny batch (README, "Unlearning losses")."""
 
 from __future__ import annotations
 

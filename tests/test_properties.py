@@ -1,4 +1,5 @@
-"""SPEC's properties, checked directly on every backend, and hand-computed examples."""
+"""The contract's properties (README, Contract), checked directly on every backend, and
+hand-computed examples."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_sago_sign_alignment_and_disjoint_support(
         assert ((os_.double() * rs.double()) >= 0).all(), "SAGO output opposes the retain gradient"
         conflict = reference.conflict_mask(fs, rs)
         expect = torch.where(conflict, alpha * rs, gamma * fs).to(dtype)
-        assert torch.equal(os_, expect), "gate decision or rounding differs from SPEC"
+        assert torch.equal(os_, expect), "gate decision or rounding differs from the contract"
 
 
 def test_sago_decides_on_signs_not_products(backend, device):
