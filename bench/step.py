@@ -3,10 +3,12 @@
     python bench/step.py --device cuda --out step_out     # ~1B parameters, bf16 (the GPU check)
     python bench/step.py                                  # CPU: a tiny model, a smoke test
 
-A step is: forget loss backward, retain loss backward, combine, AdamW (fused on CUDA). Three ways to take it:
+A step is: forget loss backward, retain loss backward, combine, AdamW (fused on CUDA). Three
+ways to take it:
 
-- ``synthesizer``: ``GradientSynthesizer`` + ``unlearning_step``; autograd writes both gradients
-  into two flat buffers and the fused combine turns the retain one into g_final in place.
+- ``synthesizer``: ``GradientSynthesizer`` (the calls of ``unlearning_step``, inlined to time the
+  combine); autograd writes both gradients into two flat buffers and the fused combine turns the
+  retain one into g_final in place.
 - ``paper``: what the paper's public code does: each task's gradients cloned per parameter,
   then an eager per-parameter combine (boolean masks for SAGO, a ``.item()`` branch for PCGrad;
   ``peers.py``) assigned to ``.grad``.

@@ -85,8 +85,11 @@ def step_verdicts(step: dict | None) -> list[tuple[str, str, str]]:
     grad = step["grad_gib"]
     for ckpt in sorted({bool(r.get("checkpointing")) for r in synth}):
         name = memory_name + (", gradient checkpointing" if ckpt else ", no checkpointing")
-        paper = {r["variant"].split("/")[1]: r for r in rows
-                 if r["variant"].startswith("paper/") and bool(r.get("checkpointing")) == ckpt}  # fmt: skip
+        paper = {
+            r["variant"].split("/")[1]: r
+            for r in rows
+            if r["variant"].startswith("paper/") and bool(r.get("checkpointing")) == ckpt
+        }
         gaps = [
             (label(r), paper[label(r).split()[0]]["peak_gib"] - r["peak_gib"])
             for r in synth

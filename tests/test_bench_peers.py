@@ -156,8 +156,13 @@ def test_step_verdicts_follow_the_numbers():
         return {"variant": variant, "peak_gib": peak, "combine_share": share,
                 "checkpointing": ckpt}  # fmt: skip
 
-    rows = [row("summed", 8.0), row("synthesizer/sago", 10.0, 0.01), row("paper/sago", 12.5),
-            row("synthesizer/sago", 9.0, 0.03, True), row("paper/sago", 9.5, ckpt=True)]  # fmt: skip
+    rows = [
+        row("summed", 8.0),
+        row("synthesizer/sago", 10.0, 0.01),
+        row("paper/sago", 12.5),
+        row("synthesizer/sago", 9.0, 0.03, True),
+        row("paper/sago", 9.5, ckpt=True),
+    ]
     verdicts = step_verdicts({"rows": rows, "grad_gib": 2.0})
     assert [(name.split(",")[-1].strip(), status) for name, status, _ in verdicts] == [
         ("combine ≤ 2% of the Algorithm 1 step (~1B Llama)", "**not met**"),

@@ -1,4 +1,4 @@
-// One fused, in-place pass over flat gradient buffers on the CPU (SPEC.md semantics).
+// One fused, in-place pass over flat gradient buffers on the CPU (the README's Contract).
 //
 // This file is compiled once per instruction set (SAGO_ISA = baseline, avx2, avx512; see
 // CMakeLists.txt) into its own namespace; sago_native.cpp picks one at run time. The code is
