@@ -13,7 +13,7 @@
 # Every step has its own timeout and writes into OUT as it goes (the benchmarks rewrite their
 # JSON after each method, setting or variant; test failures go to failures.log as they
 # happen), so what a step finished survives a later timeout. Step timeouts (s), full / quick:
-# tests 110/45, benchmark 1 60/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
+# tests 120/45, benchmark 1 60/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
 # ONLY="tests bench1 compiled sweep step" (any subset) runs just those steps.
 set -uo pipefail
 OUT="${1:-gpu_check_out}"
@@ -61,8 +61,8 @@ if (( QUICK )); then
 else
     TESTS=(tests/test_combine_fuzz.py tests/test_properties.py tests/test_no_host_sync.py
            tests/test_large_offsets.py tests/test_compile.py tests/test_synthesizer.py
-           tests/test_grads.py)
-    LIMIT=110
+           tests/test_grads.py tests/test_validation.py tests/test_synthesizer_misuse.py)
+    LIMIT=120
 fi
 SAGO_FAILURE_LOG="$OUT/failures.log" timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q \
     -p no:cacheprovider -p no:benchmark --maxfail=40 "${PARALLEL[@]}" --durations=8 2>&1 \
