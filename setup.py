@@ -88,6 +88,10 @@ setup(
             "transformers>=4.46",
             "accelerate>=1.0",
             "matplotlib",
+            # the oracle of the Gramian weightings (tests/test_weightings.py), with the solvers
+            # its UPGrad/DualProj, CAGrad and Nash-MTL need
+            "torchjd[quadprog-projector,cagrad,nash-mtl]==0.18.0",
+            "ecos>=2.0.14",
         ],
     },
 )

@@ -9,6 +9,9 @@
                    formulas and the issue's description, not copied from anywhere).
 4. ``compiled``  — ``torch.compile`` of the reference for a fixed layout (compile time is
                    reported separately and excluded from the timing).
+5. ``torchjd``   — for the Gramian weightings (``upgrad``, ``mgda``, ...): TorchJD's aggregator
+                   of the same name on each segment's Jacobian [γ·f; α·r], as a TorchJD user
+                   applies it per module (its solvers run on the CPU: host syncs per segment).
 
 Every peer has the signature ``fn(retain, forget) -> None`` after ``make(...)``: it writes g_final
 into ``retain`` like the fused call.
@@ -138,4 +141,40 @@ def make_compiled(
     return run
 
 
-PEERS = ("fused", "native", "reference", "paper", "compiled")
+def _torchjd_aggregator(method: str):
+    import torchjd.aggregation as a
+
+    return {
+        "upgrad": a.UPGrad, "dualproj": a.DualProj, "mgda": a.MGDA, "imtl_g": a.IMTLG,
+        "aligned_mtl": a.AlignedMTL, "cagrad": lambda: a.CAGrad(c=0.5),
+        "nash_mtl": lambda: a.NashMTL(n_tasks=2), "pcgrad_symmetric": a.PCGrad, "config": a.ConFIG,
+    }[method]()  # fmt: skip
+
+
+TORCHJD_METHODS = (
+    "upgrad", "dualproj", "mgda", "imtl_g", "aligned_mtl", "cagrad", "nash_mtl",
+    "pcgrad_symmetric", "config",
+)  # fmt: skip
+
+
+def make_torchjd(
+    layout: sk.GradLayout, method: str, alpha: float = 1.0, gamma: float = 1.0
+) -> Peer:
+    """TorchJD's aggregator per segment: stack the two gradients into a Jacobian, aggregate, copy
+    the result back (what using TorchJD per module on flat buffers costs). 16-bit gradients are
+    aggregated in float32: TorchJD's quadratic-programming projector refuses bfloat16."""
+    aggregate = _torchjd_aggregator(method)
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        for rv, fv in zip(layout.segment_views(retain), layout.segment_views(forget)):
+            if rv.numel() == 0:
+                continue
+            jacobian = torch.stack([gamma * fv, alpha * rv])
+            if jacobian.dtype != torch.float64:
+                jacobian = jacobian.float()
+            rv.copy_(aggregate(jacobian))
+
+    return run
+
+
+PEERS = ("fused", "native", "reference", "paper", "compiled", "torchjd")

@@ -31,7 +31,14 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chat
 # segments let the next peer use the space (seen on an H200: per-parameter peers then OOM'd too).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import torch  # noqa: E402
-from peers import make_compiled, make_fused, make_paper, make_reference
+from peers import (
+    TORCHJD_METHODS,
+    make_compiled,
+    make_fused,
+    make_paper,
+    make_reference,
+    make_torchjd,
+)
 
 import sago_kernels as sk
 from sago_kernels.methods import METHODS
@@ -213,9 +220,11 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     peers["native"] = (make_fused(layout, method, "native"), 0.0)
                 if "reference" in args.peers:
                     peers["reference"] = (make_reference(layout, method), 0.0)
-                if "paper" in args.peers:
+                if "paper" in args.peers and not METHODS[method].weighting:
                     peers["paper"] = (make_paper(layout, method), 0.0)
-                if "compiled" in args.peers:
+                if "torchjd" in args.peers and method in TORCHJD_METHODS:
+                    peers["torchjd"] = (make_torchjd(layout, method), 0.0)
+                if "compiled" in args.peers and not METHODS[method].weighting:
                     peer = make_compiled(layout, method, device)
                     start = time.perf_counter()
                     try:
@@ -353,7 +362,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--peers",
         nargs="+",
         default=["fused", "native", "reference", "paper", "compiled"],
-        choices=["fused", "native", "reference", "paper", "compiled"],
+        choices=["fused", "native", "reference", "paper", "compiled", "torchjd"],
     )
     p.add_argument(
         "--interpret",

@@ -15,9 +15,10 @@ from .combine import combine_
 from .dispatch import backends
 from .grads import combine_grads_
 from .layout import DEFAULT_ALIGNMENT, GradLayout, ParamSlot, Segment
-from .methods import METHODS, Method, methods
+from .methods import METHODS, Method, method_with, methods, weighting_method
 from .stats import FIELDS, CombineStats, Geometry
 from .synthesizer import GradientSynthesizer
+from .weightings import GradVac, torchjd_weighting
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "METHODS",
     "CombineStats",
     "Geometry",
+    "GradVac",
     "GradLayout",
     "GradientSynthesizer",
     "Method",
@@ -37,7 +39,10 @@ __all__ = [
     "combine_grads_",
     "StepResult",
     "losses",
+    "method_with",
     "methods",
     "reference",
     "unlearning_step",
+    "torchjd_weighting",
+    "weighting_method",
 ]

@@ -10,10 +10,13 @@ from . import ops, sharding
 from ._validation import check_combine_args, check_requires_grad, check_scalar, mark_written
 from .dispatch import resolve_backend
 from .layout import GradLayout
-from .methods import get_method
+from .methods import Method, get_method
 from .stats import CombineStats
+from .weightings import Weighting
 
 MethodName = Literal["sum", "sago", "sago_prefer_retain", "pcgrad", "pcgrad_global", "blur"]
+MethodArg = MethodName | str | Method | Weighting
+"""A registered name (``sk.methods()``), a :class:`Method`, or a Gramian weighting callable."""
 BackendName = Literal["triton", "native", "reference"]
 
 
@@ -23,7 +26,7 @@ def combine_(
     forget: torch.Tensor,
     *,
     layout: GradLayout | None = ...,
-    method: MethodName = ...,
+    method: MethodArg = ...,
     alpha: float = ...,
     gamma: float = ...,
     eps: float = ...,
@@ -40,7 +43,7 @@ def combine_(
     forget: torch.Tensor,
     *,
     layout: GradLayout | None = ...,
-    method: MethodName = ...,
+    method: MethodArg = ...,
     alpha: float = ...,
     gamma: float = ...,
     eps: float = ...,
@@ -56,7 +59,7 @@ def combine_(
     forget: torch.Tensor,
     *,
     layout: GradLayout | None = None,
-    method: MethodName = "sago",
+    method: MethodArg = "sago",
     alpha: float = 1.0,
     gamma: float = 1.0,
     eps: float = 1e-10,
@@ -74,7 +77,10 @@ def combine_(
         layout: the segments of the buffers (see :class:`GradLayout`). ``None``: the whole buffer
             is one segment. Elements outside every segment are neither read nor written.
         method: ``"sum"``, ``"sago"``, ``"sago_prefer_retain"``, ``"pcgrad"`` (per segment),
-            ``"pcgrad_global"`` or ``"blur"``; see ``sk.METHODS`` and the README.
+            ``"pcgrad_global"``, ``"blur"``, a Gramian weighting (``"upgrad"``, ``"mgda"``,
+            ...; see ``sk.METHODS`` and the README), a :class:`Method` (``sk.method_with``,
+            ``sk.weighting_method``), or a callable from ``[S, 2, 2]`` Gramians to ``[S, 2]``
+            weights (``sk.GradVac()`` is one with state).
         alpha: retain weight α; gamma: forget weight γ (Python floats, finite in float32:
             every backend computes in float32, so |α|, |γ| <= 3.4028235e38).
         eps: added to the denominators of projection coefficients (>= 0, finite in float32).
@@ -116,6 +122,12 @@ def combine_(
             raise NotImplementedError(
                 "combine_(..., process_group=...) is not supported inside torch.compile; call "
                 "it outside the compiled region."
+            )
+        if not isinstance(method, str):
+            raise NotImplementedError(
+                "combine_(..., method=<a Method or weighting callable>) is not supported inside "
+                "torch.compile (an op argument cannot be a function); use a registered method "
+                "name there, or call it outside the compiled region."
             )
         check_requires_grad(retain, forget, out)  # the rest: in the op's body, at run time
         target, table = ops.combine_compiled(

@@ -86,7 +86,7 @@ def _reference_combine(
         out, sums, conflicts = reference.combine(
             retain, forget, layout, method.reference, method.scope,
             alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32, with_sums=want_stats,
-            reduce=reduce,
+            reduce=reduce, weighting=method.weighting,
         )  # fmt: skip
         reference.write_segments(target, out, layout)
         if not want_stats:

@@ -6,11 +6,14 @@ function, its scope, and the kernel family and code that implement it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
-from . import reference
+from . import reference, weightings
 from .reference import MethodFn
+from .weightings import Weighting
 
 # Kernel codes, shared by the Triton kernels (``tl.constexpr`` flags) and any native backend.
 GATE_SUM = 0
@@ -18,6 +21,7 @@ GATE_SAGO = 1
 GATE_SAGO_PREFER_RETAIN = 2
 PROJECTION_PCGRAD = 0
 PROJECTION_BLUR = 1
+PROJECTION_WEIGHTING = 2  # weights from a Gramian weighting (weightings.py), not a kernel formula
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,9 @@ class Method:
     ``scope``: ``"element"`` (decided per element; one pass), ``"segment"`` (per-segment dot
     products, then one pass), ``"global"`` (dot products over all segments at once).
     ``code``: the gate code (element methods) or projection code (the others) of the kernels.
+    ``weighting``: for methods defined by a weighting of the 2×2 Gramian (``weightings.py``),
+    the function that turns the segments' Gramians into weights; the backends then compute the
+    coefficients in torch instead of with their own formula.
     """
 
     name: str
@@ -34,6 +41,7 @@ class Method:
     scope: Literal["element", "segment", "global"]
     code: int
     reference: MethodFn
+    weighting: Weighting | None = field(default=None, compare=False)
 
     @property
     def is_projection(self) -> bool:
@@ -79,13 +87,84 @@ _ALL = (
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
 
 
-def get_method(name: str) -> Method:
-    """The registered method called ``name``; a clear error for anything else."""
-    if not isinstance(name, str) or name not in METHODS:
-        raise ValueError(
-            f"Parameter `method` should be one of {sorted(METHODS)}. Found `method = {name!r}`."
+def weighting_method(
+    weighting: Weighting,
+    name: str | None = None,
+    formula: str = "w_0·γ·f + w_1·α·r, w = weighting(Gramian of (γ·f, α·r))",
+    scope: Literal["segment", "global"] = "segment",
+) -> Method:
+    """A method from any weighting of the segments' 2×2 Gramians (``weightings.py``): the fused
+    dots pass, ``weighting`` batched over the segments on the device, the fused write pass.
+
+    ``weighting`` maps ``[S, 2, 2]`` Gramians of the rows (γ·f, α·r) to ``[S, 2]`` weights, on
+    the Gramians' device (float64 where the device has it); it should not synchronise with the
+    host if the combine is to stay asynchronous. ``scope="global"``: one Gramian over all
+    segments, its weights applied everywhere.
+
+    Example:
+        >>> import torch, sago_kernels as sk
+        >>> mean = sk.weighting_method(lambda g: torch.full(g.shape[:-1], 0.5, dtype=g.dtype))
+        >>> r, f = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 4.0])
+        >>> sk.combine_(r, f, method=mean, backend="reference")
+        tensor([2., 1.])
+    """
+    if not callable(weighting):
+        raise TypeError(
+            "Parameter `weighting` should be a callable mapping [S, 2, 2] Gramians to [S, 2] "
+            f"weights. Found `{type(weighting).__name__}`."
         )
-    return METHODS[name]
+    if scope not in ("segment", "global"):
+        raise ValueError(
+            f"Parameter `scope` should be 'segment' or 'global'. Found `scope = {scope!r}`."
+        )
+    if name is None:
+        name = getattr(weighting, "__name__", type(weighting).__name__)
+    fn = functools.partial(weightings.affine_segment, weighting=weighting)
+    return Method(name, formula, scope, PROJECTION_WEIGHTING, fn, weighting)
+
+
+for _name, (_factory, _formula) in weightings.BUILT_IN.items():
+    METHODS[_name] = weighting_method(_factory(), _name, f"per segment, w = {_formula}")
+
+
+def method_with(name: str, **params: object) -> Method:
+    """A built-in Gramian-weighting method with other parameters than its defaults.
+
+    Example:
+        >>> import sago_kernels as sk
+        >>> sk.method_with("cagrad", c=0.2)
+        Method('cagrad(c=0.2)': per segment, w = ½ + c·|g₀|·(t, 1 − t)/|g_w|, c = 0.5: conflict-averse)
+    """
+    if name not in weightings.BUILT_IN:
+        raise ValueError(
+            f"Parameter `name` should be one of {sorted(weightings.BUILT_IN)} (the methods with "
+            f"parameters). Found `name = {name!r}`."
+        )
+    factory, formula = weightings.BUILT_IN[name]
+    try:
+        weighting = factory(**params)
+    except TypeError as error:
+        raise TypeError(f"{name} does not take these parameters: {error}") from None
+    label = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return weighting_method(weighting, f"{name}({label})", f"per segment, w = {formula}")
+
+
+MethodLike = str | Method | Callable[..., object]
+
+
+def get_method(method: MethodLike) -> Method:
+    """The method ``method`` names (or is); a callable is taken as a Gramian weighting
+    (:func:`weighting_method`). A clear error for anything else."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, str) and method in METHODS:
+        return METHODS[method]
+    if callable(method) and not isinstance(method, str):
+        return weighting_method(method)
+    raise ValueError(
+        f"Parameter `method` should be one of {sorted(METHODS)}, a `Method` or a Gramian "
+        f"weighting (a callable, see `sk.weighting_method`). Found `method = {method!r}`."
+    )
 
 
 def methods() -> list[str]:

@@ -30,9 +30,10 @@ from ._scoped import ScopedSetting
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
+from . import weightings
 from .stats import geometry_table
 
-ABI = 3  # SAGO_NATIVE_ABI in csrc/sago_native.h
+ABI = 4  # SAGO_NATIVE_ABI in csrc/sago_native.h
 NUM_SUMS = 6
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SCOPES = {"element": 0, "segment": 1, "global": 2}
@@ -40,7 +41,7 @@ _STATUS = {
     1: "ABI mismatch", 2: "unsupported dtype", 3: "unknown method code", 4: "out of memory",
     5: "unknown phase",
 }  # fmt: skip
-PHASE_ALL, PHASE_DOTS, PHASE_WRITE = 0, 1, 2
+PHASE_ALL, PHASE_DOTS, PHASE_WRITE, PHASE_WRITE_COEF = 0, 1, 2, 3
 
 
 class _CombineArgs(ctypes.Structure):
@@ -70,6 +71,7 @@ class _CombineArgs(ctypes.Structure):
         ("seg_conflicts", ctypes.c_void_p),
         ("phase", ctypes.c_int32),
         ("seg_dots", ctypes.c_void_p),
+        ("seg_coef", ctypes.c_void_p),
     ]
 
 
@@ -300,7 +302,24 @@ def combine_native(
         seg_conflicts=conflicts.data_ptr() if conflicts is not None else None,
         phase=PHASE_ALL,
     )
-    if reduce is not None and method.is_projection:
+    if method.weighting is not None:  # dots here, the weights in torch, the write here
+        dots = torch.zeros((s, 3), dtype=torch.float64)
+        args.seg_dots = dots.data_ptr()
+        args.phase = PHASE_DOTS
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        local_dots = dots.clone() if want_stats else None
+        if reduce is not None:
+            reduce(dots)
+        # rounded to float32 (±inf past its range) as the other backends' dots
+        coef = weightings.coefficients(
+            dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global"
+        ).contiguous()
+        args.seg_coef = coef.data_ptr()
+        args.phase = PHASE_WRITE_COEF
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        if want_stats:
+            sums[:, :3] = local_dots  # the write pass sums only o·o, o·r, o·f
+    elif reduce is not None and method.is_projection:
         dots = torch.zeros((s, 3), dtype=torch.float64)
         args.seg_dots = dots.data_ptr()
         args.phase = PHASE_DOTS

@@ -217,6 +217,7 @@ def combine(
     compute_dtype: torch.dtype = torch.float32,
     with_sums: bool = True,
     reduce: Callable[[torch.Tensor], None] | None = None,
+    weighting: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
@@ -239,6 +240,10 @@ def combine(
     out = torch.zeros_like(r_all)
     segments = layout.segments
     kwargs = dict(alpha=alpha, gamma=gamma, eps=eps)
+
+    if weighting is not None:  # a Gramian weighting: every segment's dots, one weighting call
+        _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
+        return _with_sums(r_all, f_all, out, layout, with_sums)
 
     seg_dots = None
     if reduce is not None and scope != "element":
@@ -265,10 +270,33 @@ def combine(
                 r_all[s.start : s.end], f_all[s.start : s.end], **kwargs
             )
 
+    return _with_sums(r_all, f_all, out, layout, with_sums)
+
+
+def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce) -> None:
+    """a_j·f + b_j·r per segment, the (a_j, b_j) from one call of ``weighting`` on all the
+    segments' Gramians (as the kernels do: a stateful weighting sees one batch per combine)."""
+    from .weightings import coefficients
+
+    segments = layout.segments
+    dots = torch.zeros((len(segments), 3), dtype=r_all.dtype, device=r_all.device)
+    for j, s in enumerate(segments):
+        r, f = r_all[s.start : s.end], f_all[s.start : s.end]
+        dots[j] = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)])
+    if reduce is not None:
+        reduce(dots)
+    coef = coefficients(dots, weighting, alpha, gamma, whole=scope == "global")
+    for j, s in enumerate(segments):
+        a, b = coef[j].unbind()
+        out[s.start : s.end] = a * f_all[s.start : s.end] + b * r_all[s.start : s.end]
+
+
+def _with_sums(r_all, f_all, out, layout, with_sums):
+    """``(out, sums, conflicts)`` as :func:`combine` returns them."""
     if not with_sums:
         return out, None, None
     rows, conflicts = [], []
-    for s in segments:
+    for s in layout.segments:
         r, f, o = r_all[s.start : s.end], f_all[s.start : s.end], out[s.start : s.end]
         rows.append(fixed_order_dots([f, r, o], _STAT_PAIRS))
         conflicts.append(conflict_mask(f, r).sum())

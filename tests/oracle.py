@@ -13,6 +13,11 @@ Bounds, and why:
   m = f·f then propagate into the coefficient c and the weights (a, b) with g = a·f + b·r;
   where |d| is within its error of 0, the PCGrad branch (d < 0) may go either way and both
   outcomes are accepted.
+- Gramian weightings (``weightings.py``): the weights are smooth or piecewise-smooth functions of
+  the dots with no formula-specific bound here, so their error is estimated on the corners of
+  the dots' error box above (27 points, each dot at its truth or either end of its bound), taken
+  twice over, plus the float32 rounding of the weights. Near a switch between two cases (an
+  active constraint, a clamp) the corners see both sides, so both outcomes are accepted.
 - Below 2**-126 float32 has no relative precision: each operation can lose up to 2**-150
   absolutely, scaled by the weights that follow it. On a GPU a float32 result may also flush to
   zero there; both are added as absolute floors.
@@ -24,7 +29,7 @@ import math
 
 import torch
 
-from sago_kernels import reference
+from sago_kernels import reference, weightings
 from sago_kernels.layout import GradLayout
 from sago_kernels.methods import Method
 from sago_kernels.stats import geometry_table
@@ -40,6 +45,7 @@ def truth(retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps)
     return reference.combine(
         retain, forget, layout, method.reference, method.scope,
         alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float64,
+        weighting=method.weighting,
     )  # fmt: skip
 
 
@@ -72,6 +78,29 @@ def output_bound(
     underflow = (2 * abs(gamma) + 2 * abs(alpha) + 4) * 2.0**-149
     if not method.is_projection:
         bound = 2.5 * U32 * (abs(gamma) * f.abs() + abs(alpha) * r.abs()) + underflow
+    elif method.weighting is not None:
+        for group in _groups(layout, method):
+            idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
+            rg, fg = r[idx], f[idx]
+            k = max(len(idx), 1) * U32 * 1.01
+            floor = max(len(idx), 1) * 2.0**-149
+            pairs = [(fg, rg), (rg, rg), (fg, fg)]
+            dots = torch.stack([(x * y).sum() for x, y in pairs])
+            errs = torch.stack([k * (x * y).abs().sum() + floor for x, y in pairs])
+            signs = torch.cartesian_prod(*[torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64)] * 3)
+            corners = dots + signs.to(dots.device) * errs  # row 0: the truth
+            coef = weightings.coefficients(corners, method.weighting, alpha, gamma, whole=False)
+            a, b = coef[0]
+            if not torch.isfinite(coef).all():
+                bound[idx] = math.inf
+                continue
+            da, db = (2 * (coef - coef[0]).abs().amax(0) + 4 * U32 * coef[0].abs()).unbind()
+            bound[idx] = (
+                da * fg.abs()
+                + db * rg.abs()
+                + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
+                + underflow * (1 + a.abs() + b.abs())
+            )
     else:
         for group in _groups(layout, method):
             idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)

@@ -17,7 +17,7 @@ import sago_kernels as sk
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 from conftest import BACKENDS, DEVICE  # noqa: E402
-from peers import make_compiled, make_paper  # noqa: E402
+from peers import TORCHJD_METHODS, make_compiled, make_paper, make_torchjd  # noqa: E402
 
 
 @pytest.mark.parametrize("peer", ["paper", "compiled"])
@@ -38,6 +38,23 @@ def test_peer_matches_the_reference(peer, method):
     got = retain.clone()
     fn(got, forget)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", [m for m in TORCHJD_METHODS if m != "nash_mtl"])
+def test_torchjd_peer_matches_the_fused_method(method):
+    """The TorchJD peer computes what the method of the same name computes (Nash-MTL only agrees
+    in a regime of TorchJD's iterations; tests/test_weightings.py covers it there)."""
+    layout = sk.GradLayout.from_sizes([300, 1, 0, 77, 128], alignment=16)
+    g = torch.Generator().manual_seed(1)
+    retain, forget = layout.new_buffer(), layout.new_buffer()
+    for r, f in zip(layout.segment_views(retain), layout.segment_views(forget)):
+        r.copy_(torch.randn(r.numel(), generator=g))
+        f.copy_(torch.randn(f.numel(), generator=g) - 0.5 * r)
+    want = sk.combine_(retain.clone(), forget, layout=layout, method=method, backend="reference")
+    got = retain.clone()
+    make_torchjd(layout, method)(got, forget)
+    for w, o, r, f in zip(*(layout.segment_views(t) for t in (want, got, retain, forget))):
+        assert (w - o).norm() <= 5e-4 * (r.norm() + f.norm()) + 1e-12, method
 
 
 def test_benchmark_script_runs(tmp_path):

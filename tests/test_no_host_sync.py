@@ -39,6 +39,7 @@ class _RecordingKernel:
 
 LAUNCHES = {  # (method kind, stats) -> launches, as documented in kernels/launch.py
     ("element", False): 1, ("element", True): 3, ("projection", False): 4, ("projection", True): 6,
+    ("weighting", False): 3, ("weighting", True): 5,  # weights from torch ops, not a kernel
 }  # fmt: skip
 
 
@@ -64,7 +65,8 @@ def test_combine_reads_no_tensor_values_on_the_host(backend, device, method, sta
     with forbid_host_reads(monkeypatch):
         sk.combine_(r, f, layout=layout, method=method, stats=stats, backend=backend)
     if log:
-        kind = "projection" if sk.METHODS[method].is_projection else "element"
+        m = sk.METHODS[method]
+        kind = "weighting" if m.weighting else "projection" if m.is_projection else "element"
         assert len(log) == LAUNCHES[(kind, stats)], log
 
 

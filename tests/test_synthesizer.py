@@ -122,7 +122,7 @@ def test_errors():
     with pytest.raises(ValueError, match="one dtype and device"):
         sk.GradientSynthesizer(mixed)
     with pytest.raises(ValueError, match="method"):
-        sk.GradientSynthesizer(model, method="mgda")
+        sk.GradientSynthesizer(model, method="nash")
     with pytest.raises(ValueError, match="finite"):
         sk.GradientSynthesizer(model, gamma=float("nan"))
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)

@@ -375,10 +375,19 @@ class Combine {
         default: return SAGO_BAD_METHOD;
       }
     }
-    if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR) return SAGO_BAD_METHOD;
+    if (A.phase == SAGO_PHASE_WRITE_COEF) {  // the caller's coefficients (a Gramian weighting)
+      for (size_t k = 0; k < coef_.size(); ++k) coef_[k] = A.seg_coef[k];
+      return write_pass<IO, kAffine>();
+    }
+    if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR &&
+        A.code != SAGO_PROJECTION_WEIGHTING) {
+      return SAGO_BAD_METHOD;
+    }
     if (A.phase != SAGO_PHASE_ALL && A.phase != SAGO_PHASE_DOTS && A.phase != SAGO_PHASE_WRITE) {
       return SAGO_BAD_PHASE;
     }
+    // a weighting's coefficients come from the caller: only its DOTS phase runs here
+    if (A.code == SAGO_PROJECTION_WEIGHTING && A.phase != SAGO_PHASE_DOTS) return SAGO_BAD_PHASE;
     std::vector<double> dots;
     try {
       dots.assign(static_cast<size_t>(A.num_segments) * 3, 0.0);

@@ -22,21 +22,33 @@ extern "C" {
 
 // Bumped whenever SagoCombineArgs or a function signature changes; native.py refuses a library
 // built from other sources (e.g. a stale build in the source tree).
-#define SAGO_NATIVE_ABI 3
+#define SAGO_NATIVE_ABI 4
 
 enum SagoDtype { SAGO_FLOAT32 = 0, SAGO_BFLOAT16 = 1, SAGO_FLOAT16 = 2 };
 enum SagoScope { SAGO_ELEMENT = 0, SAGO_SEGMENT = 1, SAGO_GLOBAL = 2 };
 // Gate codes (scope ELEMENT) and projection codes (the other scopes), as in methods.py.
 enum SagoGate { SAGO_GATE_SUM = 0, SAGO_GATE_SAGO = 1, SAGO_GATE_SAGO_PREFER_RETAIN = 2 };
-enum SagoProjection { SAGO_PROJECTION_PCGRAD = 0, SAGO_PROJECTION_BLUR = 1 };
+// WEIGHTING: the weights come from a Gramian weighting computed by the caller (weightings.py):
+// the library runs the DOTS phase, then WRITE_COEF with the caller's coefficients.
+enum SagoProjection {
+  SAGO_PROJECTION_PCGRAD = 0,
+  SAGO_PROJECTION_BLUR = 1,
+  SAGO_PROJECTION_WEIGHTING = 2,
+};
 
 // Instruction sets the kernels are built for (x86-64; elsewhere only BASELINE).
 enum SagoIsa { SAGO_ISA_BASELINE = 0, SAGO_ISA_AVX2 = 1, SAGO_ISA_AVX512 = 2 };
 
 // What one call does. Projection methods on sharded buffers (sharding.py) split the combine
 // around a sum of the per-segment dots over the ranks: DOTS, then the caller reduces seg_dots,
-// then WRITE with the reduced dots.
-enum SagoPhase { SAGO_PHASE_ALL = 0, SAGO_PHASE_DOTS = 1, SAGO_PHASE_WRITE = 2 };
+// then WRITE with the reduced dots. WRITE_COEF writes a·f + b·r with the caller's per-segment
+// coefficients (seg_coef), whatever the method code: Gramian weightings use DOTS, then it.
+enum SagoPhase {
+  SAGO_PHASE_ALL = 0,
+  SAGO_PHASE_DOTS = 1,
+  SAGO_PHASE_WRITE = 2,
+  SAGO_PHASE_WRITE_COEF = 3,
+};
 
 enum SagoStatus {
   SAGO_OK = 0,
@@ -77,6 +89,7 @@ typedef struct SagoCombineArgs {
   int64_t* seg_conflicts;      // [num_segments] when want_stats
   int32_t phase;               // SagoPhase; DOTS and WRITE only for projection methods
   double* seg_dots;            // [num_segments * 3] f·r, r·r, f·f: DOTS writes, WRITE reads
+  const float* seg_coef;       // [num_segments * 2] (a, b) per segment: WRITE_COEF reads
 } SagoCombineArgs;
 
 SAGO_NATIVE_API int32_t sago_native_abi(void);

@@ -7,6 +7,9 @@ Launches per call (N = elements in segments, s = itemsize, S = segments, C = chu
 | element-wise (3 gates) | 1 launch, 3N·s bytes             | 3 launches, 3N·s + O(C + S) bytes |
 | projection             | 4 launches, 5N·s + O(C + S) bytes| 6 launches, 5N·s + O(C + S) bytes |
 
+Gramian weightings (``weightings.py``): the projection launches, with the coefficients kernel
+replaced by O(S) torch ops on the device (one launch fewer, a few small torch kernels more).
+
 Projection: chunk pass (dots) → per-segment sums → coefficients → chunk pass (write). With
 stats, the write pass also emits sums, reduced by one more per-segment launch and the geometry
 kernel. Temporaries are O(C + S) floats; nothing proportional to N is allocated.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import weightings
 from .._scoped import ScopedSetting
 from ..layout import GradLayout
 from ..methods import Method
@@ -206,13 +210,18 @@ def combine_triton(
         dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
         if reduce is not None:
             reduce(dots)
-        dots = _nan_unless_norms_finite(dots, method.scope == "global")
-        coef = torch.empty((s, 2), **f32)
-        _coefficients_kernel[(1,)](
-            dots, coef, s, alpha, gamma, eps,
-            PROJECTION=method.code, GLOBAL=method.scope == "global", SEG_BLOCK=config.seg_block,
-            num_warps=config.seg_warps, enable_fp_fusion=False,
-        )  # fmt: skip
+        if method.weighting is not None:  # a Gramian weighting: its O(S) step in torch
+            coef = weightings.coefficients(
+                dots[:, :3], method.weighting, alpha, gamma, method.scope == "global"
+            )
+        else:
+            dots = _nan_unless_norms_finite(dots, method.scope == "global")
+            coef = torch.empty((s, 2), **f32)
+            _coefficients_kernel[(1,)](
+                dots, coef, s, alpha, gamma, eps,
+                PROJECTION=method.code, GLOBAL=method.scope == "global",
+                SEG_BLOCK=config.seg_block, num_warps=config.seg_warps, enable_fp_fusion=False,
+            )  # fmt: skip
         partial, conflicts = chunk_pass(_tiles.MODE_AFFINE.value, coef, want_stats)
     else:
         partial, conflicts = chunk_pass(method.code, unused_f32, want_stats)

@@ -1,0 +1,286 @@
+"""Gramian weightings (``weightings.py``): TorchJD parity on every backend, their properties,
+user weightings and the TorchJD adapter.
+
+TorchJD (``torchjd[quadprog-projector,cagrad,nash-mtl]``, the test extra) is the oracle: its
+aggregator on the Jacobian [γ·f; α·r] of each segment must agree with the fused combine of the
+method of the same name. Tolerances are relative to |γ·f| + |α·r| and come from what limits
+each comparison: float32 dots and Gramian (~1e-7; 2e-5 allowed), TorchJD's pseudo-inverse and
+eigen-decompositions (IMTL-G, Aligned-MTL, ConFIG: 1e-4), its CAGrad solver's 1e-8 duality gap
+(weights to ~1e-4: 5e-4 allowed), its Nash-MTL convex-concave iterations (1e-3, and only where
+they reach the Nash point: aligned rows of similar norms).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torchjd.aggregation as aggregation
+
+import sago_kernels as sk
+from sago_kernels import weightings
+
+
+TOLERANCE = {
+    "upgrad": 2e-5, "dualproj": 2e-5, "mgda": 2e-5, "pcgrad_symmetric": 2e-5,
+    "imtl_g": 1e-4, "aligned_mtl": 1e-4, "config": 1e-4, "cagrad": 5e-4, "nash_mtl": 1e-3,
+}  # fmt: skip
+
+
+def _torchjd(name: str):
+    return {
+        "upgrad": aggregation.UPGrad,
+        "dualproj": aggregation.DualProj,
+        "mgda": aggregation.MGDA,
+        "imtl_g": aggregation.IMTLG,
+        "aligned_mtl": aggregation.AlignedMTL,
+        "cagrad": lambda: aggregation.CAGrad(c=0.5),
+        "nash_mtl": lambda: aggregation.NashMTL(n_tasks=2),
+        "pcgrad_symmetric": aggregation.PCGrad,
+        "config": aggregation.ConFIG,
+    }[name]()
+
+
+def _pairs(seed: int, method: str) -> tuple[sk.GradLayout, torch.Tensor, torch.Tensor]:
+    """Segments of every regime the weightings distinguish: conflicting, aligned, orthogonal-ish,
+    unequal norms, tiny (Gramian trace under TorchJD's 1e-4), one zero row; for Nash-MTL only
+    the regime where TorchJD's iterations reach the Nash point (aligned, similar norms)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [int(x) for x in torch.randint(3, 200, (24,), generator=g)]
+    layout = sk.GradLayout.from_sizes(sizes)
+    retain, forget = layout.new_buffer(), layout.new_buffer()
+    for i, (r, f) in enumerate(zip(layout.segment_views(retain), layout.segment_views(forget))):
+        r.copy_(torch.randn(r.numel(), generator=g))
+        noise = torch.randn(f.numel(), generator=g)
+        if method == "nash_mtl":
+            f.copy_((0.6 * r + 0.4 * noise) * (0.5 + torch.rand((), generator=g)))
+            continue
+        kind = i % 6
+        if kind == 0:  # conflicting
+            f.copy_(-0.8 * r + 0.4 * noise)
+        elif kind == 1:  # aligned, unequal norms
+            f.copy_(5.0 * (0.7 * r + 0.3 * noise))
+        elif kind == 2:  # tiny: trace of the Gramian below 1e-4
+            r.mul_(1e-4)
+            f.copy_(1e-4 * noise)
+        elif kind == 3 and method not in ("imtl_g", "aligned_mtl", "config"):
+            f.zero_()  # a zero row (TorchJD's rank cut-offs make these noise for the three)
+        else:
+            f.copy_(noise)
+    return layout, retain, forget
+
+
+@pytest.mark.parametrize("method", list(weightings.BUILT_IN))
+def test_every_backend_agrees_with_torchjd(backend, device, method):
+    alpha, gamma = 1.0, 0.7
+    layout, retain, forget = _pairs(0, method)
+    retain, forget = retain.to(device), forget.to(device)
+    out = sk.combine_(
+        retain.clone(), forget, layout=layout, method=method, alpha=alpha, gamma=gamma,
+        backend=backend,
+    )  # fmt: skip
+    for j, (r, f, o) in enumerate(
+        zip(layout.segment_views(retain), layout.segment_views(forget), layout.segment_views(out))
+    ):
+        jacobian = torch.stack([gamma * f, alpha * r]).cpu()
+        want = _torchjd(method)(jacobian)
+        scale = jacobian.norm(dim=1).sum()
+        err = ((o.cpu() - want).norm() / scale).item()
+        assert err <= TOLERANCE[method], f"{backend}/{method} segment {j}: {err:.2e}"
+
+
+def test_parameters_reach_the_weighting():
+    layout, retain, forget = _pairs(1, "cagrad")
+    method = sk.method_with("cagrad", c=0.2)
+    out = sk.combine_(retain.clone(), forget, layout=layout, method=method, backend="reference")
+    for r, f, o in zip(*(layout.segment_views(t) for t in (retain, forget, out))):
+        jacobian = torch.stack([f, r])
+        want = aggregation.CAGrad(c=0.2)(jacobian)
+        assert (o - want).norm() <= TOLERANCE["cagrad"] * jacobian.norm(dim=1).sum()
+    with pytest.raises(TypeError, match="cagrad does not take"):
+        sk.method_with("cagrad", cc=1.0)
+    with pytest.raises(ValueError, match="`c`"):
+        sk.method_with("cagrad", c=-1.0)
+    with pytest.raises(ValueError, match="`name`"):
+        sk.method_with("pcgrad", c=1.0)
+
+
+def test_global_scope_is_one_gramian_over_all_segments(backend, device):
+    layout, retain, forget = _pairs(2, "upgrad")
+    retain, forget = retain.to(device), forget.to(device)
+    method = sk.weighting_method(weightings.upgrad(), "upgrad_global", scope="global")
+    out = sk.combine_(retain.clone(), forget, layout=layout, method=method, backend=backend)
+    r = torch.cat(layout.segment_views(retain)).cpu()
+    f = torch.cat(layout.segment_views(forget)).cpu()
+    want = aggregation.UPGrad()(torch.stack([f, r]))
+    got = torch.cat(layout.segment_views(out)).cpu()
+    assert (got - want).norm() <= 2e-5 * (r.norm() + f.norm())
+
+
+def _random_gramians(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pairs (u, v) of dimension 5 and their Gramians, float64."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(n, 5, generator=g, dtype=torch.float64) - torch.rand(n, 1, generator=g) * u
+    v = v * torch.exp(torch.randn(n, 1, generator=g, dtype=torch.float64))
+    rows = torch.stack([u, v], 1)
+    return rows, rows @ rows.transpose(1, 2)
+
+
+def _combined(name: str, rows: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    w = weightings.BUILT_IN[name][0]()(gram)
+    return (w[..., None] * rows).sum(1)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "dualproj"])
+@pytest.mark.parametrize("reg_eps", [1e-4, 0.0])
+def test_projections_lie_in_the_dual_cone(name, reg_eps):
+    """row_i·out ≥ −reg_eps·tr(G)·w_i: the KKT conditions of the regularised projection (TorchJD
+    adds reg_eps·I to G/tr(G)); without regularisation, no conflict with either row at all."""
+    rows, gram = _random_gramians(2000, 3)
+    w = weightings.BUILT_IN[name][0](reg_eps=reg_eps)(gram)
+    out = (w[..., None] * rows).sum(1)
+    dots = (rows * out[:, None]).sum(-1)
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    rounding = 1e-12 * rows.norm(dim=-1) * out.norm(dim=-1, keepdim=True)
+    assert (dots >= -reg_eps * trace * w - rounding).all()
+    assert (w >= 0).all()
+
+
+def test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows():
+    rows, gram = _random_gramians(500, 4)
+    w = weightings.mgda()(gram)
+    assert ((w >= 0) & (w <= 1)).all() and torch.allclose(w.sum(-1), torch.ones(500, 1).double())
+    out = (w[..., None] * rows).sum(1)
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    grid = t[None, :, None] * rows[:, None, 0] + (1 - t[None, :, None]) * rows[:, None, 1]
+    best = grid.norm(dim=-1).min(1).values
+    assert (out.norm(dim=-1) <= best + 1e-9).all()
+
+
+def test_config_has_equal_cosine_with_both_rows():
+    rows, gram = _random_gramians(500, 5)
+    out = _combined("config", rows, gram)
+    cos = (rows * out[:, None]).sum(-1) / (rows.norm(dim=-1) * out.norm(dim=-1, keepdim=True))
+    keep = (gram[:, 0, 1] / (gram[:, 0, 0] * gram[:, 1, 1]).sqrt()) > -0.999
+    assert torch.allclose(cos[keep, 0], cos[keep, 1], atol=1e-9)
+    assert (cos[keep] >= 0).all()
+
+
+@pytest.mark.parametrize("name", list(weightings.BUILT_IN))
+def test_degenerate_gramians_give_finite_weights(name):
+    """Zero rows, parallel and opposite rows, a Gramian broken by float32 underflow: each has one
+    rule and none gives NaN (a NaN segment is for non-finite dots only)."""
+    a, b, c = torch.tensor(
+        [
+            [0.0, 0.0, 0.0], [0.0, 0.0, 4.0], [4.0, 0.0, 0.0], [1.0, 2.0, 4.0], [1.0, -2.0, 4.0],
+            [1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1e-40, -1e-20, 1.0], [1e30, 1e15, 1.0],
+        ],
+        dtype=torch.float64,
+    ).unbind(-1)  # fmt: skip
+    dots = torch.stack([b, c, a], -1)  # (f·r, r·r, f·f) with u = f, v = r (α = γ = 1)
+    coef = weightings.coefficients(dots, weightings.BUILT_IN[name][0](), 1.0, 1.0, whole=False)
+    assert torch.isfinite(coef).all(), coef
+
+
+def test_a_user_weighting_runs_on_every_backend(backend, device):
+    layout, retain, forget = _pairs(6, "mgda")
+    retain, forget = retain.to(device), forget.to(device)
+
+    def inverse_norms(gram: torch.Tensor) -> torch.Tensor:  # w_i ∝ 1/|row_i|
+        norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
+        return (1 / norms) / (1 / norms).sum(-1, keepdim=True)
+
+    out = sk.combine_(
+        retain.clone(), forget, layout=layout, method=inverse_norms, backend=backend
+    )
+    for r, f, o in zip(*(layout.segment_views(t) for t in (retain, forget, out))):
+        nr, nf = r.norm(), f.norm()
+        want = (f / max(nf, 1e-15) + r / max(nr, 1e-15)) / (1 / max(nf, 1e-15) + 1 / max(nr, 1e-15))
+        assert torch.allclose(o, want, rtol=1e-5, atol=1e-6 * (nr + nf).item())
+
+
+def test_a_torchjd_weighting_runs_as_it_is():
+    layout, retain, forget = _pairs(7, "upgrad")
+    method = sk.weighting_method(sk.torchjd_weighting(aggregation.UPGradWeighting()), "tjd")
+    via_torchjd = sk.combine_(retain.clone(), forget, layout=layout, method=method)
+    built_in = sk.combine_(retain.clone(), forget, layout=layout, method="upgrad")
+    assert torch.allclose(via_torchjd, built_in, rtol=1e-5, atol=1e-7)
+
+
+def test_a_weighting_of_the_wrong_shape_is_refused_before_the_write():
+    layout, retain, forget = _pairs(8, "mgda")
+    before = retain.clone()
+    with pytest.raises(ValueError, match="weights of shape"):
+        sk.combine_(retain, forget, layout=layout, method=lambda g: g[..., 0, :1])
+    assert torch.equal(retain, before)
+    with pytest.raises(ValueError, match="`method`"):
+        sk.combine_(retain, forget, layout=layout, method=42)
+
+
+def test_a_weighting_callable_is_refused_inside_torch_compile():
+    layout, retain, forget = _pairs(9, "mgda")
+
+    def step(r, f):
+        return sk.combine_(r, f, layout=layout, method=lambda g: g[..., 0, :])
+
+    with pytest.raises(Exception, match="not supported inside torch.compile"):
+        torch.compile(step, fullgraph=True)(retain.clone(), forget)
+
+
+def test_built_in_methods_list_their_formulas():
+    for name in weightings.BUILT_IN:
+        m = sk.METHODS[name]
+        assert m.weighting is not None and m.is_projection and "w =" in m.formula
+    assert math.isfinite(float(weightings.nash_mtl()(torch.eye(2, dtype=torch.float64)[None]).sum()))
+
+
+def test_gradvac_follows_torchjd_over_a_run_on_every_backend(backend, device):
+    """One GradVac (one φ̂ per segment) against one TorchJD GradVac per segment, step after step."""
+    layout = sk.GradLayout.from_sizes([30, 100, 7, 64])
+    ours = sk.GradVac(beta=0.3)
+    theirs = [aggregation.GradVac(beta=0.3) for _ in layout.segments]
+    g = torch.Generator().manual_seed(10)
+    for step in range(6):
+        retain, forget = layout.new_buffer(), layout.new_buffer()
+        for r, f in zip(layout.segment_views(retain), layout.segment_views(forget)):
+            r.copy_(torch.randn(r.numel(), generator=g))
+            f.copy_(torch.randn(f.numel(), generator=g) - (step % 3) * 0.6 * r)
+        retain, forget = retain.to(device), forget.to(device)
+        out = sk.combine_(retain.clone(), forget, layout=layout, method=ours, backend=backend)
+        for j, (r, f, o) in enumerate(zip(*(layout.segment_views(t) for t in (retain, forget, out)))):
+            jacobian = torch.stack([f, r]).cpu()
+            want = theirs[j](jacobian)
+            assert (o.cpu() - want).norm() <= 2e-5 * jacobian.norm(dim=1).sum(), (step, j)
+
+
+def test_gradvac_state_is_checkpointed_reset_and_not_poisoned():
+    layout = sk.GradLayout.from_sizes([50, 20])
+    g = torch.Generator().manual_seed(11)
+    retain, forget = layout.new_buffer(), layout.new_buffer()
+    retain.copy_(torch.randn(layout.numel, generator=g))
+    forget.copy_(torch.randn(layout.numel, generator=g) - retain)
+    first = sk.GradVac()
+    sk.combine_(retain.clone(), forget, layout=layout, method=first)
+    saved = first.state_dict()
+    second = sk.GradVac()
+    second.load_state_dict(saved)
+    assert torch.equal(
+        sk.combine_(retain.clone(), forget, layout=layout, method=first),
+        sk.combine_(retain.clone(), forget, layout=layout, method=second),
+    )
+    hat = first.phi_hat.clone()
+    poisoned = forget.clone()
+    layout.segment_views(poisoned)[0][3] = float("nan")
+    out = sk.combine_(retain.clone(), poisoned, layout=layout, method=first)
+    assert torch.isnan(layout.segment_views(out)[0]).all()
+    assert torch.isfinite(first.phi_hat).all() and first.phi_hat[0] == hat[0]
+    with pytest.raises(ValueError, match="state of 2 segments"):
+        sk.combine_(retain[:50].clone(), forget[:50], method=first)
+    first.reset()
+    sk.combine_(retain[:50].clone(), forget[:50], method=first)
+    assert first.phi_hat.shape == (1,)
+    with pytest.raises(ValueError, match="`beta`"):
+        sk.GradVac(beta=2.0)
