@@ -2,7 +2,7 @@
 # The one-call GPU check: card and versions, the kernel tests compiled, benchmark 1, a launch
 # sweep, one whole Algorithm 1 step, and the targets judged.
 #
-#   bash bench/gpu_check.sh OUT_DIR            # from the repository root; at most ~5 minutes
+#   bash bench/gpu_check.sh OUT_DIR            # from the repository root; about 6 minutes
 #   bash bench/gpu_check.sh OUT_DIR --quick    # the same steps, smaller: under 2 minutes
 #   ARCHIVE=$OUT/gpu_check.tgz bash bench/gpu_check.sh /tmp/gc     # on the lent machine
 #
@@ -13,7 +13,7 @@
 # Every step has its own timeout and writes into OUT as it goes (the benchmarks rewrite their
 # JSON after each method, setting or variant; test failures go to failures.log as they
 # happen), so what a step finished survives a later timeout. Step timeouts (s), full / quick:
-# tests 120/45, benchmark 1 60/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
+# tests 140/45, benchmark 1 75/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
 # ONLY="tests bench1 compiled sweep step" (any subset) runs just those steps.
 set -uo pipefail
 OUT="${1:-gpu_check_out}"
@@ -62,7 +62,7 @@ else
     TESTS=(tests/test_combine_fuzz.py tests/test_properties.py tests/test_no_host_sync.py
            tests/test_large_offsets.py tests/test_compile.py tests/test_synthesizer.py
            tests/test_grads.py tests/test_validation.py tests/test_synthesizer_misuse.py)
-    LIMIT=120
+    LIMIT=140  # the fuzz file now covers the nine Gramian weightings too
 fi
 SAGO_FAILURE_LOG="$OUT/failures.log" timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q \
     -p no:cacheprovider -p no:benchmark --maxfail=40 "${PARALLEL[@]}" --durations=8 2>&1 \
@@ -78,8 +78,11 @@ if (( QUICK )); then
         --dtypes bfloat16 --peers fused paper --reps 5 --out "$OUT/full" 2>&1 \
         | tee "$OUT/bench_full.log" || status=1
 else
-    timeout -k 5 60 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b \
+    # the six methods of the targets, then two Gramian weightings (the other seven cost the same
+    # passes; their O(segments) step is a few small torch ops)
+    timeout -k 5 75 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b \
         --dtypes bfloat16 float32 --peers fused paper --reps 10 --out "$OUT/full" \
+        --methods sum sago sago_prefer_retain pcgrad pcgrad_global blur upgrad cagrad \
         2>&1 | tee "$OUT/bench_full.log" || status=1
 fi
 fi

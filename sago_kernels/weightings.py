@@ -49,10 +49,10 @@ def coefficients(
     """``[S, 2]`` (a, b) with g_final = a·f + b·r in each segment, in the dots' dtype.
 
     ``dots``: ``[S, 3]`` per-segment (f·r, r·r, f·f): float32 from the backends (float64 in the
-    tests' oracle). ``whole``: one set of weights from
-    the dots of all segments together (a global method), broadcast to every segment. A segment
-    whose three dots or whose weights are not all finite gets NaN weights: the write pass then
-    makes it NaN in full, as for the other projection methods (README, Contract).
+    tests' oracle). ``whole``: one set of weights from the dots of all segments together (a
+    global method), broadcast to every segment. A segment whose three dots or whose weights are
+    not all finite gets NaN weights: the write pass then makes it NaN in full, as for the other
+    projection methods (README, Contract). ``weighting`` is called once, on all segments.
     """
     s = dots.shape[0]
     d = dots
@@ -81,9 +81,10 @@ def affine_segment(
     weighting: Weighting,
     dots: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The reference backend's form of a weighting method on one segment (or the whole buffer):
-    its dots in a fixed order, the weights, then a·f + b·r, in the compute dtype (float32, as
-    the kernels; float64 in the tests' oracle)."""
+    """A weighting method on one segment (its :attr:`Method.reference`): its dots in a fixed
+    order, the weights, then a·f + b·r, in the compute dtype. The reference backend itself calls
+    the weighting once for all segments (``reference.combine(..., weighting=)``), as the kernels
+    do, which only matters to a weighting with state."""
     from .reference import segment_dots
 
     d = torch.stack(dots if dots is not None else segment_dots(r, f)).to(r.dtype)
