@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
+from . import weightings
 from ._scoped import ScopedSetting
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
-from . import weightings
 from .stats import geometry_table
 
 ABI = 4  # SAGO_NATIVE_ABI in csrc/sago_native.h
@@ -302,7 +302,9 @@ def combine_native(
         seg_conflicts=conflicts.data_ptr() if conflicts is not None else None,
         phase=PHASE_ALL,
     )
-    if method.weighting is not None:  # dots here, the weights in torch, the write here
+    if method.weighting is not None or (reduce is not None and method.is_projection):
+        # the dots pass, then (over the ranks' sum of the dots) the write pass: with the
+        # library's own weights, or with a Gramian weighting's, computed here in torch
         dots = torch.zeros((s, 3), dtype=torch.float64)
         args.seg_dots = dots.data_ptr()
         args.phase = PHASE_DOTS
@@ -310,23 +312,13 @@ def combine_native(
         local_dots = dots.clone() if want_stats else None
         if reduce is not None:
             reduce(dots)
-        # rounded to float32 (±inf past its range) as the other backends' dots
-        coef = weightings.coefficients(
-            dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global"
-        ).contiguous()
-        args.seg_coef = coef.data_ptr()
-        args.phase = PHASE_WRITE_COEF
-        _check(lib.sago_native_combine(ctypes.byref(args)))
-        if want_stats:
-            sums[:, :3] = local_dots  # the write pass sums only o·o, o·r, o·f
-    elif reduce is not None and method.is_projection:
-        dots = torch.zeros((s, 3), dtype=torch.float64)
-        args.seg_dots = dots.data_ptr()
-        args.phase = PHASE_DOTS
-        _check(lib.sago_native_combine(ctypes.byref(args)))
-        local_dots = dots.clone() if want_stats else None
-        reduce(dots)
         args.phase = PHASE_WRITE
+        if method.weighting is not None:
+            # rounded to float32 (±inf past its range) as the other backends' dots
+            coef = weightings.coefficients(
+                dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global"
+            ).contiguous()
+            args.seg_coef, args.phase = coef.data_ptr(), PHASE_WRITE_COEF
         _check(lib.sago_native_combine(ctypes.byref(args)))
         if want_stats:
             sums[:, :3] = local_dots  # the write pass sums only o·o, o·r, o·f

@@ -247,11 +247,7 @@ def combine(
 
     seg_dots = None
     if reduce is not None and scope != "element":
-        seg_dots = torch.zeros((len(segments), 3), dtype=compute_dtype, device=r_all.device)
-        for j, s in enumerate(segments):
-            r, f = r_all[s.start : s.end], f_all[s.start : s.end]
-            seg_dots[j] = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)])
-        reduce(seg_dots)
+        seg_dots = _dots_table(r_all, f_all, layout, reduce)
     if scope == "global":
         r = torch.cat([r_all[s.start : s.end] for s in segments])
         f = torch.cat([f_all[s.start : s.end] for s in segments])
@@ -278,17 +274,20 @@ def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
     segments' Gramians (as the kernels do: a stateful weighting sees one batch per combine)."""
     from .weightings import coefficients
 
-    segments = layout.segments
-    dots = torch.zeros((len(segments), 3), dtype=r_all.dtype, device=r_all.device)
-    for j, s in enumerate(segments):
-        r, f = r_all[s.start : s.end], f_all[s.start : s.end]
-        dots[j] = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)])
-    if reduce is not None:
-        reduce(dots)
+    dots = _dots_table(r_all, f_all, layout, reduce)
     coef = coefficients(dots, weighting, alpha, gamma, whole=scope == "global")
-    for j, s in enumerate(segments):
+    for j, s in enumerate(layout.segments):
         a, b = coef[j].unbind()
         out[s.start : s.end] = a * f_all[s.start : s.end] + b * r_all[s.start : s.end]
+
+
+def _dots_table(r_all, f_all, layout, reduce) -> torch.Tensor:
+    """``[S, 3]``: every segment's :func:`segment_dots`, summed over the ranks with ``reduce``."""
+    rows = [segment_dots(r_all[s.start : s.end], f_all[s.start : s.end]) for s in layout.segments]
+    dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 3))
+    if reduce is not None:
+        reduce(dots)
+    return dots
 
 
 def _with_sums(r_all, f_all, out, layout, with_sums):
