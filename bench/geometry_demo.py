@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sago_kernels import GradLayout, combine_, methods
+from sago_kernels import METHODS, GradLayout, combine_, methods
 from sago_kernels.dispatch import resolve_backend
 from sago_kernels.model_shapes import llama_shapes
 
@@ -72,27 +72,27 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for method in methods():
+        m = METHODS[method]
         work = retain.clone()
+        # GRU keeps a moving average of g_r: a zero one (its first step) for the warm-up and run
+        state = torch.zeros_like(retain) if m.needs_state else None
         combine_(
-            work,
-            forget,
-            layout=layout,
-            method=method,
-            alpha=args.alpha,
-            gamma=args.gamma,
-            stats=True,
-            backend=args.backend,
+            work, forget, layout=layout, method=method, alpha=args.alpha, gamma=args.gamma,
+            stats=True, backend=args.backend, state=state,
         )  # fmt: skip  (warm-up: compile, cache tables)
         work.copy_(retain)
+        if state is not None:
+            state.zero_()
         if retain.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         _, stats = combine_(work, forget, layout=layout, method=method, alpha=args.alpha,
-                            gamma=args.gamma, stats=True, backend=args.backend)  # fmt: skip
+                            gamma=args.gamma, stats=True, backend=args.backend,
+                            state=state)  # fmt: skip
         if retain.is_cuda:
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1e3
-        passes = 5 if method in ("pcgrad", "pcgrad_global", "blur") else 3
+        passes = 8 if m.needs_state else 5 if m.is_projection else 3
         gb = passes * n * retain.element_size() / 1e9
         t = stats.to_dict()
         print(
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{t['cos_out_r']:>11.3f}{t['conflict_fraction']:>10.3f}"
         )
     print(
-        "\nmin GB: the bytes a fused call must move (3N or 5N elements); cos(out,r) >= 0: the "
+        "\nmin GB: the bytes a fused call must move (3N, 5N or, for GRU, 8N elements); "
+        "cos(out,r) >= 0: the "
         "update does not work against the retain gradient (paper Table 3)."
     )
 

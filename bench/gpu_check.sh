@@ -56,13 +56,15 @@ PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
 if (( QUICK )); then
     TESTS=(tests/test_combine_fuzz.py tests/test_no_host_sync.py tests/test_large_offsets.py
-           "tests/test_compile.py::test_cuda_graph_capture_and_replay")
-    LIMIT=45
+           "tests/test_compile.py::test_cuda_graph_capture_and_replay"
+           "tests/test_gru.py::test_gru_matches_float64_oracle")
+    LIMIT=50
 else
     TESTS=(tests/test_combine_fuzz.py tests/test_properties.py tests/test_no_host_sync.py
            tests/test_large_offsets.py tests/test_compile.py tests/test_synthesizer.py
-           tests/test_grads.py tests/test_validation.py tests/test_synthesizer_misuse.py)
-    LIMIT=140  # the fuzz file now covers the nine Gramian weightings too
+           tests/test_grads.py tests/test_validation.py tests/test_synthesizer_misuse.py
+           tests/test_gru.py)
+    LIMIT=150  # the fuzz file covers the nine Gramian weightings; test_gru.py the GRU modes
 fi
 SAGO_FAILURE_LOG="$OUT/failures.log" timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q \
     -p no:cacheprovider -p no:benchmark --maxfail=40 "${PARALLEL[@]}" --durations=8 2>&1 \
@@ -84,6 +86,11 @@ else
         --dtypes bfloat16 float32 --peers fused paper --reps 10 --out "$OUT/full" \
         --methods sum sago sago_prefer_retain pcgrad pcgrad_global blur upgrad cagrad \
         2>&1 | tee "$OUT/bench_full.log" || status=1
+    # GRU against its 8-pass roofline; no paper peer here: the authors' step moves the whole
+    # model through the host in float64 (minutes at 7B)
+    timeout -k 5 30 "$PY" bench/run.py --device cuda --scale 1 --layouts llama7b \
+        --dtypes bfloat16 --peers fused --reps 10 --out "$OUT/gru" --methods gru gru_global \
+        2>&1 | tee "$OUT/bench_gru.log" || status=1
 fi
 fi
 

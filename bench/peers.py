@@ -9,12 +9,16 @@
                    formulas and the issue's description, not copied from anywhere).
 4. ``compiled``  — ``torch.compile`` of the reference for a fixed layout (compile time is
                    reported separately and excluded from the timing).
+   For ``gru``/``gru_global``: the GRU authors' eager step, written from their description
+   (github.com/tmlr-group/GRU): the gradients flattened into one vector, the moving average
+   updated out of place, the dot summed parameter by parameter with one ``.item()`` each, and
+   the projection done in float64 on the host (their ``orthogonal_component_precise``).
 5. ``torchjd``   — for the Gramian weightings (``upgrad``, ``mgda``, ...): TorchJD's aggregator
                    of the same name on each segment's Jacobian [γ·f; α·r], as a TorchJD user
                    applies it per module (its solvers run on the CPU: host syncs per segment).
 
 Every peer has the signature ``fn(retain, forget) -> None`` after ``make(...)``: it writes g_final
-into ``retain`` like the fused call.
+into ``retain`` like the fused call. A GRU peer holds its own moving average, from zero.
 """
 
 from __future__ import annotations
@@ -53,9 +57,48 @@ def _paper_style_one(
     return gamma * f + alpha * (r - c * f)
 
 
+def make_gru_authors(
+    layout: sk.GradLayout, method: str, alpha: float = 1.0, gamma: float = 1.0, eps: float = 1e-10
+) -> Peer:
+    """The GRU authors' style (see the module docstring): per segment for ``gru``, over the
+    whole model for ``gru_global``."""
+    ema = METHODS[method].ema
+    global_scope = METHODS[method].scope == "global"
+    average: list[torch.Tensor] = []
+
+    def project(f: torch.Tensor, m: torch.Tensor, d: float) -> torch.Tensor:
+        if d >= 0:
+            return f
+        f64, m64 = f.cpu().double(), m.cpu().double()  # host round trip, as their code
+        g = f64 - (f64 @ m64) / (m64 @ m64 + eps) * m64
+        return g.to(dtype=f.dtype, device=f.device)
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        r_views, f_views = layout.views(retain), layout.views(forget)
+        r_all = torch.cat([v.flatten() for v in r_views])
+        f_all = torch.cat([v.flatten() for v in f_views])
+        m = ema.beta * r_all + ema.keep * (average[0] if average else torch.zeros_like(r_all))
+        average[:] = [m]
+        sizes = [v.numel() for v in r_views]
+        dots = [(fs.float() @ ms.float()).item()  # one host sync per parameter
+                for fs, ms in zip(f_all.split(sizes), m.split(sizes))]  # fmt: skip
+        if global_scope:
+            g = project(f_all, m, sum(dots))
+        else:
+            g = torch.cat([project(fs, ms, d) for fs, ms, d in
+                           zip(f_all.split(sizes), m.split(sizes), dots)])  # fmt: skip
+        g = gamma * g + (ema.retain_coef * alpha) * r_all
+        for v, part in zip(r_views, g.split(sizes)):
+            v.copy_(part.view_as(v))
+
+    return run
+
+
 def make_paper(
     layout: sk.GradLayout, method: str, alpha: float = 1.0, gamma: float = 1.0, eps: float = 1e-10
 ) -> Peer:
+    if METHODS[method].needs_state:
+        return make_gru_authors(layout, method, alpha, gamma, eps)
     global_scope = METHODS[method].scope == "global"
 
     def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
@@ -76,8 +119,14 @@ def make_paper(
 
 
 def make_fused(layout: sk.GradLayout, method: str, backend: str | None = None) -> Peer:
+    states: dict[tuple, torch.Tensor] = {}  # a GRU method's moving average, per buffer kind
+
     def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
-        sk.combine_(retain, forget, layout=layout, method=method, backend=backend)
+        state = None
+        if METHODS[method].needs_state:
+            key = (retain.dtype, retain.device)
+            state = states.setdefault(key, torch.zeros_like(retain))
+        sk.combine_(retain, forget, layout=layout, method=method, backend=backend, state=state)
 
     return run
 

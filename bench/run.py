@@ -71,7 +71,7 @@ def random_buffer(layout: sk.GradLayout, dtype: torch.dtype, g: torch.Generator)
 
 
 def minimal_bytes(layout: sk.GradLayout, method: str, itemsize: int) -> int:
-    passes = 5 if METHODS[method].is_projection else 3
+    passes = 8 if METHODS[method].needs_state else 5 if METHODS[method].is_projection else 3
     return passes * layout.segment_numel * itemsize
 
 
@@ -224,7 +224,8 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     peers["paper"] = (make_paper(layout, method), 0.0)
                 if "torchjd" in args.peers and method in TORCHJD_METHODS:
                     peers["torchjd"] = (make_torchjd(layout, method), 0.0)
-                if "compiled" in args.peers and not METHODS[method].weighting:
+                stateful = METHODS[method].needs_state
+                if "compiled" in args.peers and not (METHODS[method].weighting or stateful):
                     peer = make_compiled(layout, method, device)
                     start = time.perf_counter()
                     try:

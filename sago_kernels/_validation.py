@@ -292,3 +292,47 @@ def check_grad_lists(retain_grads: list[torch.Tensor], forget_grads: list[torch.
                 "give each task its own gradient tensors."
             )
         open_spans.append(span)
+
+
+def check_state(
+    state: object,
+    method: object,
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    out: torch.Tensor | None,
+    layout: GradLayout,
+) -> None:
+    """A state buffer exactly when the method keeps one (GRU), like ``retain`` and apart from
+    every other buffer."""
+    name = getattr(method, "name", method)
+    if not getattr(method, "needs_state", False):
+        if state is not None:
+            raise ValueError(
+                f"Parameter `state` is for methods that keep one (gru, gru_global); method "
+                f"{name!r} does not. Drop `state=`."
+            )
+        return
+    if state is None:
+        raise ValueError(
+            f"Method {name!r} keeps a moving average of the retain gradient: pass "
+            "`state=layout.new_buffer(...)` (zeros, the gradients' dtype), and the same buffer "
+            "at every step (or use `GradientSynthesizer`, which holds it)."
+        )
+    state = _check_buffer("state", state, written=True)
+    if state.dtype != retain.dtype or state.device != retain.device:
+        raise TypeError(
+            f"Parameter `state` should have the dtype and device of `retain` ({retain.dtype}, "
+            f"{retain.device}). Found `{state.dtype}` on `{state.device}`."
+        )
+    if state.numel() != retain.numel():
+        raise ValueError(
+            f"Parameter `state` should have as many elements as `retain` ({retain.numel()}). "
+            f"Found `state.numel() = {state.numel()}`."
+        )
+    others = [("retain", retain), ("forget", forget)] + ([("out", out)] if out is not None else [])
+    for other_name, t in others:
+        if _layout_shares(state, t, layout, same_ok=False):
+            raise ValueError(
+                f"Parameters `state` and `{other_name}` should not share memory. Found "
+                "overlapping buffers; give the state its own buffer (`layout.new_buffer()`)."
+            )

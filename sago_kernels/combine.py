@@ -7,7 +7,13 @@ from typing import Literal, overload
 import torch
 
 from . import ops, sharding
-from ._validation import check_combine_args, check_requires_grad, check_scalar, mark_written
+from ._validation import (
+    check_combine_args,
+    check_requires_grad,
+    check_scalar,
+    check_state,
+    mark_written,
+)
 from .dispatch import resolve_backend
 from .layout import GradLayout
 from .methods import Method, get_method
@@ -34,6 +40,7 @@ def combine_(
     stats: Literal[False] = ...,
     backend: BackendName | None = ...,
     process_group: object | None = ...,
+    state: torch.Tensor | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -51,6 +58,7 @@ def combine_(
     stats: Literal[True],
     backend: BackendName | None = ...,
     process_group: object | None = ...,
+    state: torch.Tensor | None = ...,
 ) -> tuple[torch.Tensor, CombineStats]: ...
 
 
@@ -67,6 +75,7 @@ def combine_(
     stats: bool = False,
     backend: BackendName | None = None,
     process_group: object | None = None,
+    state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, CombineStats]:
     """Combine the retain and forget gradients into g_final, written in place into ``retain``.
 
@@ -93,6 +102,11 @@ def combine_(
             rank's slice of every segment, and projection methods and statistics use the whole
             segments through one all-reduce of per-segment dots over this group (see
             ``sago_kernels.sharding``). Every rank of the group must call it.
+        state: the state buffer of a method that keeps one (``"gru"``, ``"gru_global"``: the
+            moving average of g_r), and only of such a method: a flat buffer like ``retain``
+            (same dtype, device, length; zeros before the first step), sharing no segment
+            element with the other buffers. Updated in place, segment by segment; keep it for
+            the run (``GradientSynthesizer`` holds one and checkpoints it).
 
     Returns:
         The written tensor, and the statistics when ``stats=True``.
@@ -123,6 +137,11 @@ def combine_(
                 "combine_(..., process_group=...) is not supported inside torch.compile; call "
                 "it outside the compiled region."
             )
+        if state is not None or get_method(method).needs_state:
+            raise NotImplementedError(
+                "combine_(..., state=...) (GRU) is not supported inside torch.compile; call it "
+                "outside the compiled region."
+            )
         if not isinstance(method, str):
             raise NotImplementedError(
                 "combine_(..., method=<a Method or weighting callable>) is not supported inside "
@@ -141,17 +160,21 @@ def combine_(
     if not isinstance(stats, bool):
         raise TypeError(f"Parameter `stats` should be a bool. Found `{type(stats).__name__}`.")
     layout = check_combine_args(retain, forget, out, layout)
+    check_state(state, m, retain, forget, out, layout)
     _, run = resolve_backend(backend, retain.device)
     target = retain if out is None else out
-    sharded = {}
+    extra = {}
     if process_group is not None:
         group = sharding.check_group(process_group)
-        sharded = dict(
+        extra = dict(
             reduce=sharding.reducer(group),
             seg_numels=sharding.global_numels(layout, retain.device, group),
         )
-    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats, **sharded)
-    mark_written(target)  # native and Triton write through raw pointers: torch did not see it
+    if state is not None:
+        extra["state"] = state
+    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats, **extra)
+    # native and Triton write through raw pointers: torch did not see it
+    mark_written(target if state is None else [target, state])
     if stats:
         return target, CombineStats.from_table(m.name, table)
     return target

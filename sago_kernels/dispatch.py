@@ -81,12 +81,13 @@ def _reference_combine(
     want_stats: bool,
     reduce: Reduce | None = None,
     seg_numels: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     with torch.no_grad():
         out, sums, conflicts = reference.combine(
             retain, forget, layout, method.reference, method.scope,
             alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32, with_sums=want_stats,
-            reduce=reduce, weighting=method.weighting,
+            reduce=reduce, weighting=method.weighting, ema=method.ema, state=state,
         )  # fmt: skip
         reference.write_segments(target, out, layout)
         if not want_stats:

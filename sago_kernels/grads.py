@@ -79,7 +79,12 @@ def combine_grads_(
         [[1.0, -1.0], [0.5]]
     """
     retain_grads, forget_grads = list(retain_grads), list(forget_grads)
-    get_method(method)
+    if get_method(method).needs_state:
+        raise ValueError(
+            f"combine_grads_ keeps no state across calls, and method {method!r} needs one (the "
+            "moving average of g_r): use sk.combine_ on flat buffers with `state=`, or "
+            "sk.GradientSynthesizer, which holds it."
+        )
     check_scalar("alpha", alpha)
     check_scalar("gamma", gamma)
     check_scalar("eps", eps, non_negative=True)

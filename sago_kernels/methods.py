@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import reference, weightings
+from .gru import EMAParams
 from .reference import MethodFn
 from .weightings import Weighting
 
@@ -22,6 +23,7 @@ GATE_SAGO_PREFER_RETAIN = 2
 PROJECTION_PCGRAD = 0
 PROJECTION_BLUR = 1
 PROJECTION_WEIGHTING = 2  # weights from a Gramian weighting (weightings.py), not a kernel formula
+PROJECTION_GRU = 3  # projection off a moving average of g_r held in a state buffer (gru.py)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Method:
     ``weighting``: for methods defined by a weighting of the 2×2 Gramian (``weightings.py``),
     the function that turns the segments' Gramians into weights; the backends then compute the
     coefficients in torch instead of with their own formula.
+    ``ema``: for GRU methods (``gru.py``), the moving average's parameters; such a method needs
+    a state buffer (``combine_(..., state=)``; ``GradientSynthesizer`` holds one).
     """
 
     name: str
@@ -42,10 +46,16 @@ class Method:
     code: int
     reference: MethodFn
     weighting: Weighting | None = field(default=None, compare=False)
+    ema: EMAParams | None = None
 
     @property
     def is_projection(self) -> bool:
         return self.scope != "element"
+
+    @property
+    def needs_state(self) -> bool:
+        """Whether a combine with this method reads and updates a state buffer."""
+        return self.ema is not None
 
     def __repr__(self) -> str:
         return f"Method({self.name!r}: {self.formula})"
@@ -85,6 +95,21 @@ _ALL = (
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+
+_GRU_FORMULA = (
+    "{where}: m ← β·r + (1 − β)·m (state), c = min(f·m, 0)/(m·m + eps); γ·(f − c·m) + κ·α·r "
+    "(β = {beta}, κ = {retain_coef})"
+)
+
+
+def _gru_method(name: str, scope: Literal["segment", "global"], params: EMAParams) -> Method:
+    where = "per segment" if scope == "segment" else "global"
+    formula = _GRU_FORMULA.format(where=where, beta=params.beta, retain_coef=params.retain_coef)
+    return Method(name, formula, scope, PROJECTION_GRU, reference.gru, ema=params)
+
+
+METHODS["gru"] = _gru_method("gru", "segment", EMAParams())
+METHODS["gru_global"] = _gru_method("gru_global", "global", EMAParams())
 
 
 def weighting_method(
@@ -128,24 +153,34 @@ for _name, (_factory, _formula) in weightings.BUILT_IN.items():
 
 
 def method_with(name: str, **params: object) -> Method:
-    """A built-in Gramian-weighting method with other parameters than its defaults.
+    """A built-in method with other parameters than its defaults: a Gramian weighting's
+    keyword arguments (``weightings.py``), or GRU's ``beta`` and ``retain_coef``.
 
     Example:
         >>> import sago_kernels as sk
         >>> sk.method_with("cagrad", c=0.2)
         Method('cagrad(c=0.2)': per segment, w = ½ + c·|g₀|·(t, 1 − t)/|g_w|, c = 0.5: conflict-averse)
+        >>> sk.method_with("gru_global", beta=0.9, retain_coef=0.0).ema
+        EMAParams(beta=0.9, retain_coef=0.0)
     """
-    if name not in weightings.BUILT_IN:
+    with_params = sorted([*weightings.BUILT_IN, "gru", "gru_global"])
+    if name not in with_params:
         raise ValueError(
-            f"Parameter `name` should be one of {sorted(weightings.BUILT_IN)} (the methods with "
-            f"parameters). Found `name = {name!r}`."
+            f"Parameter `name` should be one of {with_params} (the methods with parameters). "
+            f"Found `name = {name!r}`."
         )
+    label = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    if name in ("gru", "gru_global"):
+        try:
+            ema = EMAParams(**params)
+        except TypeError as error:
+            raise TypeError(f"{name} does not take these parameters: {error}") from None
+        return _gru_method(f"{name}({label})", METHODS[name].scope, ema)
     factory, formula = weightings.BUILT_IN[name]
     try:
         weighting = factory(**params)
     except TypeError as error:
         raise TypeError(f"{name} does not take these parameters: {error}") from None
-    label = ", ".join(f"{k}={v!r}" for k, v in params.items())
     return weighting_method(weighting, f"{name}({label})", f"per segment, w = {formula}")
 
 

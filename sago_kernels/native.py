@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from . import weightings
+from . import gru, weightings
 from ._scoped import ScopedSetting
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
 from .stats import geometry_table
 
-ABI = 4  # SAGO_NATIVE_ABI in csrc/sago_native.h
+ABI = 5  # SAGO_NATIVE_ABI in csrc/sago_native.h
 NUM_SUMS = 6
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SCOPES = {"element": 0, "segment": 1, "global": 2}
@@ -41,7 +41,7 @@ _STATUS = {
     1: "ABI mismatch", 2: "unsupported dtype", 3: "unknown method code", 4: "out of memory",
     5: "unknown phase",
 }  # fmt: skip
-PHASE_ALL, PHASE_DOTS, PHASE_WRITE, PHASE_WRITE_COEF = 0, 1, 2, 3
+PHASE_ALL, PHASE_DOTS, PHASE_WRITE, PHASE_WRITE_COEF, PHASE_DOTS_EMA, PHASE_WRITE_EMA = range(6)
 
 
 class _CombineArgs(ctypes.Structure):
@@ -72,6 +72,9 @@ class _CombineArgs(ctypes.Structure):
         ("phase", ctypes.c_int32),
         ("seg_dots", ctypes.c_void_p),
         ("seg_coef", ctypes.c_void_p),
+        ("state", ctypes.c_void_p),
+        ("beta", ctypes.c_float),
+        ("keep", ctypes.c_float),
     ]
 
 
@@ -263,13 +266,15 @@ def combine_native(
     want_stats: bool,
     reduce: Reduce | None = None,
     seg_numels: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` with the native library; return the geometry table if asked.
 
     Inputs are assumed validated (``_validation.py``): contiguous CPU buffers of one dtype and
     length, a layout that fits them. Uses ``torch.get_num_threads()`` threads. ``reduce`` and
     ``seg_numels``: sharded buffers (``sharding.py``); projection methods then run the dots pass,
-    reduce the dots over the ranks, and run the write pass with them.
+    reduce the dots over the ranks, and run the write pass with them. ``state``: GRU's moving
+    average (``gru.py``), read by both passes and updated by the write pass.
     """
     lib = library()
     if lib is None:
@@ -302,7 +307,25 @@ def combine_native(
         seg_conflicts=conflicts.data_ptr() if conflicts is not None else None,
         phase=PHASE_ALL,
     )
-    if method.weighting is not None or (reduce is not None and method.is_projection):
+    if method.ema is not None:
+        # GRU: the dots of f, r and m' (m' recomputed, not stored), the coefficients in torch,
+        # then the write pass of g_final and m'
+        dots = torch.zeros((s, gru.NUM_DOTS), dtype=torch.float64)
+        args.state, args.beta, args.keep = state.data_ptr(), method.ema.beta, method.ema.keep
+        args.seg_dots, args.phase = dots.data_ptr(), PHASE_DOTS_EMA
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        local_dots = dots[:, :3].clone() if want_stats else None
+        if reduce is not None:
+            reduce(dots)
+        coef = gru.coefficients(
+            dots.to(torch.float32), alpha, gamma, eps, method.ema.retain_coef,
+            method.scope == "global",
+        )  # fmt: skip
+        args.seg_coef, args.phase = coef.data_ptr(), PHASE_WRITE_EMA
+        _check(lib.sago_native_combine(ctypes.byref(args)))
+        if want_stats:
+            sums[:, :3] = local_dots  # the write pass sums only o·o, o·r, o·f
+    elif method.weighting is not None or (reduce is not None and method.is_projection):
         # the dots pass, then (over the ranks' sum of the dots) the write pass: with the
         # library's own weights, or with a Gramian weighting's, computed here in torch
         dots = torch.zeros((s, 3), dtype=torch.float64)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .gru import EMAParams
 from .layout import GradLayout
 
 # --------------------------------------------------------------------------- fixed-order dots
@@ -190,6 +191,31 @@ def blur(
     return _nan_unless_finite(out, d, n, m, gamma - alpha * c)
 
 
+def gru(
+    r: torch.Tensor,
+    f: torch.Tensor,
+    m: torch.Tensor,
+    *,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    beta: float,
+    retain_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRU on one segment (arXiv 2503.09117; ``gru.py``): ``(g_final, new state)``.
+
+    m' = β·r + (1 − β)·m, the moving average of g_r; d = f·m', n = m'·m';
+    c = d/(n+eps) if d < 0 else 0; g = γ·(f − c·m') + κ·α·r (κ = ``retain_coef``). Where the
+    dots (f·m', m'·m', f·f) or the weights are not finite, g is NaN and the state stays ``m``.
+    """
+    m_new = beta * r + (1.0 - beta) * m
+    d, n, ff = fixed_order_dots([f, m_new], [(0, 1), (1, 1), (0, 0)]).unbind()
+    c = torch.where(d < 0, d / (n + eps), torch.zeros_like(d))
+    out = gamma * (f - c * m_new) + (retain_coef * alpha) * r
+    ok = torch.stack([torch.isfinite(x) for x in (d, n, ff, gamma * c)]).all()
+    return torch.where(ok, out, torch.full_like(out, float("nan"))), torch.where(ok, m_new, m)
+
+
 def _nan_unless_finite(out: torch.Tensor, *scalars: torch.Tensor) -> torch.Tensor:
     ok = torch.stack([torch.isfinite(s) for s in scalars]).all()
     return torch.where(ok, out, torch.full_like(out, float("nan")))
@@ -218,6 +244,8 @@ def combine(
     with_sums: bool = True,
     reduce: Callable[[torch.Tensor], None] | None = None,
     weighting: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ema: EMAParams | None = None,
+    state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
@@ -228,6 +256,10 @@ def combine(
     every segment; ``reduce`` sums a tensor over the ranks in place. Projection methods then use
     the whole segments' dots (this rank's dots, reduced), and the returned sums and conflict
     counts are this rank's own (the caller reduces them).
+
+    ``ema`` and ``state`` (GRU methods, ``gru.py``): the moving average's parameters and its
+    buffer (the gradients' dtype and length), updated in place: m' rounded once into the
+    segments whose g_final is finite.
 
     Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
     buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
@@ -243,6 +275,9 @@ def combine(
 
     if weighting is not None:  # a Gramian weighting: every segment's dots, one weighting call
         _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
+        return _with_sums(r_all, f_all, out, layout, with_sums)
+    if ema is not None:
+        _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce)
         return _with_sums(r_all, f_all, out, layout, with_sums)
 
     seg_dots = None
@@ -279,6 +314,34 @@ def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
     for j, s in enumerate(layout.segments):
         a, b = coef[j].unbind()
         out[s.start : s.end] = a * f_all[s.start : s.end] + b * r_all[s.start : s.end]
+
+
+def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce) -> None:
+    """GRU over a layout, with the O(segments) step the kernels use (``gru.coefficients``):
+    every segment's dots of (f, r, m'), then a·f + b·r + c·m', and m' into ``state``."""
+    from .gru import coefficients
+
+    if state is None:
+        raise ValueError("A GRU combine needs its state buffer (`state=`).")
+    m_all = state.to(r_all.dtype, copy=True)
+    rows = []
+    for s in layout.segments:
+        r, f = r_all[s.start : s.end], f_all[s.start : s.end]
+        m_all[s.start : s.end] = ema.beta * r + ema.keep * m_all[s.start : s.end]
+        rows.append(fixed_order_dots([f, r, m_all[s.start : s.end]], _GRU_PAIRS))
+    dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS)))
+    if reduce is not None:
+        reduce(dots)
+    coef = coefficients(dots, alpha, gamma, eps, ema.retain_coef, whole=scope == "global")
+    for j, s in enumerate(layout.segments):
+        a, b, c = coef[j].to(r_all.dtype).unbind()
+        r, f, m = r_all[s.start : s.end], f_all[s.start : s.end], m_all[s.start : s.end]
+        out[s.start : s.end] = a * f + b * r + c * m
+        written = torch.where(torch.isnan(c), state[s.start : s.end], m.to(state.dtype))
+        state[s.start : s.end] = written
+
+
+_GRU_PAIRS = ((0, 1), (1, 1), (0, 0), (0, 2), (2, 2))  # of (f, r, m'): gru.NUM_DOTS's order
 
 
 def _dots_table(r_all, f_all, layout, reduce) -> torch.Tensor:

@@ -180,7 +180,7 @@ class GradientSynthesizer:
         # Everything is checked before anything is allocated or bound (and so before any
         # backward pass: a bad argument never costs a forward/backward).
         named, module = _given_params(model_or_params)
-        get_method(method)
+        needs_state = get_method(method).needs_state
         alpha, gamma = check_scalar("alpha", alpha), check_scalar("gamma", gamma)
         eps = check_scalar("eps", eps, non_negative=True)
         if not isinstance(stats, bool):
@@ -250,6 +250,8 @@ class GradientSynthesizer:
         assert len(layout.params) == len(self.params)  # one slot per distinct parameter
         self.retain_buffer = self.layout.new_buffer(dtype, device)
         self.forget_buffer = self.layout.new_buffer(dtype, device)
+        # a stateful method's third buffer (GRU's moving average of g_r): kept across steps
+        self.state_buffer = self.layout.new_buffer(dtype, device) if needs_state else None
         self._views = {
             "retain": self.layout.views(self.retain_buffer),
             "forget": self.layout.views(self.forget_buffer),
@@ -395,7 +397,7 @@ class GradientSynthesizer:
         result = combine_(
             self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
             alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
-            backend=self.backend, process_group=self.process_group,
+            backend=self.backend, process_group=self.process_group, state=self.state_buffer,
         )  # fmt: skip
         self._bind("retain")
         self._stale = True
@@ -437,11 +439,59 @@ class GradientSynthesizer:
         self._stale = False
         self._broken = None
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, object]:
+        """What resuming a run needs besides the model and optimizer: the method's state
+        across steps (GRU's moving average ``"ema"``, a stateful weighting's ``"weighting"``,
+        e.g. a ``GradVac``'s φ̂); empty for stateless methods. Sharded (``process_group``): this
+        rank's shard, as FSDP's own sharded state dicts."""
+        state: dict[str, object] = {}
+        if self.state_buffer is not None:
+            state["ema"] = self.state_buffer.detach().clone()
+        weighting_state = getattr(self.method, "state_dict", None)
+        if callable(weighting_state):
+            state["weighting"] = weighting_state()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore :meth:`state_dict`'s output (checked before anything is written)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"Parameter `state` should be a mapping. Found `{type(state).__name__}`."
+            )
+        unknown = set(state) - {"ema", "weighting"}
+        if unknown:
+            raise ValueError(f"Unknown keys in the synthesizer's state: {sorted(unknown)}.")
+        ema = state.get("ema")
+        if (ema is None) != (self.state_buffer is None):
+            raise ValueError(
+                f"The state {'has' if ema is not None else 'lacks'} a moving average (\"ema\"), "
+                f"but method {self.method!r} {'keeps none' if ema is not None else 'keeps one'}: "
+                "load it into a synthesizer built with the same method."
+            )
+        if ema is not None:
+            if not isinstance(ema, torch.Tensor) or ema.shape != self.state_buffer.shape:
+                raise ValueError(
+                    "The state's moving average should be a tensor of shape "
+                    f"{tuple(self.state_buffer.shape)} (this layout). Found "
+                    f"{getattr(ema, 'shape', type(ema).__name__)}."
+                )
+        weighting_state = state.get("weighting")
+        load = getattr(self.method, "load_state_dict", None)
+        if weighting_state is not None and not callable(load):
+            raise ValueError(f"Method {self.method!r} keeps no weighting state to load.")
+        if ema is not None:
+            self.state_buffer.copy_(ema)
+        if weighting_state is not None:
+            load(weighting_state)
+
     # ------------------------------------------------------------------ inspection
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the two flat buffers (everything per-step besides O(segments))."""
-        return 2 * self.retain_buffer.numel() * self.retain_buffer.element_size()
+        """Bytes held by the flat buffers (two, three for GRU): everything per-step besides
+        O(segments)."""
+        buffers = 2 if self.state_buffer is None else 3
+        return buffers * self.retain_buffer.numel() * self.retain_buffer.element_size()
 
     def history_table(self) -> list[dict[str, float]]:
         """Global geometry of every kept step as Python floats (one device-to-host copy)."""

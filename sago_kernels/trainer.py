@@ -14,6 +14,7 @@ through the Trainer's own logging.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -23,6 +24,9 @@ from .data import split_pair
 from .losses import get_loss, loss_hparams, run_loss
 from .stats import FIELDS
 from .synthesizer import GradientSynthesizer
+
+SYNTHESIZER_STATE_NAME = "sago_synthesizer.pt"
+"""The file, in each checkpoint folder, of the synthesizer's state across steps (if any)."""
 
 LOGGED_GEOMETRY = (
     "cos_fr",
@@ -118,6 +122,23 @@ class UnlearningTrainer(transformers.Trainer):
             stats = self.synth.combine_()
             self._geometry.append(stats.table[-1])
         return (loss_f.detach() + loss_r.detach()) * scale
+
+    # The synthesizer's state across steps (GRU's moving average, a GradVac's φ̂) travels with
+    # the optimizer's in every checkpoint, so `train(resume_from_checkpoint=...)` resumes it.
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        state = self.synth.state_dict()
+        if state and self.args.should_save:
+            torch.save(state, os.path.join(output_dir, SYNTHESIZER_STATE_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, SYNTHESIZER_STATE_NAME)
+        if os.path.isfile(path):
+            device = self.synth.retain_buffer.device
+            self.synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean forget/retain losses and gradient geometry since the last log."""

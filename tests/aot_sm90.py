@@ -104,7 +104,8 @@ def main() -> None:
     ]  # fmt: skip
     for layout, dtype, method, stats, config in cases:
         r, f = layout.new_buffer(dtype), layout.new_buffer(dtype)
-        combine_triton(r, f, r, layout, method, 1.0, 1.0, 1e-8, stats, config=config)
+        state = layout.new_buffer(dtype) if method.needs_state else None
+        combine_triton(r, f, r, layout, method, 1.0, 1.0, 1e-8, stats, state=state, config=config)
     # the sharded path: a reduction between launches and the global segment lengths
     layout = layouts[16]
     r, f = layout.new_buffer(torch.bfloat16), layout.new_buffer(torch.bfloat16)

@@ -84,21 +84,41 @@ class CountingAllReduce:
 SHARDED_METHODS = [m for m in sk.methods() if not sk.METHODS[m].weighting] + ["upgrad", "cagrad"]
 
 
+def shard_of(layout, local, full, slices):
+    """This rank's slices of a full buffer, in the local layout (as local_pair cuts them)."""
+    out = local.new_buffer(full.dtype)
+    for (off, n), s, v in zip(slices, layout.segments, local.views(out)):
+        v.copy_(full[s.start + off : s.start + off + n])
+    return out
+
+
 def scenario_sharded(rank: int, world: int, backends: list[str]) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         layout, r, f = full_pair(dtype)
         local, r_loc, f_loc, slices = local_pair(layout, r, f, rank, world)
         for backend in backends:
             for method in SHARDED_METHODS:
+                # GRU: the same starting average, whole and as this rank's shard
+                g = torch.Generator().manual_seed(5)  # the same on every rank
+                state = sk.METHODS[method].needs_state and torch.randn(layout.numel, generator=g)
+                state = state is not False and state.to(dtype)
+                full_state = {"state": state.clone()} if state is not False else {}
+                local_state = (
+                    {"state": shard_of(layout, local, state, slices)} if full_state else {}
+                )
                 want, want_stats = sk.combine_(
                     r.clone(), f, layout=layout, method=method, gamma=0.8, stats=True,
-                    backend=backend,
+                    backend=backend, **full_state,
                 )  # fmt: skip
                 got, got_stats = sk.combine_(
                     r_loc.clone(), f_loc, layout=local, method=method, gamma=0.8, stats=True,
-                    backend=backend, process_group=dist.group.WORLD,
+                    backend=backend, process_group=dist.group.WORLD, **local_state,
                 )  # fmt: skip
                 where = f"rank {rank}/{world} {backend} {method} {dtype}"
+                if full_state:  # each rank's state is its shard of the whole average, exactly
+                    want_shard = shard_of(layout, local, full_state["state"], slices)
+                    if not torch.equal(local_state["state"], want_shard):
+                        raise AssertionError(f"{where}: the state shard differs")
                 tol = (
                     dict(rtol=1e-5, atol=1e-6)
                     if dtype == torch.float32
@@ -133,7 +153,7 @@ def scenario_sharded(rank: int, world: int, backends: list[str]) -> None:
                     with CountingAllReduce() as counter:
                         sk.combine_(
                             r_loc.clone(), f_loc, layout=local, method=method, stats=stats,
-                            backend=backend, process_group=dist.group.WORLD,
+                            backend=backend, process_group=dist.group.WORLD, **local_state,
                         )  # fmt: skip
                     expected = int(projection) + 2 * int(stats)
                     if counter.calls != expected:

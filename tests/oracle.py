@@ -141,6 +141,59 @@ def output_bound(
     return bound
 
 
+def gru_truth(retain, forget, state, layout: GradLayout, method: Method, alpha, gamma, eps):
+    """``(g_final in float64, its per-element bound, the state every backend must leave)`` for a
+    GRU method (``gru.py``).
+
+    m' = β·r + (1 − β)·m is element-wise float32 arithmetic, the same operations on every
+    backend, so its bits are known exactly: computed here with torch, the state a backend leaves
+    must equal it (rounded to the buffer dtype) in every finite group and the old state in every
+    NaN one. Given m', the output is PCGrad's with m' in place of r plus the term κ·α·r, and the
+    bound is PCGrad's argument: the dots' order-free summation bound propagated into c, the
+    float32 rounding of the three-term sum, and the underflow floor.
+    """
+    ema = method.ema
+    m_new = ema.beta * retain.float() + ema.keep * state.float()  # as the backends, in float32
+    r, f, m = retain.double(), forget.double(), m_new.double()
+    ref = torch.full_like(r, math.nan)
+    bound = torch.zeros_like(r)
+    new_state = state.clone()
+    b = float(torch.tensor(ema.retain_coef * alpha, dtype=torch.float32))
+    for group in _groups(layout, method):
+        if not group:
+            continue
+        idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
+        rg, fg, mg = r[idx], f[idx], m[idx]
+        n_terms = max(len(idx), 1)
+        k = n_terms * U32 * 1.01
+        floor = n_terms * 2.0**-149
+        d, mm, ff = (fg * mg).sum(), (mg * mg).sum(), (fg * fg).sum()
+        if not all(math.isfinite(x) for x in (d.item(), mm.item(), ff.item())):
+            continue  # NaN output, state kept
+        dd = k * (fg * mg).abs().sum() + floor
+        eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
+        dn = k * mm + floor + eps32
+        lower = mm + eps - dn
+        c = d / (mm + eps) if d < 0 else torch.zeros((), dtype=torch.float64)
+        if lower <= 0:
+            dc = torch.tensor(math.inf, dtype=torch.float64)
+        else:
+            dc = (dd + c.abs() * dn) / lower + 4 * U32 * c.abs()
+            if d.abs() <= dd:  # the branch may go either way
+                dc = dc + c.abs() + dd / lower
+        cm = -gamma * c
+        ref[idx] = gamma * fg + b * rg + cm * mg
+        underflow = (2 * abs(gamma) + 2 * abs(b) + 4) * 2.0**-149
+        group_bound = (
+            (abs(gamma) * dc + 2 * U32 * cm.abs()) * mg.abs()
+            + 3.5 * U32 * (abs(gamma) * fg.abs() + abs(b) * rg.abs() + cm.abs() * mg.abs())
+            + underflow * (1 + abs(gamma) + abs(b) + cm.abs())
+        )
+        bound[idx] = torch.nan_to_num(group_bound, nan=math.inf)
+        new_state[idx] = m_new[idx].to(state.dtype)
+    return ref, bound, new_state
+
+
 def assert_output_matches(out, ref64, bound, layout, dtype, *, context="") -> None:
     """Every segment element of ``out`` within ``bound`` (+ final rounding) of ``ref64``.
 

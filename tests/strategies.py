@@ -19,6 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from sago_kernels import GradLayout
+from sago_kernels.methods import METHODS, Method
 from sago_kernels.kernels import LaunchConfig, launch_config
 from sago_kernels.native import NativeConfig, native_config
 
@@ -122,6 +123,19 @@ def fill_pair(
     r[outside] = float("nan")
     f[outside] = float("nan")
     return r.to(device), f.to(device)
+
+
+def state_for(method: str | Method, like: torch.Tensor, *, zero: bool = False) -> dict:
+    """``{"state": ...}`` for a method that keeps one (GRU), else ``{}``: a fresh buffer like
+    ``like``, deterministic and non-zero (so the average's own term counts) unless ``zero`` (a
+    first step, as a new ``GradientSynthesizer`` holds)."""
+    m = method if isinstance(method, Method) else METHODS.get(method)
+    if m is None or not m.needs_state:
+        return {}
+    if zero:
+        return {"state": torch.zeros_like(like)}
+    values = torch.randn(like.numel(), generator=torch.Generator().manual_seed(1234))
+    return {"state": values.to(like.dtype).to(like.device)}
 
 
 WEIGHTS = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 2.0, 0.125]), st.floats(-2.0, 4.0, width=32))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import BACKENDS
 from oracle import bits
-from strategies import fill_pair
+from strategies import fill_pair, state_for
 
 import sago_kernels as sk
 from sago_kernels import native
@@ -35,7 +35,7 @@ def _combinebits(r, f, method):
     with native.native_config(SMALL_CHUNKS):
         out, st = sk.combine_(
             r.clone(), f, layout=LAYOUT, method=method, alpha=0.75, gamma=1.5, stats=True,
-            backend="native",
+            backend="native", **state_for(method, r),
         )  # fmt: skip
     return bits(out).clone(), st.table.view(torch.int32).clone()
 
@@ -159,10 +159,19 @@ def test_no_memory_in_proportion_to_the_buffers():
         n = 1 << 25  # 128 MB per float32 buffer
         layout = sk.GradLayout.from_sizes([n - 5000, 3000, 2000], alignment=16)
         r = torch.randn(layout.numel); f = torch.randn(layout.numel)
-        sk.combine_(r, f, layout=layout, method="sum", backend="native")  # load, plan
+        m = torch.randn(layout.numel)  # GRU's state
+        # every method once on small buffers first: the library, its threads and the torch ops
+        # of the O(segments) steps touch their pages there, not in the measured calls
+        small = sk.GradLayout.from_sizes([300, 200], alignment=16)
+        rs, fs, ms = (torch.randn(small.numel) for _ in range(3))
+        for method in sk.methods():
+            state = {"state": ms} if sk.METHODS[method].needs_state else {}
+            sk.combine_(rs, fs, layout=small, method=method, stats=True, backend="native", **state)
+        sk.combine_(r, f, layout=layout, method="sum", backend="native")  # the big plan
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for method in sk.methods():
-            sk.combine_(r, f, layout=layout, method=method, stats=True, backend="native")
+            state = {"state": m} if sk.METHODS[method].needs_state else {}
+            sk.combine_(r, f, layout=layout, method=method, stats=True, backend="native", **state)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print(grown)
         """

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 from conftest import HAS_CUDA
+from strategies import state_for
 
 import sago_kernels as sk
 
@@ -48,8 +49,9 @@ LAUNCHES = {  # (method kind, stats) -> launches, as documented in kernels/launc
 def test_combine_reads_no_tensor_values_on_the_host(backend, device, method, stats, monkeypatch):
     layout = sk.GradLayout.from_sizes([40, 0, 7, 90], alignment=16)
     r, f = torch.randn(layout.numel, device=device), torch.randn(layout.numel, device=device)
+    state = state_for(method, r)
     sk.combine_(
-        r.clone(), f, layout=layout, method=method, stats=stats, backend=backend
+        r.clone(), f, layout=layout, method=method, stats=stats, backend=backend, **state
     )  # caches the plan
     log = []
     if backend == "triton" and not HAS_CUDA:
@@ -63,10 +65,12 @@ def test_combine_reads_no_tensor_values_on_the_host(backend, device, method, sta
         ):
             monkeypatch.setattr(launch, name, _RecordingKernel(name, log))
     with forbid_host_reads(monkeypatch):
-        sk.combine_(r, f, layout=layout, method=method, stats=stats, backend=backend)
+        sk.combine_(r, f, layout=layout, method=method, stats=stats, backend=backend, **state)
     if log:
         m = sk.METHODS[method]
-        kind = "weighting" if m.weighting else "projection" if m.is_projection else "element"
+        # weightings and GRU: their weights come from torch ops, not a kernel
+        torch_weights = m.weighting is not None or m.needs_state
+        kind = "weighting" if torch_weights else "projection" if m.is_projection else "element"
         assert len(log) == LAUNCHES[(kind, stats)], log
 
 
@@ -76,11 +80,12 @@ def test_cuda_combine_never_synchronises(method):
     layout = sk.GradLayout.from_sizes([4096, 3, 100_000, 0, 77], alignment=64)
     r = torch.randn(layout.numel, device="cuda", dtype=torch.bfloat16)
     f = torch.randn(layout.numel, device="cuda", dtype=torch.bfloat16)
-    sk.combine_(r.clone(), f, layout=layout, method=method, stats=True)  # compile, cache the plan
+    state = state_for(method, r)
+    sk.combine_(r.clone(), f, layout=layout, method=method, stats=True, **state)  # compile, plan
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out, stats = sk.combine_(r, f, layout=layout, method=method, stats=True)
+        out, stats = sk.combine_(r, f, layout=layout, method=method, stats=True, **state)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(stats.table).all()

@@ -8,7 +8,7 @@ import torch
 from conftest import CPU_ONLY_BACKENDS
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import CONFIGS, DTYPES, SEEDS, configured, fill_pair, layouts
+from strategies import CONFIGS, DTYPES, SEEDS, configured, fill_pair, layouts, state_for
 
 import sago_kernels as sk
 from sago_kernels import reference
@@ -192,7 +192,9 @@ def test_non_finite_input_never_disappears(backend, device, method, bad):
         v.copy_(torch.randn(v.numel(), generator=g))
     bad_index = layout.segments[1].start + 2
     f[bad_index] = bad
-    out, stats = _combine(backend, r.clone(), f, layout=layout, method=method, stats=True)
+    out, stats = _combine(
+        backend, r.clone(), f, layout=layout, method=method, stats=True, **state_for(method, r)
+    )
     segs = layout.segment_views(out)
     scope = sk.METHODS[method].scope
     assert not torch.isfinite(out[bad_index])
@@ -250,7 +252,7 @@ def test_dots_overflowing_float32_are_decided_alike_by_every_backend(
         if device.type != "cpu" and name in CPU_ONLY_BACKENDS:
             continue
         out, stats = sk.combine_(r.clone(), f, layout=layout, method=method, stats=True,
-                                 backend=name)  # fmt: skip
+                                 backend=name, **state_for(method, r))  # fmt: skip
         results[name] = out.cpu(), stats.table.cpu()
     m = sk.METHODS[method]
     out, table = results["reference"]
@@ -280,7 +282,8 @@ def test_run_to_run_bitwise_determinism(backend, device, method):
     results = []
     for _ in range(2):
         out, stats = _combine(
-            backend, r.clone(), f, layout=layout, method=method, stats=True, config=CONFIGS[0]
+            backend, r.clone(), f, layout=layout, method=method, stats=True, config=CONFIGS[0],
+            **state_for(method, r),
         )
         results.append((out.view(torch.int16).clone(), stats.table.view(torch.int32).clone()))
     assert torch.equal(results[0][0], results[1][0])

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(HAS_CUDA, reason="compiled for the real GPU by t
 
 pytest.importorskip("triton")
 
-DOTS, MODES = 9, {0, 1, 2, 8, 9}  # sum, sago, sago_prefer_retain, affine write, dots
+# sum, sago, sago_prefer_retain, affine write, dots, GRU dots, GRU write
+DOTS, MODES = {9, 10}, {0, 1, 2, 8, 9, 10, 11}
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_aligned_full_tiles_use_16_byte_vectors(compiled):
     assert passes
     for v in passes:
         assert v["ld_v4"], f"full tiles should load 16-byte vectors: {v}"
-        if v["constexprs"]["MODE"] != DOTS:
+        if v["constexprs"]["MODE"] not in DOTS:
             assert v["st_v4"], f"full tiles should store 16-byte vectors: {v}"
 
 
 def test_default_launch_settings_never_spill(compiled):
     default = [v for v in compiled["variants"] if _default_settings(v)]
-    assert len(default) >= 2 * 3 * 9 + 5  # chunk passes (align x dtype x mode/stats) + small
+    assert len(default) >= 2 * 3 * 12 + 5  # chunk passes (align x dtype x mode/stats) + small
     spilled = [v for v in default if "LOCAL:0" not in v["usage"] or "STACK:0" not in v["usage"]]
     assert not spilled, "register spills:\n" + "\n".join(map(str, spilled))

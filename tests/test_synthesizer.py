@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import HAS_CUDA
+from strategies import state_for
 
 import sago_kernels as sk
 
@@ -56,7 +57,8 @@ def test_step_equals_manual_algorithm_1(backend, device, method):
     g_f = _flat_grads(twin, tf, synth.layout).to(device)
     g_r = _flat_grads(twin, tr, synth.layout).to(device)
     want, want_stats = sk.combine_(g_r, g_f, layout=synth.layout, method=method, alpha=0.7,
-                                   gamma=1.3, stats=True, backend=backend)  # fmt: skip
+                                   gamma=1.3, stats=True, backend=backend,
+                                   **state_for(method, g_r, zero=True))  # fmt: skip
     torch.testing.assert_close(synth.retain_buffer, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats.table, want_stats.table, rtol=1e-4, atol=1e-5)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import BACKENDS
 from oracle import bits
-from strategies import fill_pair
+from strategies import fill_pair, state_for
 
 import sago_kernels as sk
 
@@ -31,7 +31,7 @@ def _bits_per_thread_count(backend, layout, method, dtype):
             torch.set_num_threads(threads)
             out, stats = sk.combine_(
                 r.clone(), f, layout=layout, method=method, alpha=0.75, gamma=1.5, stats=True,
-                backend=backend,
+                backend=backend, **state_for(method, r),
             )  # fmt: skip
             results[threads] = (bits(out).clone(), stats.table.view(torch.int32).clone())
     finally:

@@ -118,3 +118,27 @@ def test_collator_pads_and_masks():
     assert batch["forget_labels"].tolist() == [[1, 2, 3], [5, -100, -100]]
     assert batch["retain_attention_mask"].tolist() == [[1, 0], [1, 1]]
     assert batch["retain_labels"].tolist() == [[-100, -100], [6, 7]]
+
+
+def test_checkpoints_carry_the_gru_average_and_resume_it(tmp_path):
+    """A run resumed from a mid-run checkpoint ends where the uninterrupted run ends: the
+    synthesizer's moving average travels in the checkpoint (``sago_synthesizer.pt``)."""
+    forget, retain = _examples(8, 1), _examples(8, 2)
+    data = PairedDataset(forget, retain, seed=3)
+    kw = dict(
+        data_collator=PairedCollator(pad_token_id=0), method="gru_global", forget_loss="ga",
+        retain_loss="nll", backend="reference", train_dataset=data,
+    )
+    args = dict(save_strategy="steps", save_steps=2, num_train_epochs=2)
+    straight = _InOrder(model=_model(), args=_args(tmp_path / "a", **args), **kw)
+    straight.train()
+    assert straight.state.global_step == 8
+    checkpoint = tmp_path / "a" / "checkpoint-4"
+    saved = torch.load(checkpoint / "sago_synthesizer.pt", weights_only=True)
+    assert saved["ema"].shape == straight.synth.state_buffer.shape and saved["ema"].any()
+
+    resumed = _InOrder(model=_model(seed=1), args=_args(tmp_path / "b", **args), **kw)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert torch.equal(resumed.synth.state_buffer, straight.synth.state_buffer)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

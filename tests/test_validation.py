@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from strategies import state_for
 
 import sago_kernels as sk
 
@@ -117,8 +118,10 @@ def test_bad_input_raises_before_writing(backend, device, case):
 def test_out_may_be_forget_and_leaves_retain(backend, device, method):
     r, f = _buffers(device)
     r_before, f_before = r.clone(), f.clone()
-    expected = sk.combine_(r.clone(), f.clone(), layout=LAYOUT, method=method, backend=backend)
-    written = sk.combine_(r, f, layout=LAYOUT, method=method, out=f, backend=backend)
+    expected = sk.combine_(r.clone(), f.clone(), layout=LAYOUT, method=method, backend=backend,
+                           **state_for(method, r))  # fmt: skip
+    written = sk.combine_(r, f, layout=LAYOUT, method=method, out=f, backend=backend,
+                          **state_for(method, r))  # fmt: skip
     assert written is f
     assert torch.equal(r, r_before)
     for got, want in zip(LAYOUT.segment_views(f), LAYOUT.segment_views(expected)):

@@ -163,17 +163,22 @@ enum Mode {
   kSum = SAGO_GATE_SUM,
   kSago = SAGO_GATE_SAGO,
   kSagoPreferRetain = SAGO_GATE_SAGO_PREFER_RETAIN,
-  kAffine = 8,  // g = a·f + b·r with per-segment (a, b)
-  kDots = 9,    // read only: f·r, r·r, f·f
+  kAffine = 8,     // g = a·f + b·r with per-segment (a, b)
+  kDots = 9,       // read only: f·r, r·r, f·f
+  kDotsEma = 10,   // read only: f·r, r·r, f·f, and f·m', m'·m' with m' = beta·r + keep·m
+  kAffineEma = 11, // g = a·f + b·r + c·m' with per-segment (a, b, c); m' into the state
 };
 
+constexpr bool is_ema(int mode) { return mode == kDotsEma || mode == kAffineEma; }
+
 struct Weights {
-  float a, b;          // kAffine
+  float a, b, c;       // kAffine, kAffineEma
   float alpha, gamma;  // gates
+  float beta, keep;    // the moving average
 };
 
 struct Splats {  // the weights broadcast once per chunk, held in registers (not reloaded
-  VF a, b, alpha, gamma;  // after every store, which the compiler must assume may alias)
+  VF a, b, c, alpha, gamma, beta, keep;  // after every store, which may alias them)
 };
 
 // kWidth lanes in double, as two native registers (a vector wider than the machine's would
@@ -213,10 +218,12 @@ SAGO_INLINE VD wide(VF x) {
 }
 
 // kWidth elements (one part of a block). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f and
-// conflicts. ``valid`` masks the lanes past a chunk's end (all true for full blocks).
-template <class IO, int kMode, bool kInputSums, bool kOutputSums>
+// conflicts; kDotsEma sums f·m' into o_f and m'·m' into oo. ``valid`` masks the lanes past a
+// chunk's end (all true for full blocks). kStoreState: write m' into the state (kAffineEma).
+template <class IO, int kMode, bool kInputSums, bool kOutputSums, bool kStoreState>
 SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
-                      typename IO::Word* o_ptr, const Splats& w, Part& s, VI valid) {
+                      typename IO::Word* o_ptr, typename IO::Word* m_ptr, const Splats& w,
+                      Part& s, VI valid) {
   const VF r = IO::widen(r_ptr);
   const VF f = IO::widen(f_ptr);
   if (kInputSums) {
@@ -225,7 +232,14 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     s.rr += rd * rd;
     s.ff += fd * fd;
   }
-  if (kMode == kDots) return;
+  VF m = VF{};
+  if constexpr (is_ema(kMode)) m = w.beta * r + w.keep * IO::widen(m_ptr);
+  if constexpr (kMode == kDotsEma) {
+    const VD md = wide(m);
+    s.o_f += wide(f) * md;
+    s.oo += md * md;
+  }
+  if (kMode == kDots || kMode == kDotsEma) return;
   const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
   // conflict: signs differ and neither is ±0, on bits ("and not either-zero": fewer
   // instructions than two "!= 0" tests where compares only test equality, as on AVX2)
@@ -236,6 +250,8 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     o = w.gamma * f + w.alpha * r;
   } else if (kMode == kAffine) {
     o = w.a * f + w.b * r;
+  } else if (kMode == kAffineEma) {
+    o = w.a * f + w.b * r + w.c * m;
   } else {
     const VF forget_part = w.gamma * f;
     const VF retain_part = w.alpha * r;
@@ -246,6 +262,7 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     o = non_finite ? quiet_nan() : o;
   }
   IO::narrow(o, o_ptr);
+  if (kStoreState) IO::narrow(m, m_ptr);
   if (kOutputSums) {
     const VD od = wide(valid ? o : VF{});  // a NaN weight times a padding 0 must not count
     s.oo += od * od;
@@ -255,37 +272,45 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
   }
 }
 
-// Elements [0, n) of one chunk: combine (unless kDots) and fill the chunk's row of sums.
-template <class IO, int kMode, bool kStats>
+// Elements [0, n) of one chunk: combine (unless a dots mode) and fill the chunk's row of sums.
+// m_ptr: the state (the EMA modes; nullptr otherwise).
+template <class IO, int kMode, bool kStats, bool kStoreState = false>
 void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
-                typename IO::Word* o_ptr, int64_t n, const Weights& weights, double* row,
-                int64_t* conflicts_out) {
+                typename IO::Word* o_ptr, typename IO::Word* m_ptr, int64_t n,
+                const Weights& weights, double* row, int64_t* conflicts_out) {
   using Word = typename IO::Word;
-  constexpr bool kInputSums = kMode == kDots || (kStats && kMode != kAffine);
-  constexpr bool kOutputSums = kStats && kMode != kDots;
+  constexpr bool kWrites = kMode != kDots && kMode != kDotsEma;
+  constexpr bool kInputSums =
+      !kWrites || (kStats && kMode != kAffine && kMode != kAffineEma);
+  constexpr bool kOutputSums = kStats && kWrites;
   Part s[kParts] = {};
   const VI all = VI{} - 1;
-  const Splats w = {splat(weights.a), splat(weights.b), splat(weights.alpha), splat(weights.gamma)};
+  const Splats w = {splat(weights.a),     splat(weights.b),    splat(weights.c),
+                    splat(weights.alpha), splat(weights.gamma), splat(weights.beta),
+                    splat(weights.keep)};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int p = 0; p < kParts; ++p) {
       const int64_t at = i + p * kWidth;
-      part<IO, kMode, kInputSums, kOutputSums>(r_ptr + at, f_ptr + at, o_ptr + at, w, s[p], all);
+      part<IO, kMode, kInputSums, kOutputSums, kStoreState>(
+          r_ptr + at, f_ptr + at, o_ptr + at, is_ema(kMode) ? m_ptr + at : nullptr, w, s[p], all);
     }
   }
   if (i < n) {  // the tail through zero-padded copies
     const int width = static_cast<int>(n - i);
-    Word r_tail[kLanes] = {}, f_tail[kLanes] = {}, o_tail[kLanes] = {};
+    Word r_tail[kLanes] = {}, f_tail[kLanes] = {}, o_tail[kLanes] = {}, m_tail[kLanes] = {};
     std::memcpy(r_tail, r_ptr + i, width * sizeof(Word));
     std::memcpy(f_tail, f_ptr + i, width * sizeof(Word));
+    if (is_ema(kMode)) std::memcpy(m_tail, m_ptr + i, width * sizeof(Word));
     for (int p = 0; p < kParts; ++p) {
       VI lane;
       for (int q = 0; q < kWidth; ++q) lane[q] = p * kWidth + q;
       const int at = p * kWidth;
-      part<IO, kMode, kInputSums, kOutputSums>(r_tail + at, f_tail + at, o_tail + at, w, s[p],
-                                               lane < width);
+      part<IO, kMode, kInputSums, kOutputSums, kStoreState>(
+          r_tail + at, f_tail + at, o_tail + at, m_tail + at, w, s[p], lane < width);
     }
-    if (kMode != kDots) std::memcpy(o_ptr + i, o_tail, width * sizeof(Word));
+    if (kWrites) std::memcpy(o_ptr + i, o_tail, width * sizeof(Word));
+    if (kStoreState) std::memcpy(m_ptr + i, m_tail, width * sizeof(Word));
   }
   if (!kInputSums && !kOutputSums) return;
   double totals[SAGO_NUM_SUMS] = {0, 0, 0, 0, 0, 0};
@@ -303,6 +328,10 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
   }
   if (kInputSums) {
     for (int k = 0; k < 3; ++k) row[k] = totals[k];
+  }
+  if (kMode == kDotsEma) {  // f·m', m'·m'
+    row[3] = totals[5];
+    row[4] = totals[3];
   }
   if (kOutputSums) {
     for (int k = 3; k < SAGO_NUM_SUMS; ++k) row[k] = totals[k];
@@ -363,7 +392,7 @@ class Combine {
     try {
       rows_.assign(static_cast<size_t>(A.num_chunks) * kRow, 0.0);
       conflicts_.assign(static_cast<size_t>(A.num_chunks), 0);
-      if (A.scope != SAGO_ELEMENT) coef_.assign(static_cast<size_t>(A.num_segments) * 2, 0.0f);
+      if (A.scope != SAGO_ELEMENT) coef_.assign(static_cast<size_t>(A.num_segments) * 3, 0.0f);
     } catch (const std::bad_alloc&) {
       return SAGO_OUT_OF_MEMORY;
     }
@@ -376,11 +405,18 @@ class Combine {
       }
     }
     if (A.phase == SAGO_PHASE_WRITE_COEF) {  // the caller's coefficients (a Gramian weighting)
-      for (size_t k = 0; k < coef_.size(); ++k) coef_[k] = A.seg_coef[k];
+      for (int64_t j = 0; j < A.num_segments; ++j) {
+        coef_[j * 3] = A.seg_coef[j * 2];
+        coef_[j * 3 + 1] = A.seg_coef[j * 2 + 1];
+      }
       return write_pass<IO, kAffine>();
     }
+    if (A.phase == SAGO_PHASE_DOTS_EMA || A.phase == SAGO_PHASE_WRITE_EMA) {
+      if (A.code != SAGO_PROJECTION_GRU) return SAGO_BAD_PHASE;
+      return A.phase == SAGO_PHASE_DOTS_EMA ? ema_dots<IO>() : write_pass<IO, kAffineEma>();
+    }
     if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR &&
-        A.code != SAGO_PROJECTION_WEIGHTING) {
+        A.code != SAGO_PROJECTION_WEIGHTING && A.code != SAGO_PROJECTION_GRU) {
       return SAGO_BAD_METHOD;
     }
     if (A.phase != SAGO_PHASE_ALL && A.phase != SAGO_PHASE_DOTS && A.phase != SAGO_PHASE_WRITE) {
@@ -388,6 +424,7 @@ class Combine {
     }
     // a weighting's coefficients come from the caller: only its DOTS phase runs here
     if (A.code == SAGO_PROJECTION_WEIGHTING && A.phase != SAGO_PHASE_DOTS) return SAGO_BAD_PHASE;
+    if (A.code == SAGO_PROJECTION_GRU) return SAGO_BAD_PHASE;  // only its EMA phases
     std::vector<double> dots;
     try {
       dots.assign(static_cast<size_t>(A.num_segments) * 3, 0.0);
@@ -400,7 +437,8 @@ class Combine {
       for_each_chunk([&](int64_t c, const Weights& w) {
         const int64_t start = A.chunk_start[c];
         chunk_pass<IO, kDots, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
-                                    nullptr, A.chunk_len[c], w, &rows_[c * kRow], nullptr);
+                                    nullptr, nullptr, A.chunk_len[c], w, &rows_[c * kRow],
+                                    nullptr);
       });
       segment_dots(dots.data());
       if (A.phase == SAGO_PHASE_DOTS) {
@@ -418,10 +456,34 @@ class Combine {
     return static_cast<const typename IO::Word*>(base) + offset;
   }
 
+  // GRU's DOTS_EMA: per segment f·r, r·r, f·f, f·m', m'·m' into seg_dots (chunk order).
+  template <class IO>
+  int32_t ema_dots() {
+    for_each_chunk([&](int64_t c, const Weights& w) {
+      const int64_t start = A.chunk_start[c];
+      chunk_pass<IO, kDotsEma, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
+                                     nullptr, state<IO>(start), A.chunk_len[c], w,
+                                     &rows_[c * kRow], nullptr);
+    });
+    for (int64_t j = 0; j < A.num_segments; ++j) {
+      double* dots = A.seg_dots + j * SAGO_NUM_EMA_DOTS;
+      for (int k = 0; k < SAGO_NUM_EMA_DOTS; ++k) dots[k] = 0.0;
+      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
+        for (int k = 0; k < SAGO_NUM_EMA_DOTS; ++k) dots[k] += rows_[c * kRow + k];
+      }
+    }
+    return SAGO_OK;
+  }
+
+  template <class IO>
+  typename IO::Word* state(int64_t offset) const {
+    return static_cast<typename IO::Word*>(A.state) + offset;
+  }
+
   template <class Body>
   void for_each_chunk(Body body) {
     const int64_t chunks = A.num_chunks;
-    const Weights gates{A.alpha, A.alpha, A.alpha, A.gamma};
+    const Weights gates{A.alpha, A.alpha, 0.0f, A.alpha, A.gamma, A.beta, A.keep};
 #ifdef _OPENMP
     const int threads = A.num_threads > 0 ? A.num_threads : 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && chunks > 1)
@@ -445,15 +507,15 @@ class Combine {
       const double* d = dots + j * 3;
       for (int k = 0; k < 3; ++k) total[k] += d[k];
       affine_weights(to_float32(d[0]), to_float32(d[1]), to_float32(d[2]), A.alpha, A.gamma,
-                     A.eps, A.code, &coef_[j * 2], &coef_[j * 2 + 1]);
+                     A.eps, A.code, &coef_[j * 3], &coef_[j * 3 + 1]);
     }
     if (A.scope == SAGO_GLOBAL) {
       float a, b;
       affine_weights(to_float32(total[0]), to_float32(total[1]), to_float32(total[2]), A.alpha,
                      A.gamma, A.eps, A.code, &a, &b);
       for (int64_t j = 0; j < A.num_segments; ++j) {
-        coef_[j * 2] = a;
-        coef_[j * 2 + 1] = b;
+        coef_[j * 3] = a;
+        coef_[j * 3 + 1] = b;
       }
     }
   }
@@ -461,20 +523,39 @@ class Combine {
   template <class IO, int kMode>
   int32_t write_pass() {
     using Word = typename IO::Word;
+    if (kMode == kAffineEma) {
+      for (size_t k = 0; k < coef_.size(); ++k) coef_[k] = A.seg_coef[k];
+    }
     for_each_chunk([&](int64_t c, const Weights& gates) {
       Weights w = gates;
-      if (kMode == kAffine) {
-        w.a = coef_[A.chunk_seg[c] * 2];
-        w.b = coef_[A.chunk_seg[c] * 2 + 1];
+      if (kMode == kAffine || kMode == kAffineEma) {
+        w.a = coef_[A.chunk_seg[c] * 3];
+        w.b = coef_[A.chunk_seg[c] * 3 + 1];
+        w.c = coef_[A.chunk_seg[c] * 3 + 2];
       }
       const int64_t start = A.chunk_start[c];
+      const int64_t n = A.chunk_len[c];
       const Word* r = input<IO>(A.retain, start);
       const Word* f = input<IO>(A.forget, start);
       Word* o = static_cast<Word*>(A.out) + start;
+      Word* m = kMode == kAffineEma ? state<IO>(start) : nullptr;
+      double* row = A.want_stats ? &rows_[c * kRow] : nullptr;
+      int64_t* conflicts = A.want_stats ? &conflicts_[c] : nullptr;
+      // a segment written as NaN (its coefficients are NaN) keeps its state
+      if constexpr (kMode == kAffineEma) {
+        if (is_finite(w.c)) {
+          if (A.want_stats) {
+            chunk_pass<IO, kMode, true, true>(r, f, o, m, n, w, row, conflicts);
+          } else {
+            chunk_pass<IO, kMode, false, true>(r, f, o, m, n, w, row, conflicts);
+          }
+          return;
+        }
+      }
       if (A.want_stats) {
-        chunk_pass<IO, kMode, true>(r, f, o, A.chunk_len[c], w, &rows_[c * kRow], &conflicts_[c]);
+        chunk_pass<IO, kMode, true>(r, f, o, m, n, w, row, conflicts);
       } else {
-        chunk_pass<IO, kMode, false>(r, f, o, A.chunk_len[c], w, nullptr, nullptr);
+        chunk_pass<IO, kMode, false>(r, f, o, m, n, w, row, conflicts);
       }
     });
     if (A.want_stats) reduce_stats();

@@ -22,7 +22,7 @@ extern "C" {
 
 // Bumped whenever SagoCombineArgs or a function signature changes; native.py refuses a library
 // built from other sources (e.g. a stale build in the source tree).
-#define SAGO_NATIVE_ABI 4
+#define SAGO_NATIVE_ABI 5
 
 enum SagoDtype { SAGO_FLOAT32 = 0, SAGO_BFLOAT16 = 1, SAGO_FLOAT16 = 2 };
 enum SagoScope { SAGO_ELEMENT = 0, SAGO_SEGMENT = 1, SAGO_GLOBAL = 2 };
@@ -30,10 +30,13 @@ enum SagoScope { SAGO_ELEMENT = 0, SAGO_SEGMENT = 1, SAGO_GLOBAL = 2 };
 enum SagoGate { SAGO_GATE_SUM = 0, SAGO_GATE_SAGO = 1, SAGO_GATE_SAGO_PREFER_RETAIN = 2 };
 // WEIGHTING: the weights come from a Gramian weighting computed by the caller (weightings.py):
 // the library runs the DOTS phase, then WRITE_COEF with the caller's coefficients.
+// GRU: a projection off a moving average of g_r held in the state buffer (gru.py): DOTS_EMA,
+// then WRITE_EMA with the caller's coefficients.
 enum SagoProjection {
   SAGO_PROJECTION_PCGRAD = 0,
   SAGO_PROJECTION_BLUR = 1,
   SAGO_PROJECTION_WEIGHTING = 2,
+  SAGO_PROJECTION_GRU = 3,
 };
 
 // Instruction sets the kernels are built for (x86-64; elsewhere only BASELINE).
@@ -43,11 +46,17 @@ enum SagoIsa { SAGO_ISA_BASELINE = 0, SAGO_ISA_AVX2 = 1, SAGO_ISA_AVX512 = 2 };
 // around a sum of the per-segment dots over the ranks: DOTS, then the caller reduces seg_dots,
 // then WRITE with the reduced dots. WRITE_COEF writes a·f + b·r with the caller's per-segment
 // coefficients (seg_coef), whatever the method code: Gramian weightings use DOTS, then it.
+// GRU (code SAGO_PROJECTION_GRU only): DOTS_EMA reads f, r and the state m, and writes five
+// dots per segment of f, r and m' = beta·r + keep·m (f·r, r·r, f·f, f·m', m'·m'; m' is not
+// stored); WRITE_EMA writes a·f + b·r + c·m' with the caller's (a, b, c) per segment, and m'
+// into the state, except in segments whose c is NaN (they keep their state).
 enum SagoPhase {
   SAGO_PHASE_ALL = 0,
   SAGO_PHASE_DOTS = 1,
   SAGO_PHASE_WRITE = 2,
   SAGO_PHASE_WRITE_COEF = 3,
+  SAGO_PHASE_DOTS_EMA = 4,
+  SAGO_PHASE_WRITE_EMA = 5,
 };
 
 enum SagoStatus {
@@ -58,6 +67,9 @@ enum SagoStatus {
   SAGO_OUT_OF_MEMORY = 4,
   SAGO_BAD_PHASE = 5,
 };
+
+// Dots per segment written by DOTS_EMA (see SagoPhase).
+#define SAGO_NUM_EMA_DOTS 5
 
 // Number of per-segment sums written to seg_sums, in this order:
 // f·r, r·r, f·f, o·o, o·r, o·f (o = g_final in float32, before rounding to the buffer dtype).
@@ -89,7 +101,12 @@ typedef struct SagoCombineArgs {
   int64_t* seg_conflicts;      // [num_segments] when want_stats
   int32_t phase;               // SagoPhase; DOTS and WRITE only for projection methods
   double* seg_dots;            // [num_segments * 3] f·r, r·r, f·f: DOTS writes, WRITE reads
-  const float* seg_coef;       // [num_segments * 2] (a, b) per segment: WRITE_COEF reads
+  const float* seg_coef;       // [num_segments * 2] (a, b) per segment: WRITE_COEF reads;
+                               // [num_segments * 3] (a, b, c): WRITE_EMA reads
+  void* state;                 // GRU's moving average m (dtype as the buffers): DOTS_EMA reads,
+                               // WRITE_EMA reads and writes; never aliases the other buffers
+  float beta;                  // weight of r in m' = beta·r + keep·m
+  float keep;                  // weight of m
 } SagoCombineArgs;
 
 SAGO_NATIVE_API int32_t sago_native_abi(void);

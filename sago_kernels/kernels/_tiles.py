@@ -13,6 +13,9 @@ MODE_SAGO = tl.constexpr(GATE_SAGO)
 MODE_SAGO_PREFER_RETAIN = tl.constexpr(GATE_SAGO_PREFER_RETAIN)
 MODE_AFFINE = tl.constexpr(8)  # out = a_j·f + b_j·r with per-segment (a_j, b_j)
 MODE_DOTS = tl.constexpr(9)  # read-only: per-chunk f·r, r·r, f·f
+# GRU (gru.py), with the state m: m' = beta·r + keep·m, recomputed in both passes
+MODE_DOTS_EMA = tl.constexpr(10)  # read-only: f·r, r·r, f·f, and f·m' (column 4), m'·m' (3)
+MODE_AFFINE_EMA = tl.constexpr(11)  # out = a_j·f + b_j·r + c_j·m'; m' into the state
 BLUR = tl.constexpr(PROJECTION_BLUR)
 
 NUM_SUMS = tl.constexpr(8)  # columns of a partial-sum row: fr, rr, ff, oo, or, of, 0, 0

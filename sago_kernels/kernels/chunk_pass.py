@@ -25,7 +25,9 @@ import triton.language as tl
 
 from ._tiles import (
     MODE_AFFINE,
+    MODE_AFFINE_EMA,
     MODE_DOTS,
+    MODE_DOTS_EMA,
     MODE_SAGO,
     MODE_SUM,
     NUM_SUMS,
@@ -35,7 +37,7 @@ from ._tiles import (
 
 @triton.jit
 def _accumulate_tile(
-    retain_ptr, forget_ptr, out_ptr, offs, mask, a, b, alpha, gamma,
+    retain_ptr, forget_ptr, out_ptr, state_ptr, offs, mask, a, b, c, alpha, gamma, beta, keep,
     acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
     MODE: tl.constexpr, STATS: tl.constexpr, MASKED: tl.constexpr, BF16_BITS: tl.constexpr,
 ):  # fmt: skip
@@ -57,7 +59,21 @@ def _accumulate_tile(
         acc_fr += f * r
         acc_rr += r * r
         acc_ff += f * f
-    if MODE != MODE_DOTS:
+    m = r
+    if MODE == MODE_DOTS_EMA or MODE == MODE_AFFINE_EMA:
+        if MASKED:
+            m = tl.load(state_ptr + offs, mask=mask, other=0)
+        else:
+            m = tl.load(state_ptr + offs)
+        if BF16_BITS:
+            m = (m.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        else:
+            m = m.to(tl.float32)
+        m = beta * r + keep * m
+        if MODE == MODE_DOTS_EMA:
+            acc_oo += m * m
+            acc_or += f * m
+    if MODE != MODE_DOTS and MODE != MODE_DOTS_EMA:
         rb = r.to(tl.int32, bitcast=True)
         fb = f.to(tl.int32, bitcast=True)
         # conflict: both non-zero and signs differ, on bits
@@ -66,6 +82,8 @@ def _accumulate_tile(
             out = gamma * f + alpha * r
         elif MODE == MODE_AFFINE:
             out = a * f + b * r
+        elif MODE == MODE_AFFINE_EMA:
+            out = a * f + b * r + c * m
         else:
             if MODE == MODE_SAGO:
                 kept = gamma * f
@@ -84,6 +102,15 @@ def _accumulate_tile(
             tl.store(out_ptr + offs, y, mask=mask)
         else:
             tl.store(out_ptr + offs, y)
+        if MODE == MODE_AFFINE_EMA:  # m' into the state, unless the segment is NaN (c is NaN)
+            if BF16_BITS:
+                u = m.to(tl.int32, bitcast=True)
+                rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+                ym = tl.where((u & 0x7FFFFFFF) > 0x7F800000, 0x7FC0, rounded).to(tl.int16)
+            else:
+                ym = m.to(state_ptr.dtype.element_ty)
+            c_lanes = tl.where(mask, c, 0.0)  # a tensor: the interpreter cannot & a scalar
+            tl.store(state_ptr + offs, ym, mask=mask & (c_lanes == c_lanes))
         if STATS:
             if MASKED:
                 # Lanes past the segment loaded 0; keep a NaN weight from reaching the sums.
@@ -97,9 +124,9 @@ def _accumulate_tile(
 
 @triton.jit
 def _chunk_pass_kernel(
-    retain_ptr, forget_ptr, out_ptr,
+    retain_ptr, forget_ptr, out_ptr, state_ptr,
     seg_start_ptr, seg_numel_ptr, seg_chunk_ptr, coef_ptr, partial_ptr, conflict_ptr,
-    num_segments, search_steps, chunk_elems, alpha, gamma,
+    num_segments, search_steps, chunk_elems, alpha, gamma, beta, keep,
     MODE: tl.constexpr, STATS: tl.constexpr, BF16_BITS: tl.constexpr,
     ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -109,9 +136,14 @@ def _chunk_pass_kernel(
     n = tl.minimum(tl.load(seg_numel_ptr + seg) - first, chunk_elems)
     base = tl.multiple_of(tl.load(seg_start_ptr + seg) + first, ALIGN)
 
+    c = alpha
     if MODE == MODE_AFFINE:
         a = tl.load(coef_ptr + 2 * seg)
         b = tl.load(coef_ptr + 2 * seg + 1)
+    elif MODE == MODE_AFFINE_EMA:
+        a = tl.load(coef_ptr + 3 * seg)
+        b = tl.load(coef_ptr + 3 * seg + 1)
+        c = tl.load(coef_ptr + 3 * seg + 2)
     else:
         a = alpha
         b = alpha
@@ -129,7 +161,8 @@ def _chunk_pass_kernel(
     for i in range(0, n_full):
         offs = base + i * BLOCK + lanes
         acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
-            retain_ptr, forget_ptr, out_ptr, offs, lanes < BLOCK, a, b, alpha, gamma,
+            retain_ptr, forget_ptr, out_ptr, state_ptr, offs, lanes < BLOCK, a, b, c, alpha,
+            gamma, beta, keep,
             acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
             MODE, STATS, False, BF16_BITS,
         )  # fmt: skip
@@ -137,7 +170,8 @@ def _chunk_pass_kernel(
     if tail > 0:
         offs = base + n_full * BLOCK + lanes
         acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
-            retain_ptr, forget_ptr, out_ptr, offs, lanes < tail, a, b, alpha, gamma,
+            retain_ptr, forget_ptr, out_ptr, state_ptr, offs, lanes < tail, a, b, c, alpha,
+            gamma, beta, keep,
             acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
             MODE, STATS, True, BF16_BITS,
         )  # fmt: skip

@@ -9,6 +9,8 @@ Launches per call (N = elements in segments, s = itemsize, S = segments, C = chu
 
 Gramian weightings (``weightings.py``): the projection launches, with the coefficients kernel
 replaced by O(S) torch ops on the device (one launch fewer, a few small torch kernels more).
+GRU (``gru.py``): the same, with the state m read by both chunk passes and written by the
+second: 8N·s bytes (dots pass: f, r, m; write pass: f, r, m in, g_final and m' out).
 
 Projection: chunk pass (dots) → per-segment sums → coefficients → chunk pass (write). With
 stats, the write pass also emits sums, reduced by one more per-segment launch and the geometry
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import weightings
+from .. import gru, weightings
 from .._scoped import ScopedSetting
 from ..layout import GradLayout
 from ..methods import Method
@@ -159,6 +161,7 @@ def combine_triton(
     want_stats: bool,
     reduce: Reduce | None = None,
     seg_numels: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
     config: LaunchConfig | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` (may be ``retain``); return the geometry table if asked.
@@ -166,7 +169,8 @@ def combine_triton(
     Inputs are assumed validated (see ``_validation.py``): same dtype/device/length, contiguous,
     finite scalars. Never synchronises with the host once the layout's plan is cached.
     ``reduce`` and ``seg_numels``: sharded buffers (``sharding.py``): the per-segment dots and
-    the statistics' sums are summed over the ranks between the launches.
+    the statistics' sums are summed over the ranks between the launches. ``state``: GRU's
+    moving average (``gru.py``), read by both chunk passes and updated by the write pass.
     """
     config = _CONFIG.value if config is None else config
     device = retain.device
@@ -175,6 +179,9 @@ def combine_triton(
     f32 = dict(dtype=torch.float32, device=device)
     i64 = dict(dtype=torch.int64, device=device)
     r, f, o = _io_view(retain), _io_view(forget), _io_view(target)
+    m = _io_view(state) if state is not None else r  # never read unless the method is GRU
+    ema = method.ema
+    beta, keep = (ema.beta, ema.keep) if ema is not None else (0.0, 0.0)
     bf16 = retain.dtype == torch.bfloat16
     # Pointer arguments a variant never reads; real allocations keep the pointers valid.
     unused_f32, unused_i64 = torch.empty(8, **f32), torch.empty(1, **i64)
@@ -188,9 +195,9 @@ def combine_triton(
             partial, conflicts = unused_f32, unused_i64
         if plan.num_chunks:
             _chunk_pass_kernel[(plan.num_chunks,)](
-                r, f, o,
+                r, f, o, m,
                 plan.seg_start, plan.seg_numel, plan.seg_chunk, coef, partial, conflicts,
-                s, plan.search_steps, plan.chunk_elems, alpha, gamma,
+                s, plan.search_steps, plan.chunk_elems, alpha, gamma, beta, keep,
                 MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=plan.align, BLOCK=block,
                 num_warps=config.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
@@ -206,7 +213,14 @@ def combine_triton(
         )
         return sums, seg_conflicts
 
-    if method.is_projection:
+    if ema is not None:  # GRU: dots of f, r and m', coefficients in torch, write g_final and m'
+        sums = segment_sums(*chunk_pass(_tiles.MODE_DOTS_EMA.value, unused_f32, True))[0]
+        dots = sums[:, [0, 1, 2, 4, 3]]  # f·r, r·r, f·f, f·m', m'·m' (gru.NUM_DOTS)
+        if reduce is not None:
+            reduce(dots)
+        coef = gru.coefficients(dots, alpha, gamma, eps, ema.retain_coef, method.scope == "global")
+        partial, conflicts = chunk_pass(_tiles.MODE_AFFINE_EMA.value, coef, want_stats)
+    elif method.is_projection:
         dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
         if reduce is not None:
             reduce(dots)
