@@ -125,7 +125,9 @@ def make_fused(layout: sk.GradLayout, method: str, backend: str | None = None) -
         state = None
         if METHODS[method].needs_state:
             key = (retain.dtype, retain.device)
-            state = states.setdefault(key, torch.zeros_like(retain))
+            if key not in states:  # allocated once, outside every later call
+                states[key] = torch.zeros_like(retain)
+            state = states[key]
         sk.combine_(retain, forget, layout=layout, method=method, backend=backend, state=state)
 
     return run
