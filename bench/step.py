@@ -40,7 +40,7 @@ import torch
 from peers import _paper_style_one
 
 import sago_kernels as sk
-from sago_kernels.losses import run_loss
+from sago_kernels.unlearning.losses import run_loss
 
 # ~1.0B parameters: 16 layers of width 2048 (MLP 5632), a 32000-token vocabulary, untied head
 SIZES = {

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import sago_kernels as sk
-from sago_kernels.facts import evaluate, make_corpus
+from sago_kernels.unlearning.facts import evaluate, make_corpus
 
 
 def main(argv=None):

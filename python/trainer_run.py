@@ -16,10 +16,10 @@ import tempfile
 import torch
 import transformers
 
-from sago_kernels.data import PairedCollator, PairedDataset
-from sago_kernels.facts import evaluate, make_corpus
-from sago_kernels.losses import nll_loss
-from sago_kernels.trainer import UnlearningTrainer
+from sago_kernels.unlearning.data import PairedCollator, PairedDataset
+from sago_kernels.unlearning.facts import evaluate, make_corpus
+from sago_kernels.unlearning.losses import nll_loss
+from sago_kernels.unlearning.trainer import UnlearningTrainer
 
 
 def main(argv=None):

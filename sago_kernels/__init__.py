@@ -9,8 +9,7 @@ one of the paper's methods (SUM/GradDiff, SAGO, PCGrad, BLUR), in one fused Trit
     >>> out = sk.combine_(retain, forget, layout=layout, method="pcgrad")
 """
 
-from . import losses, reference
-from .algorithm import StepResult, unlearning_step
+from . import reference, unlearning
 from .combine import combine_
 from .dispatch import backends
 from .grads import combine_grads_
@@ -18,6 +17,7 @@ from .layout import DEFAULT_ALIGNMENT, GradLayout, ParamSlot, Segment
 from .methods import METHODS, Method, method_with, methods, weighting_method
 from .stats import FIELDS, CombineStats, Geometry
 from .synthesizer import GradientSynthesizer
+from .unlearning import StepResult, losses, unlearning_step
 from .weightings import GradVac, torchjd_weighting
 
 __version__ = "0.1.0"
@@ -44,5 +44,6 @@ __all__ = [
     "reference",
     "unlearning_step",
     "torchjd_weighting",
+    "unlearning",
     "weighting_method",
 ]

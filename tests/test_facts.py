@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sago_kernels.facts import RELATIONS, make_corpus
-from sago_kernels.losses import IGNORE_INDEX
+from sago_kernels.unlearning.facts import RELATIONS, make_corpus
+from sago_kernels.unlearning.losses import IGNORE_INDEX
 
 
 def test_corpus_is_seeded_and_split_by_entity():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import sago_kernels.losses as L
+import sago_kernels.unlearning.losses as L
 
 # vocab of 3; logits chosen so probabilities are easy: softmax([0, ln 2, ln 1]) = [1/4, 1/2, 1/4]
 LN2 = math.log(2.0)

@@ -26,7 +26,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
 
 def test_demo_runs_and_saves_its_numbers(tmp_path):
     out = _run(
-        ["-m", "sago_kernels.demo", "--entities", "12", "--pretrain-epochs", "2", "--steps", "3",
+        ["-m", "sago_kernels.unlearning.demo", "--entities", "12", "--pretrain-epochs", "2", "--steps", "3",
          "--eval-every", "1", "--losses", "ga", "npo", "--methods", "sum", "sago", "--out", "res"],
         tmp_path,
     )  # fmt: skip

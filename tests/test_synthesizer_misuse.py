@@ -447,7 +447,7 @@ def test_max_grad_norm_clips_g_final_once_per_tensor():
 )
 def test_the_trainer_checks_its_losses_before_building_anything(kwargs, error, match):
     pytest.importorskip("transformers")
-    from sago_kernels.trainer import UnlearningTrainer
+    from sago_kernels.unlearning.trainer import UnlearningTrainer
 
     with pytest.raises(error, match=match):  # model=None: it never got that far
         UnlearningTrainer(model=None, args=None, **kwargs)

@@ -10,9 +10,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import sago_kernels as sk  # noqa: E402
-from sago_kernels.data import PairedCollator, PairedDataset, split_pair  # noqa: E402
-from sago_kernels.losses import run_loss  # noqa: E402
-from sago_kernels.trainer import UnlearningTrainer  # noqa: E402
+from sago_kernels.unlearning.data import PairedCollator, PairedDataset, split_pair  # noqa: E402
+from sago_kernels.unlearning.losses import run_loss  # noqa: E402
+from sago_kernels.unlearning.trainer import UnlearningTrainer  # noqa: E402
 
 VOCAB = 17
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_scalar
+from .._validation import check_scalar
 from .losses import check_batch, get_loss, loss_hparams, run_loss
-from .stats import CombineStats
-from .synthesizer import GradientSynthesizer
+from ..stats import CombineStats
+from ..synthesizer import GradientSynthesizer
 
 
 @dataclass(frozen=True)

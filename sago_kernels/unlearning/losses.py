@@ -6,7 +6,7 @@ its labelled tokens' log-probabilities.
 
 Any forget loss composes with any retain loss and any combine method:
 
-    >>> import torch, sago_kernels.losses as L
+    >>> import torch, sago_kernels.unlearning.losses as L
     >>> logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
     >>> bool(L.ga_loss(logits, labels) == -L.nll_loss(logits, labels))
     True
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_scalar
+from .._validation import check_scalar
 
 IGNORE_INDEX = -100
 
@@ -43,7 +43,7 @@ def check_labels(labels: torch.Tensor, vocab: int) -> None:
     if labels.device.type != "cpu":
         torch._assert_async(
             ~bad.any(),
-            f"sago_kernels.losses: `labels` should be token ids in [0, {vocab}) or "
+            f"sago_kernels.unlearning.losses: `labels` should be token ids in [0, {vocab}) or "
             f"{IGNORE_INDEX} (ignored)",
         )
         return

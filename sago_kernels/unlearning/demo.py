@@ -1,9 +1,9 @@
 """Unlearning demo: memorise synthetic facts, then forget some of them with each method.
 
-    python -m sago_kernels.demo                       # defaults: CPU, a few minutes
-    python -m sago_kernels.demo --losses npo --methods sum sago --device cuda
+    python -m sago_kernels.unlearning.demo                       # defaults: CPU, a few minutes
+    python -m sago_kernels.unlearning.demo --losses npo --methods sum sago --device cuda
 
-1. Builds a corpus of facts about fictitious entities (``sago_kernels.facts``): forget,
+1. Builds a corpus of facts about fictitious entities (``sago_kernels.unlearning.facts``): forget,
    retain and neighbour entities, seeded.
 2. Trains a tiny GPT-2 from a config until it knows every fact.
 3. Unlearns the forget set with each forget loss (GA, NPO, SimNPO; retain loss GD = NLL on D_r)
@@ -27,7 +27,7 @@ import torch
 from .algorithm import unlearning_step
 from .facts import FactsCorpus, evaluate, make_corpus
 from .losses import SUGGESTED_GAMMA, nll_loss
-from .synthesizer import GradientSynthesizer
+from ..synthesizer import GradientSynthesizer
 
 LOSS_LABELS = {"ga": "GA+GD", "npo": "NPO+GD", "simnpo": "SimNPO+GD"}
 

@@ -1,6 +1,6 @@
 """A ``transformers.Trainer`` that unlearns with Algorithm 1 and the fused combine.
 
-Each micro-batch is a pair (see :class:`~sago_kernels.data.PairedCollator`): the forget loss is
+Each micro-batch is a pair (see :class:`~sago_kernels.unlearning.data.PairedCollator`): the forget loss is
 back-propagated into the forget buffer, the retain loss into the retain buffer. On the last
 micro-batch of an accumulation window the two are combined in place, before the Trainer clips
 and steps, so gradient accumulation, any optimizer and scheduler, mixed precision and gradient
@@ -22,8 +22,8 @@ import transformers
 
 from .data import split_pair
 from .losses import get_loss, loss_hparams, run_loss
-from .stats import FIELDS
-from .synthesizer import GradientSynthesizer
+from ..stats import FIELDS
+from ..synthesizer import GradientSynthesizer
 
 SYNTHESIZER_STATE_NAME = "sago_synthesizer.pt"
 """The file, in each checkpoint folder, of the synthesizer's state across steps (if any)."""
