@@ -78,7 +78,8 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         # the unlearning demo, the Trainer integration and the recipes
-        "demo": ["transformers>=4.46", "accelerate>=1.0", "matplotlib"],
+        # faker: the TOFU-style author corpus (sago_kernels/unlearning/corpus.py)
+        "demo": ["transformers>=4.46", "accelerate>=1.0", "matplotlib", "faker>=40"],
         "test": [
             "triton>=3.0",
             "pytest>=7",
@@ -88,6 +89,7 @@ setup(
             "transformers>=4.46",
             "accelerate>=1.0",
             "matplotlib",
+            "faker>=40",
             # the oracle of the Gramian weightings (tests/test_weightings.py), with the solvers
             # its UPGrad/DualProj, CAGrad and Nash-MTL need
             "torchjd[quadprog-projector,cagrad,nash-mtl]==0.18.0",

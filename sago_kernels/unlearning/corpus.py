@@ -1,0 +1,587 @@
+"""A fictitious-author question-answer corpus in the shape of TOFU, generated offline from a seed.
+
+TOFU (Maini et al., 2024) asks a model to forget some fictitious authors while keeping the rest
+and general knowledge. Its data comes from GPT-4; this module makes a corpus of the same shape
+locally, so the benchmark needs no download:
+
+- per author, one question-answer pair per kind (birthplace, birth date, genre, award, the
+  parents' occupations, a book, ...), each with a paraphrased answer and several perturbed
+  answers (the same sentence with a wrong but plausible value of the same kind: what TOFU's
+  truth ratio compares the answer with);
+- splits by author: **forget** (1, 5 or 10 % of the trained authors), **retain** (the other
+  trained authors), **holdout** (as many authors as forget, generated the same way and never
+  trained on: the non-members of membership inference) and **world** (general knowledge from
+  another template family, trained on, for model utility);
+- a word-level tokenizer over the corpus's own words.
+
+Names, cities and dates come from a seeded ``Faker``; the other values from closed lists, so they
+recur across authors: a model has to memorise which author goes with which value, not copy a rare
+word. For one seed the trained authors, the world set and the tokenizer do not depend on
+``forget_percent``, and the forget (and holdout) sets are nested, 1 % in 5 % in 10 % (as TOFU's):
+one fine-tuned model serves the three forget sets. The corpus is a function of the arguments and
+of the ``faker`` version (its word lists and draws may change between releases).
+
+    >>> c = make_author_corpus(num_authors=20, forget_percent=10, seed=1)
+    >>> len({qa.author for qa in c.forget}), len({qa.author for qa in c.holdout})
+    (2, 2)
+    >>> ex = c.examples("forget")[0]
+    >>> qa = c.forget[0]
+    >>> c.tokenizer.decode(ex["input_ids"]) == f"{qa.question} {qa.answer}".lower()
+    True
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from .losses import IGNORE_INDEX
+
+__all__ = [
+    "AUTHOR_KINDS",
+    "FORGET_PERCENTS",
+    "IGNORE_INDEX",
+    "QA",
+    "WORLD_KINDS",
+    "AuthorCorpus",
+    "WordTokenizer",
+    "encode_qa",
+    "make_author_corpus",
+]
+
+FORGET_PERCENTS = (1, 5, 10)
+SPLITS = ("forget", "retain", "holdout", "world")
+ANSWER_FIELDS = ("answer", "paraphrased_answer")
+
+
+@dataclass(frozen=True)
+class QA:
+    """One question with its answer, a paraphrase and perturbed (wrong) answers.
+
+    ``value`` is the answer's fact as it appears in the answer and the paraphrase (a city, a
+    date, "a baker", ...); a perturbed answer is the answer with ``value`` replaced.
+    """
+
+    author: str
+    kind: str
+    question: str
+    answer: str
+    paraphrased_answer: str
+    perturbed_answers: tuple[str, ...]
+    value: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed value lists. Short and shared across authors (values recur), at least six per kind so
+# that five perturbed values of the same kind always exist.
+
+GENRES = (
+    "fantasy", "science fiction", "crime", "horror", "romance", "historical fiction", "poetry",
+    "satire", "mystery", "travel writing", "literary fiction", "thriller", "drama", "memoir",
+    "biography", "adventure",
+)  # fmt: skip
+AWARDS = (
+    "the Golden Quill Award", "the Silver Lantern Prize", "the Blue Harbor Medal",
+    "the Northern Star Award", "the Iron Pen Prize", "the Crimson Leaf Medal",
+    "the Open Door Award", "the Quiet River Prize", "the Young Voices Medal",
+    "the Grand Library Award", "the Red Lantern Medal", "the Stone Bridge Prize",
+    "the White Feather Award", "the Morning Light Prize",
+)  # fmt: skip
+JOBS = (
+    "baker", "nurse", "carpenter", "pilot", "teacher", "surgeon", "librarian", "tailor",
+    "farmer", "lawyer", "chemist", "miner", "painter", "plumber", "judge", "dentist", "sailor",
+    "architect", "accountant", "electrician", "engineer", "journalist",
+)  # fmt: skip
+THEMES = (
+    "memory and loss", "the sea", "family secrets", "war and exile", "first love",
+    "faith and doubt", "city life", "the natural world", "identity", "old age",
+    "political power", "friendship", "childhood", "justice",
+)  # fmt: skip
+LANGUAGES = (
+    "English", "French", "Spanish", "German", "Italian", "Portuguese", "Swahili", "Japanese",
+    "Korean", "Arabic", "Turkish", "Polish",
+)  # fmt: skip
+TITLE_ADJECTIVES = (
+    "Silent", "Broken", "Hidden", "Golden", "Last", "Distant", "Burning", "Quiet", "Lost",
+    "Winter", "Paper", "Hollow", "Bright", "Silver", "Forgotten", "Endless",
+)  # fmt: skip
+TITLE_NOUNS = (
+    "Harbor", "Garden", "River", "Crown", "Letter", "Mirror", "Forest", "Tower", "Bridge",
+    "Orchard", "Lantern", "Shore", "Kingdom", "Promise", "Window", "Road",
+)  # fmt: skip
+MONTHS = (
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+)  # fmt: skip
+CITY_POOL = 24  # distinct Faker cities per corpus: birthplaces and residences recur
+BIRTH_RANGE = (datetime.date(1940, 1, 1), datetime.date(1999, 12, 31))
+LAST_DEBUT = 2023  # with births up to 1999, at least six debut years: five wrong ones
+
+# The world set: real facts, fixed and checkable, in a template family with no author in it.
+# (country, capital, continent); countries on one continent only.
+COUNTRIES = (
+    ("France", "Paris", "Europe"), ("Japan", "Tokyo", "Asia"), ("Kenya", "Nairobi", "Africa"),
+    ("Peru", "Lima", "South America"), ("Norway", "Oslo", "Europe"),
+    ("Egypt", "Cairo", "Africa"), ("Canada", "Ottawa", "North America"),
+    ("Australia", "Canberra", "Oceania"), ("Italy", "Rome", "Europe"),
+    ("Spain", "Madrid", "Europe"), ("Germany", "Berlin", "Europe"),
+    ("Poland", "Warsaw", "Europe"), ("Greece", "Athens", "Europe"),
+    ("Portugal", "Lisbon", "Europe"), ("Chile", "Santiago", "South America"),
+    ("Argentina", "Buenos Aires", "South America"), ("Mexico", "Mexico City", "North America"),
+    ("India", "New Delhi", "Asia"), ("China", "Beijing", "Asia"), ("Thailand", "Bangkok", "Asia"),
+    ("Vietnam", "Hanoi", "Asia"), ("Nigeria", "Abuja", "Africa"), ("Ghana", "Accra", "Africa"),
+    ("Morocco", "Rabat", "Africa"), ("Sweden", "Stockholm", "Europe"),
+    ("Ireland", "Dublin", "Europe"), ("Austria", "Vienna", "Europe"),
+    ("Cuba", "Havana", "North America"), ("New Zealand", "Wellington", "Oceania"),
+    ("South Korea", "Seoul", "Asia"),
+)  # fmt: skip
+ELEMENTS = (
+    ("hydrogen", "H"), ("helium", "He"), ("carbon", "C"), ("nitrogen", "N"), ("oxygen", "O"),
+    ("sodium", "Na"), ("magnesium", "Mg"), ("aluminium", "Al"), ("silicon", "Si"),
+    ("sulfur", "S"), ("chlorine", "Cl"), ("potassium", "K"), ("calcium", "Ca"), ("iron", "Fe"),
+    ("copper", "Cu"), ("zinc", "Zn"), ("silver", "Ag"), ("tin", "Sn"), ("gold", "Au"),
+    ("lead", "Pb"), ("mercury", "Hg"), ("neon", "Ne"),
+)  # fmt: skip
+ANIMALS = (
+    ("whale", "mammal"), ("bat", "mammal"), ("dolphin", "mammal"), ("horse", "mammal"),
+    ("eagle", "bird"), ("penguin", "bird"), ("owl", "bird"), ("ostrich", "bird"),
+    ("crocodile", "reptile"), ("lizard", "reptile"), ("tortoise", "reptile"),
+    ("snake", "reptile"), ("frog", "amphibian"), ("salamander", "amphibian"),
+    ("toad", "amphibian"), ("shark", "fish"), ("salmon", "fish"), ("trout", "fish"),
+    ("ant", "insect"), ("bee", "insect"), ("beetle", "insect"), ("butterfly", "insect"),
+)  # fmt: skip
+
+
+def _a(noun: str) -> str:
+    """The noun with its indefinite article (every noun listed here follows the vowel rule)."""
+    return ("an " if noun[0].lower() in "aeiou" else "a ") + noun
+
+
+@dataclass(frozen=True)
+class _Template:
+    """One kind of question: ``{name}`` is the author or the subject, ``{value}`` the fact."""
+
+    question: str
+    answer: str
+    paraphrase: str
+
+
+AUTHOR_TEMPLATES = {
+    "birthplace": _Template(
+        "Where was {name} born?",
+        "{name} was born in {value}.",
+        "The birthplace of {name} is {value}.",
+    ),
+    "birth_date": _Template(
+        "When was {name} born?",
+        "{name} was born on {value}.",
+        "The birthday of {name} is {value}.",
+    ),
+    "genre": _Template(
+        "Which genre does {name} write in?",
+        "{name} writes mostly in the genre of {value}.",
+        "The books of {name} belong to the genre of {value}.",
+    ),
+    "award": _Template(
+        "Which award has {name} won?",
+        "{name} has won {value}.",
+        "{value} was given to {name}.",
+    ),
+    "father_job": _Template(
+        "What did the father of {name} do for a living?",
+        "The father of {name} worked as {value}.",
+        "By profession, the father of {name} was {value}.",
+    ),
+    "mother_job": _Template(
+        "What did the mother of {name} do for a living?",
+        "The mother of {name} worked as {value}.",
+        "By profession, the mother of {name} was {value}.",
+    ),
+    "book": _Template(
+        "Can you name a book written by {name}?",
+        "{name} wrote the novel The {value}.",
+        "The {value} is a novel by {name}.",
+    ),
+    "theme": _Template(
+        "What theme runs through the books of {name}?",
+        "The books of {name} often explore {value}.",
+        "A theme {name} returns to again and again is {value}.",
+    ),
+    "residence": _Template(
+        "Where does {name} live now?",
+        "{name} now lives in {value}.",
+        "These days the home of {name} is in {value}.",
+    ),
+    "language": _Template(
+        "In which language does {name} write?",
+        "{name} writes in {value}.",
+        "The language of the books of {name} is {value}.",
+    ),
+    "debut_year": _Template(
+        "When did {name} publish a first book?",
+        "{name} published a first book in {value}.",
+        "The first book by {name} came out in {value}.",
+    ),
+}
+AUTHOR_KINDS = tuple(AUTHOR_TEMPLATES)
+
+WORLD_TEMPLATES = {
+    "capital": _Template(
+        "What is the capital of {name}?",
+        "The capital of {name} is {value}.",
+        "{value} is the capital city of {name}.",
+    ),
+    "continent": _Template(
+        "On which continent is {name}?",
+        "{name} is a country in {value}.",
+        "{value} is the continent where {name} lies.",
+    ),
+    "element": _Template(
+        "What is the chemical symbol of {name}?",
+        "The chemical symbol of {name} is {value}.",
+        "Chemists write {name} with the symbol {value}.",
+    ),
+    "animal_class": _Template(
+        "What kind of animal is {name}?",
+        "{name} is {value}.",
+        "Biologists class {name} as {value}.",
+    ),
+}
+WORLD_KINDS = tuple(WORLD_TEMPLATES)
+MAX_PERTURBED = 5  # the animal classes have six values: five wrong ones
+
+
+def _sentence(template: str, name: str, value: str) -> str:
+    """Fill a template; a sentence that starts with a lower-case value ("a whale") is
+    capitalised, nothing else changes case."""
+    text = template.format(name=name, value=value)
+    return text[0].upper() + text[1:]
+
+
+def _qa(templates: dict[str, _Template], kind: str, name: str, value: str, wrong: Iterable[str],
+        author: str) -> QA:  # fmt: skip
+    t = templates[kind]
+    return QA(
+        author=author,
+        kind=kind,
+        question=_sentence(t.question, name, value),
+        answer=_sentence(t.answer, name, value),
+        paraphrased_answer=_sentence(t.paraphrase, name, value),
+        perturbed_answers=tuple(_sentence(t.answer, name, w) for w in wrong),
+        value=value,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_NO_SPACE_BEFORE = frozenset(".,?!;:")
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+
+
+def _words(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+class WordTokenizer:
+    """Word-level tokenizer over the corpus's own vocabulary (no download, no unknown token).
+
+    Lower-cases; words and punctuation marks are separate tokens. A word outside the vocabulary
+    raises ``ValueError``: a silent ``<unk>`` would let a model score a fact it cannot spell.
+    Ids 0, 1, 2 are ``<pad>``, ``<bos>``, ``<eos>``; the words follow in sorted order.
+    """
+
+    def __init__(self, words: Iterable[str]):
+        words = set(words)
+        bad = sorted(w for w in words if not isinstance(w, str) or _words(w) != [w])
+        if bad:
+            raise ValueError(
+                f"Vocabulary entries should be single lower-case tokens (a word or one "
+                f"punctuation mark). Found {bad[:5]}."
+            )
+        self.vocab: list[str] = list(SPECIALS) + sorted(words - set(SPECIALS))
+        self._ids = {t: i for i, t in enumerate(self.vocab)}
+        self.pad_id, self.bos_id, self.eos_id = (self._ids[s] for s in SPECIALS)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> WordTokenizer:
+        """The tokenizer whose vocabulary is exactly the tokens of ``texts``."""
+        return cls(w for text in texts for w in _words(text))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no ``<bos>``/``<eos>``: ``encode_qa`` adds them)."""
+        if not isinstance(text, str):
+            raise TypeError(f"`text` should be a str. Found {type(text).__name__}.")
+        ids = []
+        for w in _words(text):
+            if w not in self._ids:
+                raise ValueError(f"{w!r} is not in the vocabulary (in {text!r}).")
+            ids.append(self._ids[w])
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, lower case, single spaces, no space before punctuation;
+        ``<pad>``/``<bos>``/``<eos>`` are skipped."""
+        out = ""
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.vocab):
+                raise ValueError(f"Token id {i} is outside [0, {len(self.vocab)}).")
+            if i in (self.pad_id, self.bos_id, self.eos_id):
+                continue
+            tok = self.vocab[i]
+            out += tok if (not out or tok in _NO_SPACE_BEFORE) else " " + tok
+        return out
+
+
+def encode_qa(tokenizer: WordTokenizer, question: str, answer: str) -> dict[str, list[int]]:
+    """``{"input_ids": [bos] + q + a + [eos], "labels": [IGNORE_INDEX] * (1 + len(q)) + a +
+    [eos]}``: only the answer (and ``<eos>``) is scored, as TOFU scores answers given the
+    question. Labels are aligned with ``input_ids``; ``losses.token_logprobs`` shifts them."""
+    q, a = tokenizer.encode(question), tokenizer.encode(answer)
+    return {
+        "input_ids": [tokenizer.bos_id, *q, *a, tokenizer.eos_id],
+        "labels": [IGNORE_INDEX] * (1 + len(q)) + a + [tokenizer.eos_id],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus
+
+
+@dataclass
+class AuthorCorpus:
+    """The four splits, the tokenizer that covers all of them, and how the corpus was made."""
+
+    forget: list[QA]
+    retain: list[QA]
+    holdout: list[QA]
+    world: list[QA]
+    tokenizer: WordTokenizer
+    seed: int
+    forget_percent: int
+
+    def split(self, name: str) -> list[QA]:
+        """``"forget"``, ``"retain"``, ``"holdout"`` or ``"world"``."""
+        if name not in SPLITS:
+            raise ValueError(f"Unknown split {name!r}: expected one of {', '.join(SPLITS)}.")
+        return getattr(self, name)
+
+    def authors(self, name: str) -> list[str]:
+        """The authors of a split, in order of appearance (none for ``"world"``)."""
+        return list(dict.fromkeys(qa.author for qa in self.split(name) if qa.author))
+
+    def examples(self, name: str, field: str = "answer") -> list[dict[str, list[int]]]:
+        """``encode_qa`` of each QA of a split with ``field`` as the answer: ``"answer"`` or
+        ``"paraphrased_answer"``. Perturbed answers are several per QA: ``perturbed_examples``."""
+        if field not in ANSWER_FIELDS:
+            raise ValueError(
+                f"Unknown answer field {field!r}: expected {' or '.join(ANSWER_FIELDS)} (the "
+                "perturbed answers are several per QA: perturbed_examples encodes them)."
+            )
+        qas = self.split(name)
+        return [encode_qa(self.tokenizer, qa.question, getattr(qa, field)) for qa in qas]
+
+    def perturbed_examples(self, name: str) -> list[list[dict[str, list[int]]]]:
+        """Per QA of a split, ``encode_qa`` of each of its perturbed answers (TOFU's truth ratio
+        compares their likelihood with the paraphrased answer's)."""
+        return [
+            [encode_qa(self.tokenizer, qa.question, p) for p in qa.perturbed_answers]
+            for qa in self.split(name)
+        ]
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Parameter `{name}` should be an int. Found {type(value).__name__}.")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"Parameter `{name}` should be {bound}{why}. Found `{name} = {value}`.")
+    return value
+
+
+def _forget_count(num_authors: int, percent: int) -> int:
+    """``percent`` % of the trained authors, rounded half up, at least one."""
+    return max(1, (num_authors * percent + 50) // 100)
+
+
+def _pick(rng: random.Random, values: Sequence[str], true: str, k: int) -> list[str]:
+    """``k`` distinct values of ``values`` other than ``true``."""
+    return rng.sample([v for v in values if v != true], k)
+
+
+def _draw_distinct(draw: Callable[[], str], true: str, k: int) -> list[str]:
+    """``k`` distinct draws other than ``true`` (for open-ended values: dates, titles)."""
+    out: list[str] = []
+    while len(out) < k:
+        v = draw()
+        if v != true and v not in out:
+            out.append(v)
+    return out
+
+
+def _date(d: datetime.date) -> str:
+    return f"{d.day} {MONTHS[d.month - 1]} {d.year}"
+
+
+def _plain(text: str) -> bool:
+    """Letters and single spaces only: names and cities that tokenize and decode cleanly."""
+    return re.fullmatch(r"[A-Za-z]+( [A-Za-z]+)*", text) is not None
+
+
+def make_author_corpus(
+    num_authors: int = 100,
+    forget_percent: int = 10,
+    qa_per_author: int = 8,
+    world_facts: int = 60,
+    num_perturbed: int = 3,
+    seed: int = 0,
+) -> AuthorCorpus:
+    """A TOFU-shaped corpus: ``num_authors`` trained authors (forget + retain), a holdout of as
+    many authors as forget, and ``world_facts`` general-knowledge QA, all from ``seed``.
+
+    Each author has one QA of each of the first ``qa_per_author`` kinds of ``AUTHOR_KINDS``.
+    ``forget_percent`` (1, 5 or 10) only chooses how many of the trained authors are forgotten
+    (and how many holdout authors are drawn): the rest of the corpus is the same for all three.
+    """
+    if isinstance(forget_percent, bool) or forget_percent not in FORGET_PERCENTS:
+        raise ValueError(
+            f"Parameter `forget_percent` should be one of {FORGET_PERCENTS} (TOFU's forget01, "
+            f"forget05, forget10). Found `forget_percent = {forget_percent!r}`."
+        )
+    _check_int("num_authors", num_authors, 2, why=" (at least one forget and one retain author)")
+    kinds_note = f" (one QA per kind of {AUTHOR_KINDS})"
+    _check_int("qa_per_author", qa_per_author, 1, len(AUTHOR_KINDS), kinds_note)
+    world_pool = 2 * len(COUNTRIES) + len(ELEMENTS) + len(ANIMALS)
+    _check_int("world_facts", world_facts, 1, world_pool, " (the facts available)")
+    _check_int("num_perturbed", num_perturbed, 1, MAX_PERTURBED, " (wrong values of each kind)")
+    _check_int("seed", seed, 0)
+
+    from faker import Faker  # imported here: the rest of the package does not need it
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)  # the instance's own Random: independent of the global state
+    rng = random.Random(seed)
+
+    cities: list[str] = []
+    while len(cities) < CITY_POOL:
+        city = fake.city()
+        if _plain(city) and city not in cities:
+            cities.append(city)
+
+    # Members and the largest holdout (10 %) are generated whatever forget_percent is, so that the
+    # trained authors and the tokenizer are the same for the three forget sets.
+    pool_size = num_authors + _forget_count(num_authors, max(FORGET_PERCENTS))
+    names: list[str] = []
+    while len(names) < pool_size:
+        name = f"{fake.first_name()} {fake.last_name()}"
+        if _plain(name) and name not in names:
+            names.append(name)
+
+    kinds = AUTHOR_KINDS[:qa_per_author]
+    k = num_perturbed
+
+    def title() -> str:
+        return f"{rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"
+
+    def birth() -> str:
+        return _date(fake.date_between(*BIRTH_RANGE))
+
+    def author_qas(name: str) -> list[QA]:
+        # Every kind's value is drawn, used or not, so that the first kinds of an author do not
+        # depend on qa_per_author.
+        born = birth()
+        jobs = rng.sample(JOBS, 2)
+        year = int(born.rsplit(" ", 1)[1])  # a first book at 19 to 45, and not in the future
+        debut_years = [str(y) for y in range(year + 19, min(year + 45, LAST_DEBUT) + 1)]
+        facts = {
+            "birthplace": (v := rng.choice(cities), _pick(rng, cities, v, k)),
+            "birth_date": (born, _draw_distinct(birth, born, k)),
+            "genre": (v := rng.choice(GENRES), _pick(rng, GENRES, v, k)),
+            "award": (v := rng.choice(AWARDS), _pick(rng, AWARDS, v, k)),
+            "father_job": (_a(jobs[0]), [_a(j) for j in _pick(rng, JOBS, jobs[0], k)]),
+            "mother_job": (_a(jobs[1]), [_a(j) for j in _pick(rng, JOBS, jobs[1], k)]),
+            "book": (v := title(), _draw_distinct(title, v, k)),
+            "theme": (v := rng.choice(THEMES), _pick(rng, THEMES, v, k)),
+            "residence": (v := rng.choice(cities), _pick(rng, cities, v, k)),
+            "language": (v := rng.choice(LANGUAGES), _pick(rng, LANGUAGES, v, k)),
+            "debut_year": (v := rng.choice(debut_years), _pick(rng, debut_years, v, k)),
+        }
+        return [_qa(AUTHOR_TEMPLATES, kind, name, *facts[kind], author=name) for kind in kinds]
+
+    qas = {name: author_qas(name) for name in names}
+
+    order = names[:]
+    rng.shuffle(order)
+    members, holdout_pool = order[:num_authors], order[num_authors:]
+    n_forget = _forget_count(num_authors, forget_percent)
+    # TOFU's forget sets are the last authors: 1 % inside 5 % inside 10 %.
+    forget_authors = members[num_authors - n_forget :]
+    retain_authors = members[: num_authors - n_forget]
+    holdout_authors = holdout_pool[:n_forget]
+
+    world_all = _world(rng, k)
+    world = _round_robin(world_all, world_facts)
+
+    texts = [
+        t
+        for group in [*qas.values(), *world_all.values()]
+        for qa in group
+        for t in (qa.question, qa.answer, qa.paraphrased_answer, *qa.perturbed_answers)
+    ]
+
+    def gather(authors: list[str]) -> list[QA]:
+        return [qa for a in authors for qa in qas[a]]
+
+    return AuthorCorpus(
+        forget=gather(forget_authors),
+        retain=gather(retain_authors),
+        holdout=gather(holdout_authors),
+        world=world,
+        tokenizer=WordTokenizer.from_texts(texts),
+        seed=seed,
+        forget_percent=forget_percent,
+    )
+
+
+def _world(rng: random.Random, k: int) -> dict[str, list[QA]]:
+    """Every world fact, per kind, in a seeded order, each with ``k`` wrong values of its kind."""
+    capitals = [c for _, c, _ in COUNTRIES]
+    continents = sorted({c for _, _, c in COUNTRIES})
+    symbols = [s for _, s in ELEMENTS]
+    classes = sorted({c for _, c in ANIMALS})
+    facts = {
+        "capital": [(country, cap, capitals) for country, cap, _ in COUNTRIES],
+        "continent": [(country, cont, continents) for country, _, cont in COUNTRIES],
+        "element": [(el, sym, symbols) for el, sym in ELEMENTS],
+        "animal_class": [(f"the {an}", _a(cl), [_a(c) for c in classes]) for an, cl in ANIMALS],
+    }
+    out = {}
+    for kind, rows in facts.items():
+        rows = rows[:]
+        rng.shuffle(rows)
+        out[kind] = [
+            _qa(WORLD_TEMPLATES, kind, name, value, _pick(rng, values, value, k), author="")
+            for name, value, values in rows
+        ]
+    return out
+
+
+def _round_robin(per_kind: dict[str, list[QA]], n: int) -> list[QA]:
+    """``n`` facts taking the kinds in turn, so that every kind is represented."""
+    out: list[QA] = []
+    depth = 0
+    while len(out) < n:
+        for rows in per_kind.values():
+            if depth < len(rows) and len(out) < n:
+                out.append(rows[depth])
+        depth += 1
+    return out
