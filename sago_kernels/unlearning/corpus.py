@@ -188,7 +188,7 @@ AUTHOR_TEMPLATES = {
     "award": _Template(
         "Which award has {name} won?",
         "{name} has won {value}.",
-        "{value} was given to {name}.",
+        "The prize awarded to {name} is {value}.",
     ),
     "father_job": _Template(
         "What did the father of {name} do for a living?",
