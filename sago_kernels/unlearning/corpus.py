@@ -409,7 +409,7 @@ def _check_int(name: str, value: object, low: int, high: int | None = None, why:
 
 
 def _forget_count(num_authors: int, percent: int) -> int:
-    """``percent`` % of the trained authors, rounded half up, at least one."""
+    """``percent`` % of the trained authors, rounded half up (2.5 -> 3), at least one."""
     return max(1, (num_authors * percent + 50) // 100)
 
 
