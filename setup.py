@@ -78,7 +78,15 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         # the unlearning demo, the Trainer integration and the recipes
-        "demo": ["transformers>=4.46", "accelerate>=1.0", "matplotlib"],
+        "demo": [
+            "transformers>=4.46",
+            "accelerate>=1.0",
+            "matplotlib",
+            # the unlearning metrics (sago_kernels/unlearning/metrics.py)
+            "rouge-score",
+            "scipy",
+            "scikit-learn",
+        ],
         "test": [
             "triton>=3.0",
             "pytest>=7",
@@ -88,6 +96,9 @@ setup(
             "transformers>=4.46",
             "accelerate>=1.0",
             "matplotlib",
+            "rouge-score",
+            "scipy",
+            "scikit-learn",
             # the oracle of the Gramian weightings (tests/test_weightings.py), with the solvers
             # its UPGrad/DualProj, CAGrad and Nash-MTL need
             "torchjd[quadprog-projector,cagrad,nash-mtl]==0.18.0",
