@@ -201,7 +201,9 @@ def _zscore_fn(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     p = logp.exp()
     # where: a token the model rules out (p = 0, log p = -inf) adds 0, not 0·inf = NaN
     mu = torch.where(p > 0, p * logp, 0.0).sum(-1)
-    var = torch.where(p > 0, p * logp.square(), 0.0).sum(-1) - mu.square()
+    # Σ p (log p − μ)², not open-unlearning's Σ p log² p − μ²: the same value, without the
+    # float32 cancellation that makes the latter depend on the batch near a uniform distribution
+    var = torch.where(p > 0, p * (logp - mu[..., None]).square(), 0.0).sum(-1)
     return (picked - mu) / var.clamp_min(1e-6).sqrt(), mask
 
 
@@ -241,9 +243,10 @@ def min_k_plus_plus_token_scores(
     drop_last: bool = False,
 ) -> list[torch.Tensor]:
     """Min-K%++'s normalised score of each scored token, one float64 tensor per example:
-    (log p(x_t) − μ_t)/σ_t with μ_t = Σ_v p(v) log p(v) and σ_t² = Σ_v p(v) log² p(v) − μ_t²
+    (log p(x_t) − μ_t)/σ_t with μ_t = Σ_v p(v) log p(v) and σ_t² = Σ_v p(v) (log p(v) − μ_t)²
     (clamped below at 1e-6), as open-unlearning's ``MinKPlusPlusAttack``
-    (``mia/min_k_plus_plus.py``)."""
+    (``mia/min_k_plus_plus.py``), which writes σ_t² as Σ_v p(v) log² p(v) − μ_t² (equal in
+    exact arithmetic; the two-pass form is stabler in float32)."""
     return _per_token(
         model, examples, _zscore_fn, batch_size=batch_size, pad_id=pad_id, drop_last=drop_last
     )
@@ -371,7 +374,9 @@ def split_prompt_answer(examples: Sequence[Example]) -> tuple[list[list[int]], l
         scored = labels != IGNORE_INDEX
         first = int(torch.nonzero(scored)[0])
         if first == 0:
-            raise ValueError("An example scores its first token: it has no prompt to generate from.")
+            raise ValueError(
+                "An example scores its first token: it has no prompt to generate from."
+            )
         prompts.append(ids[:first].tolist())
         answers.append(ids[scored].tolist())
     return prompts, answers
