@@ -78,8 +78,18 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         # the unlearning demo, the Trainer integration and the recipes
-        # faker: the TOFU-style author corpus (sago_kernels/unlearning/corpus.py)
-        "demo": ["transformers>=4.46", "accelerate>=1.0", "matplotlib", "faker>=40"],
+        "demo": [
+            "transformers>=4.46",
+            "accelerate>=1.0",
+            "matplotlib",
+            "tqdm",
+            # the TOFU-style author corpus (sago_kernels/unlearning/corpus.py)
+            "faker>=40",
+            # the unlearning metrics (sago_kernels/unlearning/metrics.py)
+            "rouge-score",
+            "scipy",
+            "scikit-learn",
+        ],
         "test": [
             "triton>=3.0",
             "pytest>=7",
@@ -89,7 +99,11 @@ setup(
             "transformers>=4.46",
             "accelerate>=1.0",
             "matplotlib",
+            "tqdm",
             "faker>=40",
+            "rouge-score",
+            "scipy",
+            "scikit-learn",
             # the oracle of the Gramian weightings (tests/test_weightings.py), with the solvers
             # its UPGrad/DualProj, CAGrad and Nash-MTL need
             "torchjd[quadprog-projector,cagrad,nash-mtl]==0.18.0",
