@@ -140,12 +140,17 @@ def kl_loss(logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor
 
 @dataclass(frozen=True)
 class Loss:
-    """A named loss: its function, whether it needs the frozen reference model, its defaults."""
+    """A named loss: its function, whether it needs the frozen reference model, its defaults.
+
+    ``ints``: the hyperparameters that are Python ints (a layer index, a seed), checked as such;
+    every other one is a float.
+    """
 
     name: str
     fn: Callable[..., torch.Tensor]
     needs_reference: bool
-    defaults: Mapping[str, float] = field(default_factory=dict)
+    defaults: Mapping[str, float | int] = field(default_factory=dict)
+    ints: frozenset[str] = frozenset()
 
 
 FORGET_LOSSES: dict[str, Loss] = {
@@ -171,9 +176,23 @@ def get_loss(name: str, *, forget: bool) -> Loss:
     return table[name]
 
 
+def check_int(name: str, value: object, *, low: int = 0, high: int | None = None) -> int:
+    """A Python int (not bool, not a float: a layer index or a seed is never rounded) in
+    ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"Parameter `{name}` should be a Python int. Found `type({name}) = "
+            f"{type(value).__name__}`."
+        )
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"Parameter `{name}` should be {bounds}. Found `{name} = {value}`.")
+    return value
+
+
 def loss_hparams(
     loss: Loss, hparams: Mapping[str, object], *, what: str = "loss_kwargs"
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """The loss's hyperparameters (its defaults, overridden by ``hparams``), each checked, so a
     bad one fails before any forward pass. ``what``: the argument they came in as."""
     unknown = sorted(set(hparams) - set(loss.defaults))
@@ -184,7 +203,10 @@ def loss_hparams(
             f"({takes}). Found {unknown}."
         )
     merged = {**loss.defaults, **hparams}
-    values = {name: check_scalar(name, value) for name, value in merged.items()}
+    values = {
+        name: check_int(name, value) if name in loss.ints else check_scalar(name, value)
+        for name, value in merged.items()
+    }
     if "beta" in values:
         check_beta(values["beta"])
     return values
