@@ -224,7 +224,7 @@ def rmu_loss(
     direction scaled far beyond their usual norm, so the later layers read noise there.
     ``hidden``: one layer's hidden states ``[B, T, d]``. Tokens counted: those where
     ``attention_mask`` is nonzero (every token without a mask); labels play no part, as in the
-    original, which steers every token of the forget text.
+    original, which steers every token of the forget text (its padding too: not here).
     """
     steering = check_steering(steering)
     u = rmu_direction(hidden.shape[-1], seed, device=hidden.device)
