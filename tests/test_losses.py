@@ -194,3 +194,230 @@ def test_run_loss_checks_its_arguments_before_the_forward():
         L.run_loss("kl", Never(), batch, forget=False)
     with pytest.raises(ValueError, match="labels"):
         L.run_loss("nll", Never(), {"input_ids": batch["input_ids"]}, forget=False)
+
+
+# --------------------------------------------------------------------------- RMU
+
+
+def _gpt2(n_layer=2, seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(
+        vocab_size=13, n_positions=8, n_embd=16, n_layer=n_layer, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _rmu_batch(mask=True):
+    ids = torch.randint(0, 13, (2, 5), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    if mask:
+        batch["attention_mask"] = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    return batch
+
+
+def test_rmu_direction_is_a_unit_vector_fixed_by_its_seed():
+    u = L.rmu_direction(16, seed=3)
+    assert u.shape == (16,) and u.dtype == torch.float32
+    torch.testing.assert_close(u.norm(), torch.tensor(1.0))
+    assert (u >= 0).all()  # uniform in [0, 1) then normalised, as the original draws it
+    torch.testing.assert_close(L.rmu_direction(16, seed=3), u, rtol=0, atol=0)
+    g = torch.rand(16, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(u, g / g.norm(), rtol=0, atol=0)
+    assert not torch.allclose(L.rmu_direction(16, seed=4), u)
+    torch.manual_seed(123)  # the global RNG plays no part
+    torch.testing.assert_close(L.rmu_direction(16, seed=3), u, rtol=0, atol=0)
+    torch.testing.assert_close(
+        L.rmu_direction(16, seed=3, dtype=torch.float64), u.double(), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_rmu_forget_loss_by_hand_on_a_tiny_gpt2(mask):
+    model, batch = _gpt2(), _rmu_batch(mask)
+    steering, seed, layer = 6.5, 7, 1
+    loss = L.run_loss("rmu", model, batch, layer=layer, steering=steering, seed=seed)
+
+    # layer 1: the first block's output, computed here without output_hidden_states
+    with torch.no_grad():
+        t = model.transformer
+        h = t.wte(batch["input_ids"]) + t.wpe(torch.arange(5))
+        h = t.h[0](h, attention_mask=None)
+        h = h[0] if isinstance(h, tuple) else h
+    g = torch.rand(16, generator=torch.Generator().manual_seed(seed))
+    target = steering * g / g.norm()
+    per_token = ((h - target) ** 2).sum(-1) / 16  # ‖h − c·u‖²/d
+    if mask:  # 5 + 3 tokens counted; the causal block's first 3 tokens of row 1 ignore the pads
+        want = (per_token[0].sum() + per_token[1, :3].sum()) / 8
+    else:
+        want = per_token.mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-5)
+    # the padded positions do not count: changing them does not change the loss
+    if mask:
+        other = dict(batch, input_ids=batch["input_ids"].clone())
+        other["input_ids"][1, 3:] = 0
+        torch.testing.assert_close(L.run_loss("rmu", model, other, seed=seed, steering=steering),
+                                   loss.detach())  # fmt: skip
+
+
+def test_rmu_forget_loss_ignores_labels():
+    model, batch = _gpt2(), _rmu_batch()
+    unlabelled = dict(batch, labels=torch.full_like(batch["labels"], -100))
+    torch.testing.assert_close(
+        L.run_loss("rmu", model, unlabelled), L.run_loss("rmu", model, batch)
+    )
+
+
+def test_rmu_gradient_steers_the_layer_towards_c_u():
+    model, batch = _gpt2(), _rmu_batch()
+    u = L.rmu_direction(16, seed=0)
+
+    def distance():
+        with torch.no_grad():
+            h = model(**{k: batch[k] for k in ("input_ids", "attention_mask")},
+                      output_hidden_states=True).hidden_states[1]  # fmt: skip
+        return (h - 20.0 * u).norm(dim=-1)[batch["attention_mask"].bool()].mean()
+
+    before = distance()
+    loss = L.run_loss("rmu", model, batch)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad
+    assert L.run_loss("rmu", model, batch) < loss
+    assert distance() < before
+    # block 2 and the head played no part in the forget term
+    assert model.transformer.h[1].mlp.c_fc.weight.grad is None
+
+
+def test_rmu_retain_loss_is_zero_at_the_reference_and_grows_away_from_it():
+    model, batch = _gpt2(), _rmu_batch()
+    model.eval()
+    ref = _gpt2()
+    ref.eval()
+    zero = L.run_loss("rmu", model, batch, ref_model=ref, forget=False)
+    assert zero.item() == 0.0
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.add_(0.1)
+    moved = L.run_loss("rmu", model, batch, ref_model=ref, forget=False)
+    assert moved.item() > 0.0
+    # by hand: the same layer of both, mean over the 8 counted tokens of ‖Δh‖²/d
+    with torch.no_grad():
+        h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=True).hidden_states[1]  # fmt: skip
+        r = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True).hidden_states[1]  # fmt: skip
+    m = batch["attention_mask"].bool()
+    torch.testing.assert_close(moved.detach(), ((h - r) ** 2).mean(-1)[m].mean())
+    moved.backward()
+    assert all(p.grad is None for p in ref.parameters())
+    with pytest.raises(ValueError, match="ref_model"):
+        L.run_loss("rmu", model, batch, forget=False)
+
+
+def test_rmu_forwards_each_model_once():
+    model, ref, batch = _gpt2(), _gpt2(), _rmu_batch()
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append("model"))
+    ref.register_forward_pre_hook(lambda m, a: calls.append("ref"))
+    L.run_loss("rmu", model, batch)
+    assert calls == ["model"]
+    calls.clear()
+    L.run_loss("rmu", model, batch, ref_model=ref, forget=False)
+    assert calls == ["model", "ref"]
+
+
+@pytest.mark.parametrize(
+    "hparams, error, match",
+    [
+        (dict(layer=3), ValueError, r"layer.*\[0, 2\].*layer = 3"),
+        (dict(layer=-1), ValueError, r"layer.*>= 0"),
+        (dict(layer=1.0), TypeError, r"layer.*int"),
+        (dict(layer=True), TypeError, r"layer.*int"),
+        (dict(steering=0.0), ValueError, r"steering.*> 0"),
+        (dict(steering=-20.0), ValueError, r"steering.*> 0"),
+        (dict(steering=float("inf")), ValueError, "steering"),
+        (dict(steering="20"), TypeError, "steering"),
+        (dict(seed=-1), ValueError, r"seed.*\[0, "),
+        (dict(seed=2**64), ValueError, r"seed.*\[0, "),
+        (dict(seed=0.5), TypeError, r"seed.*int"),
+        (dict(beta=0.1), TypeError, r"'rmu' loss's hyperparameters \(\['layer', 'seed', 'steer"),
+    ],
+)  # fmt: skip
+def test_rmu_refuses_bad_hyperparameters_before_any_forward(hparams, error, match):
+    model = _gpt2()
+
+    def never(*args):
+        raise AssertionError("the model ran before the hyperparameters were checked")
+
+    model.register_forward_pre_hook(never)
+    with pytest.raises(error, match=match):
+        L.run_loss("rmu", model, _rmu_batch(), **hparams)
+    if set(hparams) <= {"layer"}:
+        with pytest.raises(error, match=match):
+            L.run_loss("rmu", model, _rmu_batch(), ref_model=model, forget=False, **hparams)
+    if "layer" not in hparams and "beta" not in hparams:
+        with pytest.raises(TypeError, match="'rmu' loss's hyperparameters"):  # retain: layer only
+            L.run_loss("rmu", model, _rmu_batch(), ref_model=model, forget=False, **hparams)
+
+
+def test_rmu_refuses_a_model_without_hidden_states():
+    class Plain(torch.nn.Module):  # cannot be asked for them: refused before its forward
+        def forward(self, input_ids, attention_mask=None):
+            raise AssertionError("ran")
+
+    with pytest.raises(ValueError, match=r"reads hidden states.*output_hidden_states=True.*Plain"):
+        L.run_loss("rmu", Plain(), _rmu_batch())
+
+    class Logits(torch.nn.Module):  # takes any keyword, returns only logits
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(13, 4)
+
+        def forward(self, input_ids, **kwargs):
+            return self.emb(input_ids)
+
+    with pytest.raises(ValueError, match=r"reads hidden states.*Found a Tensor without them"):
+        L.run_loss("rmu", Logits(), _rmu_batch())
+
+    class NoConfig(torch.nn.Module):  # no config to check the layer before: checked after
+        def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+            from types import SimpleNamespace
+
+            h = torch.zeros(*input_ids.shape, 4)
+            return SimpleNamespace(hidden_states=(h, h))
+
+    with pytest.raises(ValueError, match=r"layer.*\[0, 1\].*layer = 2"):
+        L.run_loss("rmu", NoConfig(), _rmu_batch(), layer=2)
+    assert L.run_loss("rmu", NoConfig(), _rmu_batch(), layer=1, steering=2.0).item() == (
+        pytest.approx(1.0)  # ‖0 − 2u‖²/4 = 4/4
+    )
+
+
+def test_rmu_in_one_unlearning_step_on_both_sides():
+    import copy
+
+    import sago_kernels as sk
+
+    model = _gpt2()
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    synth = sk.GradientSynthesizer(model, method="sago", alpha=100.0, backend="reference")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    forget, retain = _rmu_batch(), _rmu_batch(mask=False)
+    with pytest.raises(ValueError, match=r"layer.*\[0, 2\]"):  # the retain term's layer too
+        sk.unlearning_step(
+            model, synth, opt, forget, retain, forget_loss="rmu", retain_loss="rmu",
+            ref_model=ref, retain_loss_kwargs={"layer": 5},
+        )  # fmt: skip
+    before = L.run_loss("rmu", model, forget, layer=2).item()
+    result = sk.unlearning_step(
+        model, synth, opt, forget, retain, forget_loss="rmu", retain_loss="rmu", ref_model=ref,
+        loss_kwargs={"layer": 2},
+    )  # fmt: skip
+    assert result.forget_loss.item() == pytest.approx(before)
+    assert result.retain_loss.item() == 0.0  # model == ref before the step, at layer 2 as well
+    assert L.run_loss("rmu", model, forget, layer=2).item() < before
+    # the retain term took the forget term's layer: at layer 2 it has moved, so it is > 0 now
+    assert L.run_loss("rmu", model, retain, ref_model=ref, forget=False, layer=2).item() > 0

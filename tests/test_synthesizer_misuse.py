@@ -397,6 +397,12 @@ def _batch(seed):
         (dict(loss_kwargs={"beta": float("nan")}), ValueError, "beta"),
         (dict(loss_kwargs={"beta": "0.1"}), TypeError, "beta"),
         (dict(loss_kwargs={"delta": float("inf")}), ValueError, "delta"),
+        (dict(forget_loss="rmu"), ValueError, "reads hidden states"),  # _LM has none
+        (dict(retain_loss="rmu"), ValueError, "ref_model"),
+        (dict(retain_loss="rmu", ref_model=_LM()), ValueError, "reads hidden states"),
+        (dict(retain_loss_kwargs={"layer": 1}), TypeError, "retain_loss_kwargs"),
+        (dict(forget_loss="rmu", loss_kwargs={"layer": -1}), ValueError, "layer"),
+        (dict(forget_loss="rmu", loss_kwargs={"seed": 0.5}), TypeError, "seed"),
         (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
         (dict(max_grad_norm=0.0), ValueError, "max_grad_norm"),
         (dict(max_grad_norm=float("nan")), ValueError, "max_grad_norm"),
@@ -443,6 +449,9 @@ def test_max_grad_norm_clips_g_final_once_per_tensor():
         (dict(forget_loss="simnpo", loss_kwargs={"beta": 0.0}), ValueError, "beta"),
         (dict(forget_loss="ga", loss_kwargs={"beta": 0.1}), TypeError, "beta"),
         (dict(forget_loss="dpo"), ValueError, "forget_loss"),
+        (dict(forget_loss="rmu", loss_kwargs={"steering": 0.0}), ValueError, "steering"),
+        (dict(forget_loss="rmu", retain_loss_kwargs={"beta": 0.1}), TypeError, "beta"),
+        (dict(forget_loss="rmu", retain_loss="rmu"), ValueError, "ref_model"),
     ],
 )
 def test_the_trainer_checks_its_losses_before_building_anything(kwargs, error, match):

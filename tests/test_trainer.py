@@ -52,9 +52,10 @@ def _args(tmp_path, **kw):
 
 
 @pytest.mark.parametrize(
-    "forget_loss, retain_loss", [("npo", "nll"), ("simnpo", "kl"), ("ga", "nll")]
+    "forget_loss, retain_loss, loss_kwargs",
+    [("npo", "nll", {}), ("simnpo", "kl", {}), ("ga", "nll", {}), ("rmu", "rmu", {"layer": 2})],
 )
-def test_trainer_equals_a_manual_algorithm_1_loop(tmp_path, forget_loss, retain_loss):
+def test_trainer_equals_a_manual_algorithm_1_loop(tmp_path, forget_loss, retain_loss, loss_kwargs):
     forget, retain = _examples(8, 1), _examples(12, 2)
     data = PairedDataset(forget, retain, seed=3)
     collate = PairedCollator(pad_token_id=0)
@@ -63,8 +64,10 @@ def test_trainer_equals_a_manual_algorithm_1_loop(tmp_path, forget_loss, retain_
     trainer = _InOrder(
         model=model, args=_args(tmp_path, gradient_accumulation_steps=2), train_dataset=data,
         data_collator=collate, method="sago", gamma=0.5, forget_loss=forget_loss,
-        retain_loss=retain_loss, ref_model=ref, backend="reference",
+        retain_loss=retain_loss, ref_model=ref, backend="reference", loss_kwargs=loss_kwargs,
     )  # fmt: skip
+    if retain_loss == "rmu":  # the retain term steers nothing: it keeps the forget term's layer
+        assert trainer.retain_loss_kwargs == {"layer": loss_kwargs["layer"]}
     result = trainer.train()
     assert trainer.state.global_step == 2  # 8 pairs / (2 per batch × 2 accumulation)
 
@@ -75,9 +78,11 @@ def test_trainer_equals_a_manual_algorithm_1_loop(tmp_path, forget_loss, retain_
         for b in batches[2 * step : 2 * step + 2]:
             f, r = split_pair(b)
             with synth.forget():
-                (run_loss(forget_loss, manual, f, ref_model=ref) / 2).backward()
+                (run_loss(forget_loss, manual, f, ref_model=ref, **loss_kwargs) / 2).backward()
             with synth.retain():
-                (run_loss(retain_loss, manual, r, ref_model=ref, forget=False) / 2).backward()
+                r_kwargs = {"layer": loss_kwargs["layer"]} if retain_loss == "rmu" else {}
+                r_loss = run_loss(retain_loss, manual, r, ref_model=ref, forget=False, **r_kwargs)
+                (r_loss / 2).backward()
         synth.combine_()
         opt.step()
         opt.zero_grad()
@@ -100,6 +105,20 @@ def test_trainer_runs_with_adamw_clipping_and_scheduler(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 3
     assert len(trainer.synth.history) == 3
+
+
+def test_trainer_checks_rmus_layers_against_the_model(tmp_path):
+    data = PairedDataset(_examples(2, 0), _examples(2, 1))
+    kw = dict(args=_args(tmp_path), train_dataset=data, data_collator=PairedCollator(),
+              forget_loss="rmu", retain_loss="rmu", ref_model=_model())  # fmt: skip
+    with pytest.raises(ValueError, match=r"layer.*\[0, 2\].*layer = 3"):
+        UnlearningTrainer(model=_model(), loss_kwargs={"layer": 3}, **kw)
+    with pytest.raises(ValueError, match=r"layer.*\[0, 2\].*layer = 3"):
+        UnlearningTrainer(model=_model(), retain_loss_kwargs={"layer": 3}, **kw)
+    with pytest.raises(TypeError, match="retain_loss_kwargs.*'rmu' loss's hyperparameters"):
+        UnlearningTrainer(model=_model(), retain_loss_kwargs={"steering": 5.0}, **kw)
+    trainer = UnlearningTrainer(model=_model(), retain_loss_kwargs={"layer": 2}, **kw)
+    assert trainer.loss_kwargs["layer"] == 1 and trainer.retain_loss_kwargs == {"layer": 2}
 
 
 def test_trainer_rejects_missing_reference(tmp_path):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_scalar
-from .losses import check_batch, get_loss, loss_hparams, run_loss
+from .losses import check_batch, check_models, get_loss, run_loss, step_hparams
 from ..stats import CombineStats
 from ..synthesizer import GradientSynthesizer
 
@@ -36,7 +36,8 @@ def unlearning_step(
     forget_loss: str = "npo",
     retain_loss: str = "nll",
     ref_model: torch.nn.Module | None = None,
-    loss_kwargs: Mapping[str, float] | None = None,
+    loss_kwargs: Mapping[str, float | int] | None = None,
+    retain_loss_kwargs: Mapping[str, float | int] | None = None,
     max_grad_norm: float | None = None,
 ) -> StepResult:
     """Algorithm 1, one step: two backward passes into the flat buffers, the fused combine,
@@ -44,15 +45,15 @@ def unlearning_step(
 
     Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask``. Every argument
     is checked before the first context, so a bad one leaves the last step's gradients as
-    they were. ``max_grad_norm``: a finite float > 0, or None for no clipping.
+    they were. ``loss_kwargs``: the forget loss's hyperparameters; ``retain_loss_kwargs``: the
+    retain loss's (RMU's retain ``layer`` defaults to the forget loss's, see
+    :func:`~sago_kernels.unlearning.losses.step_hparams`). ``max_grad_norm``: a finite float
+    > 0, or None for no clipping.
     """
     f_loss, r_loss = get_loss(forget_loss, forget=True), get_loss(retain_loss, forget=False)
-    hparams = loss_hparams(f_loss, dict(loss_kwargs or {}))
-    for loss in (f_loss, r_loss):
-        if loss.needs_reference and ref_model is None:
-            raise ValueError(
-                f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model)."
-            )
+    hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, retain_loss_kwargs)
+    check_models(f_loss, hparams, model, ref_model)
+    check_models(r_loss, r_hparams, model, ref_model)
     check_batch("forget_batch", forget_batch)
     check_batch("retain_batch", retain_batch)
     if max_grad_norm is not None:
@@ -66,7 +67,7 @@ def unlearning_step(
         loss_f = run_loss(f_loss, model, forget_batch, ref_model=ref_model, **hparams)
         loss_f.backward()
     with synth.retain():
-        loss_r = run_loss(r_loss, model, retain_batch, ref_model=ref_model)
+        loss_r = run_loss(r_loss, model, retain_batch, ref_model=ref_model, **r_hparams)
         loss_r.backward()
     stats = synth.combine_()
     if max_grad_norm is not None:

@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from .data import split_pair
-from .losses import get_loss, loss_hparams, run_loss
+from .losses import check_models, get_loss, run_loss, step_hparams
 from ..stats import FIELDS
 from ..synthesizer import GradientSynthesizer
 
@@ -44,9 +44,13 @@ class UnlearningTrainer(transformers.Trainer):
 
     Args (besides the Trainer's own):
         method, alpha, gamma, eps, granularity, backend: the combine (see ``sk.combine_``).
-        forget_loss: ``"ga"``, ``"npo"`` or ``"simnpo"``; retain_loss: ``"nll"`` or ``"kl"``.
-        ref_model: frozen reference model, needed by NPO and KL (kept in eval mode, no grad).
-        loss_kwargs: hyperparameters of the forget loss (e.g. ``{"beta": 0.1}``).
+        forget_loss: ``"ga"``, ``"npo"``, ``"simnpo"`` or ``"rmu"``; retain_loss: ``"nll"``,
+            ``"kl"`` or ``"rmu"``.
+        ref_model: frozen reference model, needed by NPO, KL and RMU's retain term (kept in eval
+            mode, no grad).
+        loss_kwargs: hyperparameters of the forget loss (e.g. ``{"beta": 0.1}``, ``{"layer": 8}``).
+        retain_loss_kwargs: hyperparameters of the retain loss; RMU's retain ``layer`` defaults to
+            the forget loss's ``layer``.
     """
 
     def __init__(
@@ -61,17 +65,23 @@ class UnlearningTrainer(transformers.Trainer):
         forget_loss: str = "npo",
         retain_loss: str = "nll",
         ref_model: torch.nn.Module | None = None,
-        loss_kwargs: dict[str, float] | None = None,
+        loss_kwargs: dict[str, float | int] | None = None,
+        retain_loss_kwargs: dict[str, float | int] | None = None,
         **kwargs: Any,
     ) -> None:
         # the losses are checked before the Trainer is built, not at the first training step
         for name, forget in ((forget_loss, True), (retain_loss, False)):
             if get_loss(name, forget=forget).needs_reference and ref_model is None:
                 raise ValueError(f"{name!r} needs `ref_model` (a frozen copy of the model).")
-        loss_hparams(get_loss(forget_loss, forget=True), dict(loss_kwargs or {}))
+        f_loss, r_loss = get_loss(forget_loss, forget=True), get_loss(retain_loss, forget=False)
+        f_hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, retain_loss_kwargs)
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None:  # RMU: the model gives hidden states and has the layer
+            check_models(f_loss, f_hparams, model, ref_model)
+            check_models(r_loss, r_hparams, model, ref_model)
         super().__init__(*args, **kwargs)
         self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
-        self.loss_kwargs = dict(loss_kwargs or {})
+        self.loss_kwargs, self.retain_loss_kwargs = f_hparams, r_hparams
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -97,8 +107,9 @@ class UnlearningTrainer(transformers.Trainer):
             self.forget_loss_name, model, forget, ref_model=self.ref_model, **self.loss_kwargs
         )
         loss = loss + run_loss(
-            self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False
-        )
+            self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False,
+            **self.retain_loss_kwargs,
+        )  # fmt: skip
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
@@ -113,8 +124,9 @@ class UnlearningTrainer(transformers.Trainer):
             self.accelerator.backward(loss_f * scale)
         with self.synth.retain(), self.compute_loss_context_manager():
             loss_r = run_loss(
-                self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False
-            )
+                self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False,
+                **self.retain_loss_kwargs,
+            )  # fmt: skip
             self.accelerator.backward(loss_r * scale)
         self._window["forget_loss"].append(loss_f.detach())
         self._window["retain_loss"].append(loss_r.detach())
