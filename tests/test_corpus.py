@@ -164,9 +164,9 @@ DATE = re.compile(r"(\d{1,2}) (\w+) (\d{4})")
 
 
 def value_of_perturbation(qa, perturbed):
-    """The value a perturbed answer puts where the answer has ``qa.value``; None if the rest of
-    the sentence differs (the template was not kept)."""
-    pre, _, post = qa.answer.rpartition(qa.value)
+    """The value a perturbed answer puts where the paraphrase has ``qa.value``; None if the rest
+    of the sentence differs (the paraphrase's template was not kept)."""
+    pre, _, post = qa.paraphrased_answer.rpartition(qa.value)
     if not (perturbed.startswith(pre) and perturbed.endswith(post)):
         return None
     return perturbed[len(pre) : len(perturbed) - len(post)]
@@ -187,7 +187,7 @@ def test_perturbed_answers_keep_the_template_with_other_values_of_the_kind(num_p
         assert qa.value and qa.value in qa.answer
         assert len(qa.perturbed_answers) == num_perturbed
         assert len(set(qa.perturbed_answers)) == num_perturbed, qa
-        assert qa.answer not in qa.perturbed_answers, qa
+        assert qa.paraphrased_answer not in qa.perturbed_answers, qa
         values = [value_of_perturbation(qa, p) for p in qa.perturbed_answers]
         assert None not in values, qa  # same sentence around the value
         assert qa.value not in values and all(values), qa

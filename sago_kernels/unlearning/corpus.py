@@ -6,8 +6,8 @@ locally, so the benchmark needs no download:
 
 - per author, one question-answer pair per kind (birthplace, birth date, genre, award, the
   parents' occupations, a book, ...), each with a paraphrased answer and several perturbed
-  answers (the same sentence with a wrong but plausible value of the same kind: what TOFU's
-  truth ratio compares the answer with);
+  answers (the paraphrase with a wrong but plausible value of the same kind: what TOFU's truth
+  ratio compares the paraphrase with);
 - splits by author: **forget** (1, 5 or 10 % of the trained authors), **retain** (the other
   trained authors), **holdout** (as many authors as forget, generated the same way and never
   trained on: the non-members of membership inference) and **world** (general knowledge from
@@ -62,7 +62,8 @@ class QA:
     """One question with its answer, a paraphrase and perturbed (wrong) answers.
 
     ``value`` is the answer's fact as it appears in the answer and the paraphrase (a city, a
-    date, "a baker", ...); a perturbed answer is the answer with ``value`` replaced.
+    date, "a baker", ...); a perturbed answer is the paraphrase with ``value`` replaced, as in
+    TOFU (so the truth ratio compares values, not wordings).
     """
 
     author: str
@@ -270,7 +271,10 @@ def _qa(templates: dict[str, _Template], kind: str, name: str, value: str, wrong
         question=_sentence(t.question, name, value),
         answer=_sentence(t.answer, name, value),
         paraphrased_answer=_sentence(t.paraphrase, name, value),
-        perturbed_answers=tuple(_sentence(t.answer, name, w) for w in wrong),
+        # TOFU perturbs the paraphrase: the truth ratio then compares one unseen template with
+        # the right value against the same template with wrong ones, not a trained template
+        # (whose wording alone a model prefers) against an unseen one
+        perturbed_answers=tuple(_sentence(t.paraphrase, name, w) for w in wrong),
         value=value,
     )
 
