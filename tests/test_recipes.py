@@ -37,6 +37,9 @@ def test_demo_runs_and_saves_its_numbers(tmp_path):
     ]  # fmt: skip
     first = data["results"][0]
     assert first["steps"] <= 3 and first["curve"][0]["step"] == 0
+    # the target is judged on counts of facts, saved beside the accuracy (issue 17)
+    assert first["forget_total"] == 4 * round(12 * 0.1) and 0 <= first["forget_correct"] <= 4
+    assert first["forget_acc"] == first["forget_correct"] / first["forget_total"]
     assert set(first["geometry"]) == {"cos_fr", "cos_out_f", "cos_out_r", "conflict_fraction"}
     assert (tmp_path / "res" / "unlearning_curves.png").stat().st_size > 1000
 
