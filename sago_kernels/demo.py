@@ -2,6 +2,7 @@
 
     python -m sago_kernels.demo                       # defaults: CPU, a few minutes
     python -m sago_kernels.demo --losses npo --methods sum sago --device cuda
+    python -m sago_kernels.demo --seeds 0 1 2 3 4         # each seed, then mean ± std over them
 
 1. Builds a corpus of facts about fictitious entities (``sago_kernels.facts``): forget,
    retain and neighbour entities, seeded.
@@ -13,6 +14,9 @@
    (``facts.at_or_below_target``), never on a float mean.
 4. Prints the paper's tables: accuracy per method, and the gradient geometry (Table 3); saves a
    plot of forget/retain NLL over steps (Figure 1) and a JSON of every number.
+5. With ``--seeds``, does all of the above once per seed (corpus, initialisation and batches all
+   follow the seed) and prints the same tables as mean ± std over the seeds: one seed's table is
+   one draw, and the differences between methods on this toy are of the size of the seed's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -164,6 +169,75 @@ def print_tables(results: list[dict], target: float) -> None:
         )
 
 
+SUMMARY_KEYS = ("steps", "forget_acc", "retain_acc", "neighbour_acc")
+GEOMETRY_KEYS = ("cos_fr", "cos_out_f", "cos_out_r", "conflict_fraction")
+
+
+def _mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (n - 1); no std from one seed rather than a false 0."""
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
+def summarize(runs: list[list[dict]]) -> list[dict]:
+    """Mean ± std over seeds of each (loss, method) cell; ``runs`` holds one results list a seed.
+
+    ``reached`` counts the seeds whose run reached the target (``reached_target``, judged on
+    counts by :func:`facts.at_or_below_target`): a cell's means mix stopped and unstopped runs
+    unless it equals ``seeds``.
+    """
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for results in runs:
+        for r in results:
+            cells.setdefault((r["loss"], r["method"]), []).append(r)
+    summary = []
+    for (loss, method), rows in cells.items():
+        if len(rows) != len(runs):
+            raise ValueError(
+                f"({loss}, {method}) ran in {len(rows)} of {len(runs)} seeds: summarize runs "
+                "made with the same --losses and --methods"
+            )
+        cell = {"loss": loss, "method": method, "seeds": len(rows)}
+        cell["reached"] = sum(bool(r["reached_target"]) for r in rows)
+        cell.update({k: _mean_std([float(r[k]) for r in rows]) for k in SUMMARY_KEYS})
+        cell["geometry"] = {k: _mean_std([r["geometry"][k] for r in rows]) for k in GEOMETRY_KEYS}
+        summary.append(cell)
+    return summary
+
+
+def _pm(stat: dict, digits: int) -> str:
+    if stat["std"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def print_summary(summary: list[dict], target: float, seeds: list[int]) -> None:
+    n = len(seeds)
+    print(f"\nMean ± std over {n} seeds ({' '.join(map(str, seeds))}); std is the sample std")
+    print(f"Accuracy after unlearning to forget accuracy <= {target} (matched forgetting)")
+    print(
+        f"{'forget loss':<12}{'method':<10}{'steps':>14}{'forget ↓':>16}"
+        f"{'retain ↑':>16}{'neighbour ↑':>16}{'reached':>9}"
+    )
+    for c in summary:
+        print(
+            f"{LOSS_LABELS[c['loss']]:<12}{c['method']:<10}{_pm(c['steps'], 0):>14}"
+            f"{_pm(c['forget_acc'], 3):>16}{_pm(c['retain_acc'], 3):>16}"
+            f"{_pm(c['neighbour_acc'], 3):>16}{c['reached']:>6}/{n}"
+        )
+    print("\nGradient geometry, mean over steps (paper Table 3), mean ± std over seeds")
+    print(
+        f"{'forget loss':<12}{'method':<10}{'cos(f,r)':>16}{'cos(out,f)':>16}"
+        f"{'cos(out,r)':>16}{'conflict':>16}"
+    )
+    for c in summary:
+        g = c["geometry"]
+        print(
+            f"{LOSS_LABELS[c['loss']]:<12}{c['method']:<10}"
+            + "".join(f"{_pm(g[k], 3):>16}" for k in GEOMETRY_KEYS)
+        )
+
+
 def plot(results: list[dict], path: Path) -> bool:
     """Forget and retain NLL over steps, one column per forget loss (paper Figure 1)."""
     try:
@@ -213,14 +287,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="run each seed into OUT/seed_<s>/ and print mean ± std over them (overrides --seed)",
+    )  # fmt: skip
     p.add_argument("--out", default="demo_out", help="folder for results.json and the plot")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace) -> dict:
+    """One seed: corpus, pre-training, every (loss, method) run; saves and returns its numbers."""
     start = time.perf_counter()
     corpus = make_corpus(args.entities, seed=args.seed)
     print(
@@ -256,8 +332,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\nsaved {out / 'results.json'}"
         + (f" and {out / 'unlearning_curves.png'}" if plotted else "")
     )
-    print(f"total time {total} s")
-    return results
+    print(f"total time {total} s", flush=True)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.seeds:
+        return run(args)["results"]
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds repeats a seed ({args.seeds}): give each seed once")
+    start, payloads, root = time.perf_counter(), [], Path(args.out)
+    for seed in args.seeds:
+        print(f"\n=== seed {seed} ===", flush=True)
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "out": str(root / f"seed_{seed}")})
+        payloads.append(run(one))
+    summary = summarize([p["results"] for p in payloads])
+    print_summary(summary, args.target, args.seeds)
+    total = round(time.perf_counter() - start, 1)
+    (root / "summary.json").write_text(json.dumps({
+        "args": vars(args), "summary": summary, "seconds": total,
+        "seconds_per_seed": {s: p["seconds"] for s, p in zip(args.seeds, payloads)},
+    }, indent=1))  # fmt: skip
+    print(f"\nsaved {root / 'summary.json'}; total time {total} s over {len(args.seeds)} seeds")
+    return [{**r, "seed": s} for s, p in zip(args.seeds, payloads) for r in p["results"]]
 
 
 if __name__ == "__main__":

@@ -100,3 +100,33 @@ def test_score_counts_what_evaluate_averages():
     s = score(model, corpus.tensors("forget"))
     assert (s.correct, s.total) == (4, 80) and s.accuracy == 4 / 80
     assert score(model, corpus.tensors("retain")).correct == len(corpus.retain)
+
+
+def _run(loss: str, method: str, steps: int, retain: float, reached: bool) -> dict:
+    geometry = dict.fromkeys(("cos_fr", "cos_out_f", "cos_out_r", "conflict_fraction"), retain)
+    return {
+        "loss": loss, "method": method, "steps": steps, "reached_target": reached,
+        "forget_acc": 0.05, "retain_acc": retain, "neighbour_acc": 1 - retain, "geometry": geometry,
+    }  # fmt: skip
+
+
+def test_summary_is_mean_and_sample_std_per_cell_over_seeds():
+    seeds = [
+        [_run("ga", "sum", 10, 0.5, True), _run("ga", "sago", 100, 0.9, True)],
+        [_run("ga", "sum", 30, 0.7, True), _run("ga", "sago", 600, 0.8, False)],
+    ]
+    summary = demo.summarize(seeds)
+    assert [(c["loss"], c["method"], c["seeds"]) for c in summary] == [
+        ("ga", "sum", 2), ("ga", "sago", 2)
+    ]  # fmt: skip
+    first, second = summary
+    assert first["steps"]["mean"] == 20 and first["steps"]["std"] == pytest.approx(2**0.5 * 10)
+    assert first["retain_acc"]["values"] == [0.5, 0.7] and first["reached"] == 2
+    assert second["reached"] == 1 and second["neighbour_acc"]["mean"] == pytest.approx(0.15)
+    assert second["geometry"]["cos_out_r"]["mean"] == pytest.approx(0.85)
+    assert demo.summarize(seeds[:1])[0]["steps"]["std"] is None  # one seed: no spread to show
+
+
+def test_summary_refuses_seeds_that_ran_different_cells():
+    with pytest.raises(ValueError, match="same --losses and --methods"):
+        demo.summarize([[_run("ga", "sum", 1, 0.5, True)], [_run("npo", "sum", 1, 0.5, True)]])
