@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import sago_kernels as sk
-from sago_kernels.unlearning.facts import evaluate, make_corpus
+from sago_kernels.unlearning.facts import evaluate, make_corpus, score
 
 
 def main(argv=None):
@@ -53,7 +53,7 @@ def main(argv=None):
             sk.losses.nll_loss(model(batch["input_ids"]).logits, batch["labels"]).backward()
             opt.step()
             opt.zero_grad()
-        if evaluate(model, everything)[0] == 1.0:
+        if (known := score(model, everything)).correct == known.total:  # counts, not a mean
             break
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # frozen, for NPO
     print("before:", {s: round(evaluate(model, b)[0], 3) for s, b in splits.items()})
