@@ -67,6 +67,22 @@ def _groups(layout: GradLayout, method: Method) -> list[list]:
     return [[s] for s in layout.segments]
 
 
+def _pcgrad_coefficient(d, dd, nn, k, floor, eps):
+    """PCGrad's c = d/(n+eps) if d < 0, from the exact dots d and n = ``nn``, and its error bound
+    given |d − d_backend| <= ``dd`` and n's order-free summation bound ``k``·n + ``floor``; where
+    |d| is within its error of 0 the branch may go either way, and both outcomes are covered."""
+    eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
+    dn = k * nn + floor + eps32
+    lower = nn + eps - dn
+    c = d / (nn + eps) if d < 0 else torch.zeros((), dtype=torch.float64)
+    if lower <= 0:
+        return c, torch.tensor(math.inf, dtype=torch.float64)
+    dc = (dd + c.abs() * dn) / lower + 4 * U32 * c.abs()
+    if d.abs() <= dd:
+        dc = dc + c.abs() + dd / lower
+    return c, dc
+
+
 def output_bound(
     retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps
 ) -> torch.Tensor:
@@ -112,15 +128,7 @@ def output_bound(
             dd = k * (fg * rg).abs().sum() + floor
             eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
             if method.code == 0:  # PCGrad: c = d/(n+eps) if d < 0
-                dn = k * rr + floor + eps32
-                lower = rr + eps - dn
-                c = d / (rr + eps) if d < 0 else torch.zeros((), dtype=torch.float64)
-                if lower <= 0:
-                    dc = torch.tensor(math.inf, dtype=torch.float64)
-                else:
-                    dc = (dd + c.abs() * dn) / lower + 4 * U32 * c.abs()
-                    if d.abs() <= dd:
-                        dc = dc + c.abs() + dd / lower
+                c, dc = _pcgrad_coefficient(d, dd, rr, k, floor, eps)
                 a, b = gamma, alpha - gamma * c
                 da, db = 0.0, abs(gamma) * dc + 2 * U32 * (abs(alpha) + abs(gamma) * c.abs())
             else:  # BLUR: c = d/(m+eps), a = γ − α·c
@@ -171,16 +179,7 @@ def gru_truth(retain, forget, state, layout: GradLayout, method: Method, alpha, 
         if not all(math.isfinite(x) for x in (d.item(), mm.item(), ff.item())):
             continue  # NaN output, state kept
         dd = k * (fg * mg).abs().sum() + floor
-        eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
-        dn = k * mm + floor + eps32
-        lower = mm + eps - dn
-        c = d / (mm + eps) if d < 0 else torch.zeros((), dtype=torch.float64)
-        if lower <= 0:
-            dc = torch.tensor(math.inf, dtype=torch.float64)
-        else:
-            dc = (dd + c.abs() * dn) / lower + 4 * U32 * c.abs()
-            if d.abs() <= dd:  # the branch may go either way
-                dc = dc + c.abs() + dd / lower
+        c, dc = _pcgrad_coefficient(d, dd, mm, k, floor, eps)  # PCGrad's, with m' for r
         cm = -gamma * c
         ref[idx] = gamma * fg + b * rg + cm * mg
         underflow = (2 * abs(gamma) + 2 * abs(b) + 4) * 2.0**-149

@@ -413,7 +413,9 @@ class Combine {
     }
     if (A.phase == SAGO_PHASE_DOTS_EMA || A.phase == SAGO_PHASE_WRITE_EMA) {
       if (A.code != SAGO_PROJECTION_GRU) return SAGO_BAD_PHASE;
-      return A.phase == SAGO_PHASE_DOTS_EMA ? ema_dots<IO>() : write_pass<IO, kAffineEma>();
+      if (A.phase == SAGO_PHASE_DOTS_EMA) return ema_dots<IO>();
+      for (size_t k = 0; k < coef_.size(); ++k) coef_[k] = A.seg_coef[k];  // (a, b, c)
+      return write_pass<IO, kAffineEma>();
     }
     if (A.code != SAGO_PROJECTION_PCGRAD && A.code != SAGO_PROJECTION_BLUR &&
         A.code != SAGO_PROJECTION_WEIGHTING && A.code != SAGO_PROJECTION_GRU) {
@@ -440,7 +442,7 @@ class Combine {
                                     nullptr, nullptr, A.chunk_len[c], w, &rows_[c * kRow],
                                     nullptr);
       });
-      segment_dots(dots.data());
+      segment_dots(dots.data(), 3);
       if (A.phase == SAGO_PHASE_DOTS) {
         for (size_t k = 0; k < dots.size(); ++k) A.seg_dots[k] = dots[k];
         return SAGO_OK;
@@ -465,13 +467,7 @@ class Combine {
                                      nullptr, state<IO>(start), A.chunk_len[c], w,
                                      &rows_[c * kRow], nullptr);
     });
-    for (int64_t j = 0; j < A.num_segments; ++j) {
-      double* dots = A.seg_dots + j * SAGO_NUM_EMA_DOTS;
-      for (int k = 0; k < SAGO_NUM_EMA_DOTS; ++k) dots[k] = 0.0;
-      for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
-        for (int k = 0; k < SAGO_NUM_EMA_DOTS; ++k) dots[k] += rows_[c * kRow + k];
-      }
-    }
+    segment_dots(A.seg_dots, SAGO_NUM_EMA_DOTS);
     return SAGO_OK;
   }
 
@@ -491,11 +487,13 @@ class Combine {
     for (int64_t c = 0; c < chunks; ++c) body(c, gates);
   }
 
-  // Each segment's dots: its chunks' rows in chunk order (independent of the thread count).
-  void segment_dots(double* dots) const {
+  // Each segment's first ``width`` sums into dots[j * width ...]: its chunks' rows in chunk
+  // order (independent of the thread count).
+  void segment_dots(double* dots, int width) const {
     for (int64_t j = 0; j < A.num_segments; ++j) {
+      for (int k = 0; k < width; ++k) dots[j * width + k] = 0.0;
       for (int64_t c = A.seg_chunk[j]; c < A.seg_chunk[j + 1]; ++c) {
-        for (int k = 0; k < 3; ++k) dots[j * 3 + k] += rows_[c * kRow + k];
+        for (int k = 0; k < width; ++k) dots[j * width + k] += rows_[c * kRow + k];
       }
     }
   }
@@ -523,9 +521,6 @@ class Combine {
   template <class IO, int kMode>
   int32_t write_pass() {
     using Word = typename IO::Word;
-    if (kMode == kAffineEma) {
-      for (size_t k = 0; k < coef_.size(); ++k) coef_[k] = A.seg_coef[k];
-    }
     for_each_chunk([&](int64_t c, const Weights& gates) {
       Weights w = gates;
       if (kMode == kAffine || kMode == kAffineEma) {

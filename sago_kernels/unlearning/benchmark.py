@@ -236,7 +236,7 @@ class Evaluator:
 # --------------------------------------------------------------------------- one run
 
 
-def unlearn(target, retain_model, corpus, evaluator, reference, loss, method, seed, args) -> dict:
+def unlearn(target, corpus, evaluator, reference, loss, method, seed, args) -> dict:
     """Algorithm 1 from the target model; evaluated at matched forgetting and at the budget."""
     model = copy.deepcopy(target).train().requires_grad_(True)
     gamma = args.gamma if args.gamma is not None else SUGGESTED_GAMMA.get(loss, 1.0)
@@ -548,8 +548,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for loss in args.losses:
             for method in args.methods:
-                run = unlearn(target, retain_model, corpus, evaluator, reference, loss, method,
-                              seed, args)  # fmt: skip
+                run = unlearn(target, corpus, evaluator, reference, loss, method, seed, args)
                 runs.append(run)
                 m = run["protocols"]["matched"]
                 bar.set_postfix(last=f"{loss}/{method}: {m['steps']} steps")
