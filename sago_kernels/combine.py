@@ -153,12 +153,38 @@ def combine_(
             retain, forget, layout, out, method, alpha, gamma, eps, stats, backend
         )
         return (target, CombineStats.from_table(method, table)) if stats else target
+    if not isinstance(stats, bool):
+        raise TypeError(f"Parameter `stats` should be a bool. Found `{type(stats).__name__}`.")
+    target, table = _checked_combine(
+        retain, forget, layout, method, alpha, gamma, eps, out, stats, backend, process_group,
+        state,
+    )  # fmt: skip
+    if stats:
+        return target, CombineStats.from_table(get_method(method).name, table)
+    return target
+
+
+def _checked_combine(
+    retain: torch.Tensor,
+    forget: torch.Tensor,
+    layout: GradLayout | None,
+    method: MethodArg,
+    alpha: float,
+    gamma: float,
+    eps: float,
+    out: torch.Tensor | None,
+    want_stats: bool | str,
+    backend: BackendName | None,
+    process_group: object | None,
+    state: torch.Tensor | None,
+) -> tuple[torch.Tensor, object]:
+    """:func:`combine_` past its argument forms: check everything, run the backend. Returns the
+    written tensor and what the backend returned for ``want_stats`` (the table; with
+    ``stats.SEGMENT_SUMS``, the raw per-segment sums, as the one-buffer synthesizer takes)."""
     m = get_method(method)
     alpha = check_scalar("alpha", alpha)
     gamma = check_scalar("gamma", gamma)
     eps = check_scalar("eps", eps, non_negative=True)
-    if not isinstance(stats, bool):
-        raise TypeError(f"Parameter `stats` should be a bool. Found `{type(stats).__name__}`.")
     layout = check_combine_args(retain, forget, out, layout)
     check_state(state, m, retain, forget, out, layout)
     _, run = resolve_backend(backend, retain.device)
@@ -172,9 +198,7 @@ def combine_(
         )
     if state is not None:
         extra["state"] = state
-    table = run(retain, forget, target, layout, m, alpha, gamma, eps, stats, **extra)
+    result = run(retain, forget, target, layout, m, alpha, gamma, eps, want_stats, **extra)
     # native and Triton write through raw pointers: torch did not see it
     mark_written(target if state is None else [target, state])
-    if stats:
-        return target, CombineStats.from_table(m.name, table)
-    return target
+    return target, result

@@ -24,7 +24,7 @@ from . import native, reference
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
-from .stats import geometry_table
+from .stats import SEGMENT_SUMS, geometry_table
 
 BackendFn = Callable[..., "torch.Tensor | None"]
 
@@ -95,6 +95,8 @@ def _reference_combine(
         if reduce is not None:
             reduce(sums)
             reduce(conflicts)
+        if want_stats == SEGMENT_SUMS:
+            return sums, conflicts
         if seg_numels is None:
             seg_numels = layout.numel_table(retain.device)
         return geometry_table(sums, conflicts, seg_numels)

@@ -31,7 +31,7 @@ from ._scoped import ScopedSetting
 from .layout import GradLayout
 from .methods import Method
 from .sharding import Reduce
-from .stats import geometry_table
+from .stats import SEGMENT_SUMS, geometry_table
 
 ABI = 5  # SAGO_NATIVE_ABI in csrc/sago_native.h
 NUM_SUMS = 6
@@ -288,7 +288,7 @@ def combine_native(
         dtype=_DTYPES[retain.dtype],
         scope=_SCOPES[method.scope],
         code=method.code,
-        want_stats=int(want_stats),
+        want_stats=int(bool(want_stats)),
         num_threads=torch.get_num_threads(),
         isa=_wanted_isa(),
         retain=retain.data_ptr(),
@@ -352,6 +352,8 @@ def combine_native(
     if reduce is not None:
         reduce(sums)
         reduce(conflicts)
+    if want_stats == SEGMENT_SUMS:
+        return sums, conflicts
     if seg_numels is None:
         seg_numels = layout.numel_table("cpu")
     return geometry_table(sums, conflicts, seg_numels)

@@ -25,11 +25,11 @@ import torch
 
 from . import sharding
 from ._validation import check_scalar
-from .combine import BackendName, MethodName, combine_
+from .combine import BackendName, MethodName, _checked_combine, combine_
 from .dispatch import resolve_backend
 from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
 from .methods import Method, get_method
-from .stats import CombineStats, table_from_segment_rows
+from .stats import SEGMENT_SUMS, CombineStats, geometry_table
 
 
 def _ddp_class() -> type | None:
@@ -360,7 +360,9 @@ class GradientSynthesizer:
         self._slot_layouts = [
             by_size.setdefault(f.numel(), GradLayout.single(f.numel())) for f in self._flat
         ]
-        self._rows: list[torch.Tensor | None] = [None] * len(self.params)
+        # this step's per-parameter sums for the statistics, kept on the device
+        self._sums: list[torch.Tensor | None] = [None] * len(self.params)
+        self._conflicts: list[torch.Tensor | None] = [None] * len(self.params)
         self._numels = torch.tensor(
             [f.numel() for f in self._flat], dtype=torch.int64, device=self.forget_buffer.device
         )
@@ -419,14 +421,13 @@ class GradientSynthesizer:
         if retain is None:
             retain = self.params[index].grad.reshape(-1)
         forget = self._flat[index]
-        result = combine_(
-            retain, forget, layout=self._slot_layouts[index], method=self.method,
-            alpha=self.alpha, gamma=self.gamma, eps=self.eps, out=forget,
-            stats=self.stats_enabled, backend=self.backend,
-            state=None if self._state_flat is None else self._state_flat[index],
+        _, sums = _checked_combine(
+            retain, forget, self._slot_layouts[index], self.method, self.alpha, self.gamma,
+            self.eps, forget, SEGMENT_SUMS if self.stats_enabled else False, self.backend, None,
+            None if self._state_flat is None else self._state_flat[index],
         )  # fmt: skip
-        if self.stats_enabled:
-            self._rows[index] = result[1].table[0]
+        if self.stats_enabled:  # the whole step's table is built once, at combine_()
+            self._sums[index], self._conflicts[index] = sums
         self._combined[index] = True
 
     def _finish_one_buffer(self) -> CombineStats | None:
@@ -437,7 +438,8 @@ class GradientSynthesizer:
                 self._combine_slot(index, torch.zeros_like(self._flat[index]))
         stats = None
         if self.stats_enabled:
-            table = table_from_segment_rows(torch.stack(self._rows), self._numels)
+            sums, conflicts = torch.cat(self._sums), torch.cat(self._conflicts)
+            table = geometry_table(sums, conflicts, self._numels)
             stats = CombineStats.from_table(get_method(self.method).name, table)
         return self._finish_step(stats)
 

@@ -29,7 +29,7 @@ from .._scoped import ScopedSetting
 from ..layout import GradLayout
 from ..methods import Method
 from ..sharding import Reduce
-from ..stats import nan_where_norms_overflow
+from ..stats import SEGMENT_SUMS, nan_where_norms_overflow
 from . import _tiles
 from .chunk_pass import _chunk_pass_kernel
 from .reductions import _coefficients_kernel, _geometry_kernel, _segment_reduce_kernel
@@ -187,6 +187,7 @@ def combine_triton(
     unused_f32, unused_i64 = torch.empty(8, **f32), torch.empty(1, **i64)
 
     def chunk_pass(mode: int, coef: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        stats = bool(stats)  # a constexpr: SEGMENT_SUMS compiles as True
         block = min(config.stats_block, config.block) if stats else config.block
         if stats:
             partial = torch.empty((max(plan.num_chunks, 1), 8), **f32)
@@ -246,6 +247,8 @@ def combine_triton(
     if reduce is not None:
         reduce(sums)
         reduce(seg_conflicts)
+    if want_stats == SEGMENT_SUMS:
+        return sums[:, :6], seg_conflicts  # rows are padded to 8 columns
     table = torch.empty((s + 1, 8), **f32)
     _geometry_kernel[(1,)](
         sums, seg_conflicts, plan.seg_numel if seg_numels is None else seg_numels, table, s,
