@@ -63,8 +63,9 @@ else
     TESTS=(tests/test_combine_fuzz.py tests/test_properties.py tests/test_no_host_sync.py
            tests/test_large_offsets.py tests/test_compile.py tests/test_synthesizer.py
            tests/test_grads.py tests/test_validation.py tests/test_synthesizer_misuse.py
-           tests/test_gru.py)
-    LIMIT=150  # the fuzz file covers the nine Gramian weightings; test_gru.py the GRU modes
+           tests/test_gru.py tests/test_one_buffer.py)
+    LIMIT=150  # the fuzz file covers the nine Gramian weightings; test_gru.py the GRU modes;
+               # test_one_buffer.py the combine inside the backward (hooks on CUDA's autograd thread)
 fi
 SAGO_FAILURE_LOG="$OUT/failures.log" timeout -k 5 $LIMIT "$PY" -m pytest "${TESTS[@]}" -q \
     -p no:cacheprovider -p no:benchmark --maxfail=40 "${PARALLEL[@]}" --durations=8 2>&1 \
