@@ -32,6 +32,45 @@ from .methods import Method, get_method
 from .stats import SEGMENT_SUMS, CombineStats, geometry_table
 
 
+def _dtensor_class() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return None
+    return DTensor
+
+
+def _fsdp2_group(params: list[tuple[str, torch.Tensor]]) -> object | None:
+    """The process group of FSDP2-sharded parameters (``fully_shard``: DTensors sharded on dim 0
+    of a 1-D mesh), or None when none is a DTensor; anything in between is refused."""
+    dtensor = _dtensor_class()
+    if dtensor is None or not any(isinstance(p, dtensor) for _, p in params):
+        return None
+    from torch.distributed.tensor import Shard
+
+    meshes = set()
+    for name, p in params:
+        if not isinstance(p, dtensor):
+            raise ValueError(
+                f"Some trainable parameters are DTensors (FSDP2 `fully_shard`) and `{name}` is "
+                "not: the flat buffers hold one kind. Shard the whole model (apply fully_shard "
+                "to the root module too) or freeze the unsharded parameters."
+            )
+        if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+            raise ValueError(
+                f"Parameter `{name}` is a DTensor with placements {tuple(p.placements)} on a "
+                f"{p.device_mesh.ndim}-D mesh; the synthesizer supports FSDP2's own sharding, "
+                "(Shard(0),) on a 1-D mesh (HSDP and tensor parallelism are not supported)."
+            )
+        meshes.add(p.device_mesh)
+    if len(meshes) != 1:
+        raise ValueError(
+            f"The trainable parameters are sharded over {len(meshes)} device meshes; the "
+            "synthesizer's one all-reduce of dots needs them all on one."
+        )
+    return next(iter(meshes)).get_group()
+
+
 def _ddp_class() -> type | None:
     try:
         from torch.nn.parallel import DistributedDataParallel
@@ -201,9 +240,17 @@ class GradientSynthesizer:
     ``"parameter"``, weightings with a per-segment state (``GradVac``), and data parallelism or
     sharding (the combine would need the replicas' averaged retain gradient inside the backward).
 
-    Sharded parameters (each rank holds a slice of every parameter, e.g. your own split; for
-    FSDP2's ``fully_shard`` see the README): pass ``process_group``; the combine then needs
-    one all-reduce of per-segment dots (see :func:`sago_kernels.combine_`).
+    FSDP2 (``fully_shard``): pass the sharded model. Each rank's buffers hold its local shard
+    of every parameter (2·N/world elements), and each ``.grad`` is bound to a DTensor over its
+    view, so FSDP2's reduce-scatter (which averages over the ranks) accumulates straight into
+    the buffers: no gradient of FSDP2's own, no copy. The combine runs on the local shards with
+    one all-reduce of per-segment dots over the mesh's group (projection methods; two small
+    ones for statistics) and leaves g_final in the sharded ``.grad`` for the optimizer. Keep
+    FSDP2's gradient synchronisation on in the contexts (no ``set_requires_gradient_sync
+    (False)`` across them): each context's gradients must be reduce-scattered inside it.
+    Other sharded parameters (each rank holds a slice of every parameter, your own split):
+    pass ``process_group``, with the same one all-reduce of dots (see
+    :func:`sago_kernels.combine_`).
 
     Gradient accumulation: any number of ``backward`` calls inside a context, or several
     contexts before :meth:`combine_`, add up. The first context after a combine starts from
@@ -303,7 +350,22 @@ class GradientSynthesizer:
                 "cast the model (e.g. `model.to(torch.bfloat16)`) or freeze the odd ones."
             )
         dtype, device = next(iter(dtypes)), next(iter(devices))
-        layout = GradLayout.from_params(trainable, granularity=granularity, alignment=alignment)
+        fsdp2_group = _fsdp2_group(trainable)
+        if fsdp2_group is not None:
+            if buffers == 1:
+                raise ValueError(
+                    f"{_ONE_BUFFER}, which is not supported on FSDP2-sharded parameters (their "
+                    "dots need an all-reduce per segment). Use buffers=2 (the default)."
+                )
+            if process_group is None:
+                process_group = fsdp2_group
+            with torch.no_grad():  # each rank lays out its local shard of every parameter
+                shards = [(name, p.to_local()) for name, p in trainable]
+            layout = GradLayout.from_params(shards, granularity=granularity, alignment=alignment)
+        else:
+            layout = GradLayout.from_params(
+                trainable, granularity=granularity, alignment=alignment
+            )
         if backend is not None:
             resolve_backend(backend, device)  # unknown or unavailable here: raise now
         self._no_sync = None
@@ -339,6 +401,10 @@ class GradientSynthesizer:
             "retain": self.layout.views(self.retain_buffer),
             "forget": self.layout.views(self.forget_buffer),
         }
+        # what .grad is bound to: the views, or (FSDP2) DTensors over them, in which FSDP2's
+        # reduce-scatter accumulates in place (it adds into a .grad that exists)
+        self._grads = {task: self._as_grads(views) for task, views in self._views.items()}
+        self.fsdp2 = fsdp2_group is not None
         if buffers == 1:
             self._setup_one_buffer()
         self._stale = False  # buffers hold a finished step and must be cleared before the next
@@ -444,10 +510,19 @@ class GradientSynthesizer:
         return self._finish_step(stats)
 
     # ------------------------------------------------------------------ routing autograd
+    def _as_grads(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        dtensor = _dtensor_class()
+        if dtensor is None or not isinstance(self.params[0], dtensor):
+            return views
+        return [
+            dtensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            for p, v in zip(self.params, views)
+        ]
+
     def _bind(self, task: str | None) -> None:
-        views = self._views[task] if task else [None] * len(self.params)
-        for p, v in zip(self.params, views):
-            p.grad = v
+        grads = self._grads[task] if task else [None] * len(self.params)
+        for p, g in zip(self.params, grads):
+            p.grad = g
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -491,7 +566,7 @@ class GradientSynthesizer:
         None; after a combine it is the parameter's view of g_final (or None after an
         optimizer's ``zero_grad``). Anything else came from a ``backward`` outside the contexts
         (or an assignment) and belongs to neither task: refused rather than guessed at."""
-        allowed = self._views["retain"] if self._stale else [None] * len(self.params)
+        allowed = self._grads["retain"] if self._stale else [None] * len(self.params)
         for name, p, view in zip(self.names, self.params, allowed):
             grad = p.grad
             if grad is not None and grad is not view:
@@ -515,7 +590,7 @@ class GradientSynthesizer:
                     )
                     self._check_usable()
             return
-        for name, p, view in zip(self.names, self.params, self._views[task]):
+        for name, p, view in zip(self.names, self.params, self._grads[task]):
             grad = p.grad
             if grad is view:
                 continue

@@ -13,6 +13,11 @@ exits non-zero with the reason on the first mismatch):
   one averaging all-reduce per buffer) equals the single-process step on the whole batch.
 - ``fsdp2``: a tiny GPT-2 under ``fully_shard``: one unlearning step with the combine on the
   parameters' local shards equals the single-process step.
+- ``fsdp2_synthesizer``: ``GradientSynthesizer`` on a ``fully_shard``-ed GPT-2: FSDP2's
+  reduce-scatter accumulates into the synthesizer's buffers (no gradient of its own), two forget
+  micro-batches and a retain backward per step, the combine with the documented all-reduces,
+  SGD with momentum on the DTensor parameters; two steps equal the single-process run on the
+  whole batch.
 """
 
 from __future__ import annotations
@@ -221,8 +226,7 @@ def scenario_ddp(rank: int, world: int, backends: list[str]) -> None:
             )  # fmt: skip
 
 
-def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
-    from torch.distributed.fsdp import fully_shard
+def _gpt2() -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -230,7 +234,20 @@ def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config)
+
+
+def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
+    base = _gpt2()
     g = torch.Generator().manual_seed(3)
     forget_ids = torch.randint(0, 50, (2 * world, 8), generator=g)
     retain_ids = torch.randint(0, 50, (2 * world, 8), generator=g)
@@ -249,10 +266,7 @@ def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
             single, forget_ids, retain_ids,
             lambda r, f: sk.combine_grads_(r, f, method=method, backend="reference"),
         )  # fmt: skip
-        sharded = copy.deepcopy(base)
-        for block in sharded.transformer.h:
-            fully_shard(block)
-        fully_shard(sharded)
+        sharded = _fully_shard(copy.deepcopy(base))
 
         def combine_local(r, f):
             local_r = [t.to_local() for t in r]
@@ -271,9 +285,94 @@ def scenario_fsdp2(rank: int, world: int, backends: list[str]) -> None:
             )
 
 
+def scenario_fsdp2_synthesizer(rank: int, world: int, backends: list[str]) -> None:
+    base = _gpt2()
+    g = torch.Generator().manual_seed(5)
+    rows = 2  # per rank and micro-batch; each rank's loss is the mean over its rows, and FSDP2
+    # averages over the ranks, so the step equals the single-process step on all rows
+    steps = [
+        (
+            [torch.randint(0, 50, (rows * world, 8), generator=g) for _ in range(2)],
+            torch.randint(0, 50, (rows * world, 8), generator=g),
+        )
+        for _ in range(2)
+    ]
+    mine = slice(rows * rank, rows * (rank + 1))
+
+    def step(model, synth, forget_ids, retain_ids):
+        with synth.forget():  # two micro-batches accumulate (FSDP2 reduce-scatters each)
+            for ids in forget_ids:
+                (-0.5 * model(input_ids=ids, labels=ids).loss).backward()
+        with synth.retain():
+            model(input_ids=retain_ids, labels=retain_ids).loss.backward()
+
+    for method in ("sago", "pcgrad", "blur", "gru"):
+        where = f"rank {rank}/{world} fsdp2 synthesizer {method}"
+        single = copy.deepcopy(base)
+        synth = sk.GradientSynthesizer(single, method=method, backend="reference")
+        # SGD with momentum: AdamW would blow float32 summation-order noise in gradient elements
+        # near zero up to ±lr, so the runs could not be compared beyond the first step
+        opt = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
+        sharded = _fully_shard(copy.deepcopy(base))
+        synth_s = sk.GradientSynthesizer(sharded, method=method, backend=backends[0])
+        opt_s = torch.optim.SGD(sharded.parameters(), lr=0.1, momentum=0.9)
+        local = sum(p.to_local().numel() for p in synth_s.params)
+        if not synth_s.fsdp2 or synth_s.layout.segment_numel != local:
+            raise AssertionError(f"{where}: the layout is not this rank's shards ({local})")
+        for k, (forget_ids, retain_ids) in enumerate(steps):
+            step(single, synth, forget_ids, retain_ids)
+            want = synth.combine_()
+            step(sharded, synth_s, [ids[mine] for ids in forget_ids], retain_ids[mine])
+            with CountingAllReduce() as counter:
+                got = synth_s.combine_()
+            # the dots, then the statistics (a layout's first combine also agrees the segment
+            # counts and sizes over the group, once)
+            expected = int(sk.METHODS[method].is_projection) + 2
+            if k > 0 and counter.calls != expected:
+                raise AssertionError(f"{where}: {counter.calls} all-reduces, documented {expected}")
+            views = synth_s.layout.views(synth_s.retain_buffer)
+            for (name, p), p_one, view in zip(sharded.named_parameters(), single.parameters(), views):
+                if p.grad.to_local().data_ptr() != view.data_ptr():  # FSDP2 wrote into our buffer
+                    raise AssertionError(f"{where}: {name}.grad is not the buffer's view")
+                torch.testing.assert_close(
+                    p.grad.full_tensor(), p_one.grad, rtol=1e-4, atol=1e-6,
+                    msg=lambda m: f"{where} step {k}: {name}: {m}",
+                )  # fmt: skip
+            # The attention's key bias has a gradient that is zero in exact arithmetic (softmax
+            # ignores a shift shared by all keys); in float32 it is ~1e-14 of either sign, by
+            # summation order. Those 16 elements a layer make the conflict count differ by a few
+            # (of ~12k elements): the fraction is compared to 1e-3, the rest tightly.
+            torch.testing.assert_close(got.table[-1, :7], want.table[-1, :7], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got.table[-1, 7], want.table[-1, 7], rtol=0, atol=1e-3)
+            opt.step()
+            opt_s.step()
+            opt.zero_grad()
+            opt_s.zero_grad()
+        for (name, p), p_one in zip(sharded.named_parameters(), single.parameters()):
+            torch.testing.assert_close(
+                p.full_tensor(), p_one, rtol=1e-4, atol=1e-6, msg=lambda m: f"{where}: {name}: {m}"
+            )
+    # refused before anything is bound: one-buffer mode, and a mix of sharded and plain
+    sharded = _fully_shard(copy.deepcopy(base))
+    mixed = [*sharded.named_parameters(), ("plain", torch.nn.Parameter(torch.zeros(3)))]
+    for kwargs, match in (
+        (dict(model_or_params=sharded, buffers=1), "not supported on FSDP2"),
+        (dict(model_or_params=mixed), "`plain` is not"),
+    ):
+        try:
+            sk.GradientSynthesizer(**kwargs)
+        except ValueError as error:
+            if match not in str(error):
+                raise AssertionError(f"rank {rank}: wrong refusal: {error}") from None
+        else:
+            raise AssertionError(f"rank {rank}: {match!r} was not refused")
+        if any(p.grad is not None for p in sharded.parameters()):
+            raise AssertionError(f"rank {rank}: a refused synthesizer bound .grad")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["sharded", "ddp", "fsdp2"])
+    parser.add_argument("scenario", choices=["sharded", "ddp", "fsdp2", "fsdp2_synthesizer"])
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--init", required=True)

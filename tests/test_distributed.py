@@ -76,3 +76,11 @@ def test_ddp_step_equals_single_process_step(world, tmp_path):
 def test_fsdp2_unlearning_step_equals_single_process_step(tmp_path):
     pytest.importorskip("transformers")
     run_ranks("fsdp2", 2, tmp_path, _cpu_backends()[:1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_synthesizer_under_fsdp2_equals_single_process_steps(world, tmp_path):
+    pytest.importorskip("transformers")
+    # the native backend (the interpreter's kernels would triple the time; the sharded
+    # combine itself is tested on every backend above)
+    run_ranks("fsdp2_synthesizer", world, tmp_path, _cpu_backends()[:2][-1:])
