@@ -89,6 +89,8 @@ setup(
             "rouge-score",
             "scipy",
             "scikit-learn",
+            # LoRA adapters (python/lora_run.py)
+            "peft>=0.21",
         ],
         "test": [
             "triton>=3.0",
@@ -108,6 +110,8 @@ setup(
             # its UPGrad/DualProj, CAGrad and Nash-MTL need
             "torchjd[quadprog-projector,cagrad,nash-mtl]==0.18.0",
             "ecos>=2.0.14",
+            # LoRA adapters with the synthesizer and the Trainer (tests/test_lora.py)
+            "peft>=0.21",
         ],
     },
 )

@@ -75,6 +75,17 @@ def test_trainer_recipe(tmp_path):
     assert "before:" in out and "after:" in out and "forget_loss" in out
 
 
+def test_lora_recipe(tmp_path):
+    pytest.importorskip("peft")
+    out = _run([str(ROOT / "python" / "lora_run.py"), "--entities", "10",
+                "--pretrain-epochs", "2",
+                "--epochs", "10"], tmp_path)  # fmt: skip
+    assert "before:" in out and "forget_loss" in out and "adapter tensors" in out
+    assert "base weights untouched during unlearning: True" in out
+    after = out.split("after:  ")[1].split("\n")[0]
+    assert out.split("merged: ")[1].startswith(after)  # merging changes no prediction
+
+
 def test_ddp_recipe(tmp_path):
     out = _run([str(ROOT / "python" / "ddp_run.py"), "--world", "2", "--steps", "40"], tmp_path)
     before = float(out.split("before: forget-class accuracy ")[1].split(",")[0])
