@@ -6,6 +6,7 @@ each scenario checks) and waits for them with a time limit; a rank's failure mes
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,24 @@ def test_synthesizer_under_fsdp2_equals_single_process_steps(world, tmp_path):
     # the native backend (the interpreter's kernels would triple the time; the sharded
     # combine itself is tested on every backend above)
     run_ranks("fsdp2_synthesizer", world, tmp_path, _cpu_backends()[:2][-1:])
+
+
+TRAINER_WORKER = Path(__file__).resolve().parent / "trainer_worker.py"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_trainer_under_torchrun_equals_single_process_run(mode, tmp_path):
+    """``UnlearningTrainer`` launched by torchrun (2 CPU processes, gloo): see
+    tests/trainer_worker.py for what each rank checks."""
+    pytest.importorskip("transformers")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(TRAINER_WORKER), mode, str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["steps"] == 2 and report["ddp_bucket_all_reduces"] == 0
+        assert report["distributed_type"] == "DistributedType.MULTI_CPU"

@@ -97,12 +97,39 @@ class UnlearningTrainer(transformers.Trainer):
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
             ref_model.to(self.args.device)
-        self.synth = GradientSynthesizer(
-            self.model, method=method, alpha=alpha, gamma=gamma, eps=eps,
-            granularity=granularity, backend=backend, stats=True, buffers=buffers,
+        self._synth_kwargs = dict(
+            method=method, alpha=alpha, gamma=gamma, eps=eps, granularity=granularity,
+            backend=backend, stats=True, buffers=buffers,
         )  # fmt: skip
+        # Built on the model as the Trainer will train it: in one process that is the model now
+        # (so bad arguments raise here); under DDP or FSDP2 it is the model accelerate prepares
+        # at train() (wrapped, or sharded in place), so the synthesizer is built then, and its
+        # arguments are checked on a stand-in parameter now.
+        if self._distributed() and buffers == 1:
+            raise ValueError(
+                "buffers=1 is not supported in multi-process runs (DDP or FSDP2): the combine "
+                "inside the backward would need each parameter's averaged retain gradient. Use "
+                "buffers=2."
+            )
+        if self._distributed():
+            GradientSynthesizer([torch.nn.Parameter(torch.zeros(1))], **self._synth_kwargs)
+            self.synth: GradientSynthesizer | None = None
+        else:
+            self.synth = GradientSynthesizer(self.model, **self._synth_kwargs)
         self._window: dict[str, list[torch.Tensor]] = {"forget_loss": [], "retain_loss": []}
         self._geometry: list[torch.Tensor] = []
+
+    def _distributed(self) -> bool:
+        return self.args.world_size > 1 or self.is_fsdp_enabled
+
+    def _synthesizer_for(self, model: torch.nn.Module) -> GradientSynthesizer:
+        """The synthesizer of the model being trained, built on its first use under DDP (the
+        DDP model: backward passes under ``no_sync``, one all-reduce per buffer at the combine,
+        instead of DDP's per-bucket ones) or FSDP2 (the sharded model: local shards, one
+        all-reduce of per-segment dots)."""
+        if self.synth is None:
+            self.synth = GradientSynthesizer(model, **self._synth_kwargs)
+        return self.synth
 
     # Paired batches have no `labels`/model-forward columns: keep every column.
     def _remove_unused_columns(self, dataset, description=None):  # noqa: D401
@@ -128,12 +155,13 @@ class UnlearningTrainer(transformers.Trainer):
         inputs = self._prepare_inputs(inputs)
         forget, retain = split_pair(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
-        with self.synth.forget(), self.compute_loss_context_manager():
+        synth = self._synthesizer_for(model)
+        with synth.forget(), self.compute_loss_context_manager():
             loss_f = run_loss(
                 self.forget_loss_name, model, forget, ref_model=self.ref_model, **self.loss_kwargs
             )
             self.accelerator.backward(loss_f * scale)
-        with self.synth.retain(), self.compute_loss_context_manager():
+        with synth.retain(), self.compute_loss_context_manager():
             loss_r = run_loss(
                 self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False,
                 **self.retain_loss_kwargs,
@@ -142,7 +170,7 @@ class UnlearningTrainer(transformers.Trainer):
         self._window["forget_loss"].append(loss_f.detach())
         self._window["retain_loss"].append(loss_r.detach())
         if self.accelerator.sync_gradients:  # last micro-batch: the Trainer clips and steps next
-            stats = self.synth.combine_()
+            stats = synth.combine_()
             self._geometry.append(stats.table[-1])
         return (loss_f.detach() + loss_r.detach()) * scale
 
@@ -150,7 +178,7 @@ class UnlearningTrainer(transformers.Trainer):
     # the optimizer's in every checkpoint, so `train(resume_from_checkpoint=...)` resumes it.
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        state = self.synth.state_dict()
+        state = self.synth.state_dict() if self.synth is not None else {}
         if state and self.args.should_save:
             torch.save(state, os.path.join(output_dir, SYNTHESIZER_STATE_NAME))
 
@@ -160,8 +188,9 @@ class UnlearningTrainer(transformers.Trainer):
             return
         path = os.path.join(checkpoint, SYNTHESIZER_STATE_NAME)
         if os.path.isfile(path):
-            device = self.synth.retain_buffer.device
-            self.synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            synth = self._synthesizer_for(self.model_wrapped)
+            device = synth.retain_buffer.device
+            synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean forget/retain losses and gradient geometry since the last log."""
