@@ -91,3 +91,12 @@ def test_ddp_recipe(tmp_path):
     before = float(out.split("before: forget-class accuracy ")[1].split(",")[0])
     after = float(out.split("after:  forget-class accuracy ")[1].split(",")[0])
     assert after < before, out
+
+
+def test_fsdp_recipe(tmp_path):
+    out = _run([str(ROOT / "python" / "fsdp_run.py"), "--entities", "10",
+                "--pretrain-epochs", "60", "--steps", "20"], tmp_path)  # fmt: skip
+    assert "FSDP2: True" in out, out
+    before = float(out.split("before: {'forget': ")[1].split(",")[0])
+    after = float(out.split("after:  {'forget': ")[1].split(",")[0])
+    assert after < before, out
