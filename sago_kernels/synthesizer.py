@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 
 from . import sharding
-from ._validation import check_scalar
+from ._validation import check_scalar, mark_written
 from .combine import BackendName, MethodName, _checked_combine, combine_
 from .dispatch import resolve_backend
 from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
@@ -267,10 +267,11 @@ class GradientSynthesizer:
     an assignment to ``.grad`` inside a context (autograd then puts the gradient in a new
     tensor outside the buffer; found when the context exits, and the step is refused until
     :meth:`zero_grad`; for higher-order terms use ``torch.autograd.grad(..., create_graph=True)``
-    and a plain ``backward()`` of the final loss); a second :meth:`combine_` without new
-    backward passes (the buffers hold g_final already); freezing or unfreezing a parameter
-    after construction (the buffers have a slot for exactly the parameters trainable then:
-    build a new synthesizer).
+    and a plain ``backward()`` of the final loss); an exception leaving a context (a backward
+    may have stopped part-way: the step is refused until :meth:`zero_grad`); a second
+    :meth:`combine_` without new backward passes (the buffers hold g_final already); freezing
+    or unfreezing a parameter after construction (the buffers have a slot for exactly the
+    parameters trainable then: build a new synthesizer).
     """
 
     def __init__(
@@ -432,6 +433,12 @@ class GradientSynthesizer:
         self._numels = torch.tensor(
             [f.numel() for f in self._flat], dtype=torch.int64, device=self.forget_buffer.device
         )
+        # The hooks skip combine_'s argument checks (a third of a small parameter's time): the
+        # buffers are the synthesizer's own, checked here once, and each retain gradient is
+        # checked for what autograd could make differ (_fits); anything else takes the checked
+        # path, which says what is wrong.
+        self._method_obj = get_method(self.method)
+        self._run = resolve_backend(self.backend, self.forget_buffer.device)[1]
         # the hooks hold the synthesizer weakly: a dropped synthesizer leaves no-op hooks
         this = weakref.ref(self)
 
@@ -484,17 +491,42 @@ class GradientSynthesizer:
     def _combine_slot(self, index: int, retain: torch.Tensor | None = None) -> None:
         """Combine parameter ``index``: its g_r (``.grad``, or ``retain``) with its g_f in the
         buffer, g_final written over g_f; its statistics row kept for :meth:`combine_`."""
+        forget = self._flat[index]
         if retain is None:
             retain = self.params[index].grad.reshape(-1)
-        forget = self._flat[index]
-        _, sums = _checked_combine(
-            retain, forget, self._slot_layouts[index], self.method, self.alpha, self.gamma,
-            self.eps, forget, SEGMENT_SUMS if self.stats_enabled else False, self.backend, None,
-            None if self._state_flat is None else self._state_flat[index],
-        )  # fmt: skip
+        state = None if self._state_flat is None else self._state_flat[index]
+        want = SEGMENT_SUMS if self.stats_enabled else False
+        layout = self._slot_layouts[index]
+        if self._fits(retain, forget):
+            extra = {} if state is None else {"state": state}
+            sums = self._run(
+                retain, forget, forget, layout, self._method_obj, self.alpha, self.gamma,
+                self.eps, want, **extra,
+            )  # fmt: skip
+            mark_written(forget if state is None else [forget, state])
+        else:
+            _, sums = _checked_combine(
+                retain, forget, layout, self.method, self.alpha, self.gamma, self.eps, forget,
+                want, self.backend, None, state,
+            )  # fmt: skip
         if self.stats_enabled:  # the whole step's table is built once, at combine_()
             self._sums[index], self._conflicts[index] = sums
         self._combined[index] = True
+
+    @staticmethod
+    def _fits(retain: torch.Tensor, forget: torch.Tensor) -> bool:
+        """A retain gradient the backend can read as it is: dense, contiguous, unflagged, of
+        the buffer's dtype, device and length."""
+        return (
+            retain.layout == torch.strided
+            and retain.dtype == forget.dtype
+            and retain.device == forget.device
+            and retain.numel() == forget.numel()
+            and retain.is_contiguous()
+            and not retain.is_neg()
+            and not retain.is_conj()
+            and not retain.requires_grad
+        )
 
     def _finish_one_buffer(self) -> CombineStats | None:
         """Combine the parameters no retain gradient reached (g_r = 0, as the default mode's
@@ -627,8 +659,14 @@ class GradientSynthesizer:
             completed = True
         finally:
             try:
-                if completed:  # an exception from the body goes up as it is
+                if completed:
                     self._check_still_bound(task)
+                elif self._broken is None:  # the exception itself goes up as it is
+                    # a backward may have stopped part-way: some gradients in, others not
+                    self._broken = (
+                        f"an exception left synth.{task}(), so this step's {task} gradients "
+                        "may be partial (a backward stopped part-way, or never ran)."
+                    )
             finally:
                 self._bind(None)
                 self._active = None

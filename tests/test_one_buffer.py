@@ -226,3 +226,39 @@ def test_hooks_of_a_dropped_synthesizer_do_nothing():
     model(x, "retain").square().mean().backward()
     assert model.a.weight.grad is not None
 
+
+
+@pytest.mark.parametrize("buffers", [1, 2])
+def test_an_exception_inside_a_context_refuses_the_step_until_zero_grad(buffers):
+    """A backward stopped part-way leaves some gradients in and others not: the combine is
+    refused rather than run on them (one-buffer mode would take the missing ones as zero)."""
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=buffers)
+    x = torch.randn(4, 6)
+    with synth.forget():
+        (-model(x, "forget").square().mean()).backward()
+    with pytest.raises(RuntimeError, match="stand-in"):
+        with synth.retain():
+            model(x, "retain").square().mean().backward()
+            raise RuntimeError("stand-in for an out-of-memory error after the backward")
+    with pytest.raises(RuntimeError, match="exception left synth.retain.*zero_grad"):
+        synth.combine_()
+    synth.zero_grad()
+    _forget_then_retain(model, synth, x)
+    synth.combine_()
+
+
+def test_create_graph_in_one_buffer_retain_is_refused():
+    """backward(create_graph=True) hands the hook a gradient with a graph: refused (the combine
+    has no derivative), and the step with it."""
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    x = torch.randn(4, 6)
+    with synth.forget():
+        (-model(x, "forget").square().mean()).backward()
+    with pytest.raises(ValueError, match="should not require grad"):
+        with synth.retain():
+            model(x, "retain").square().mean().backward(create_graph=True)
+    with pytest.raises(RuntimeError, match="partial"):
+        synth.combine_()
