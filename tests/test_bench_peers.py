@@ -173,6 +173,38 @@ def test_step_benchmark_variants_take_the_same_step(method):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_step_benchmark_measures_each_case_in_a_process_of_its_own(tmp_path):
+    """bench/step.py on a CPU: every case of a tiny run reaches step.json, each measured in a
+    fresh process (its peak resident set over its baseline), against the summed-loss floor, with
+    every target of issue 15 judged."""
+    env = {**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, str(BENCH / "step.py"), "--device", "cpu", "--size", "tiny",
+           "--methods", "sago", "--batch", "1", "--seq", "16", "--warmup", "1", "--steps", "1",
+           "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "step.json").read_text())
+    rows = result["rows"]
+    assert [r["variant"] for r in rows] == [
+        "summed", "synthesizer/sago", "one_buffer/sago", "paper/sago"
+    ]  # fmt: skip
+    assert len({r["pid"] for r in rows} | {os.getpid()}) == len(rows) + 1
+    for r in rows:
+        assert r["step_ms"] > 0 and r["threads"] == 1 and r["checkpointing"] is False
+        assert 100 < r["baseline_rss_mib"] <= r["peak_rss_mib"], r
+        assert r["growth_mib"] == pytest.approx(r["peak_rss_mib"] - r["baseline_rss_mib"])
+        assert r["peak_bytes"] == pytest.approx(r["peak_rss_mib"] * 2**20)
+        assert (r["combine_ms"] is None) == (r["variant"] == "summed")
+    assert rows[0]["peak_minus_floor_grads"] == 0
+    grad = result["grad_bytes"]
+    for r in rows[1:]:
+        want = (r["peak_bytes"] - rows[0]["peak_bytes"]) / grad
+        assert r["peak_minus_floor_grads"] == pytest.approx(want)
+    assert len(result["targets"]) == 6
+    assert {t["status"] for t in result["targets"]} <= {"met", "not met", "reported"}
+
+
 def test_step_verdicts_follow_the_numbers():
     from targets import step_verdicts
 
