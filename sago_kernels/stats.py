@@ -141,3 +141,26 @@ def geometry_table(
         dim=-1,
     )
     return nan_where_norms_overflow(table)
+
+
+def table_from_segment_rows(rows: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+    """The ``[S + 1, 8]`` table from its ``[S, 8]`` segment rows, computed apart (one-buffer
+    mode combines each parameter on its own inside the backward): the total row is
+    :func:`geometry_table`'s over the sums the rows imply (f·r; ‖·‖²; cosines times norms; the
+    conflict fraction times the segment size), so it matches a whole-buffer combine's total
+    within float32 rounding. ``numels`` is ``[S]`` int64. No host sync."""
+    fr, norm_r, norm_f, norm_out, _, cos_out_r, cos_out_f, fraction = rows.unbind(-1)
+    sums = torch.stack(
+        [
+            fr,
+            norm_r.square(),
+            norm_f.square(),
+            norm_out.square(),
+            cos_out_r * norm_out * norm_r,
+            cos_out_f * norm_out * norm_f,
+        ],
+        dim=-1,
+    )
+    conflicts = (fraction.to(torch.float64) * numels).round().to(torch.int64)
+    total = geometry_table(sums, conflicts, numels)[-1:]
+    return torch.cat([rows, total])

@@ -7,11 +7,18 @@ buffer into g_final, which the parameters' ``.grad`` views expose to any optimiz
 
 Memory: the two flat buffers (2·N elements in the parameters' dtype) plus O(segments) for the
 layout tables and statistics. Nothing else is allocated per step.
+
+One-buffer mode (``buffers=1``) holds N, as plain fine-tuning does: the forget backward fills the
+one buffer, and during the retain backward a post-accumulate-grad hook combines each parameter
+the moment autograd has its g_r, writes g_final over its g_f and frees the g_r. It serves the
+methods that decide a parameter from that parameter alone, and the combine overlaps the rest of
+the backward instead of running after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -21,8 +28,8 @@ from ._validation import check_scalar
 from .combine import BackendName, MethodName, combine_
 from .dispatch import resolve_backend
 from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
-from .methods import get_method
-from .stats import CombineStats
+from .methods import Method, get_method
+from .stats import CombineStats, table_from_segment_rows
 
 
 def _ddp_class() -> type | None:
@@ -110,6 +117,52 @@ def _given_params(
     return named, None
 
 
+_ONE_BUFFER = "buffers=1 (one-buffer mode) combines each parameter on its own inside the backward"
+
+
+def _check_one_buffer(
+    method: Method,
+    given: object,
+    granularity: str,
+    model_or_params: object,
+    data_parallel_group: object | None,
+    process_group: object | None,
+) -> None:
+    """What one-buffer mode cannot do, refused before anything is allocated."""
+    name = given if isinstance(given, str) else method.name
+    if method.scope == "global":
+        raise ValueError(
+            f"{_ONE_BUFFER}, but method {name!r} needs dot products over the whole model, which "
+            "exist only after the whole retain backward. Use buffers=2 (the default), or a "
+            "method decided per parameter (sum, sago, sago_prefer_retain, pcgrad, gru, a "
+            "Gramian weighting)."
+        )
+    if granularity != "parameter":
+        raise ValueError(
+            f"{_ONE_BUFFER}, so it needs granularity='parameter'. Found "
+            f"`granularity = {granularity!r}` (segments spanning several parameters); use "
+            "buffers=2 for it."
+        )
+    if method.weighting is not None and callable(getattr(method.weighting, "state_dict", None)):
+        raise ValueError(
+            f"{_ONE_BUFFER}, but weighting {name!r} keeps a state per segment of the whole "
+            "layout (as GradVac's φ̂), which a one-parameter combine cannot update. Use "
+            "buffers=2 for it."
+        )
+    ddp = _ddp_class()
+    if (ddp is not None and isinstance(model_or_params, ddp)) or data_parallel_group is not None:
+        raise ValueError(
+            f"{_ONE_BUFFER}, which needs each parameter's retain gradient averaged over the "
+            "replicas inside the backward; the synthesizer averages its buffers once, after "
+            "the backward passes. Use buffers=2 (the default) with DDP or data_parallel_group."
+        )
+    if process_group is not None:
+        raise ValueError(
+            f"{_ONE_BUFFER}, which is not supported on sharded parameters (process_group): "
+            "their dots need an all-reduce per segment. Use buffers=2 (the default)."
+        )
+
+
 class GradientSynthesizer:
     """Owns the retain/forget flat buffers of a model and combines them (paper Algorithm 1).
 
@@ -132,6 +185,21 @@ class GradientSynthesizer:
     :meth:`forget` / :meth:`retain` run under ``no_sync()`` (no per-bucket all-reduce), and
     :meth:`combine_` first averages each flat buffer over the model's process group with **one**
     all-reduce per buffer. For a model replicated by other means, pass ``data_parallel_group``.
+
+    One-buffer mode (``buffers=1``): one flat buffer instead of two (N elements less). The forget
+    backward(s) accumulate into it; inside :meth:`retain`, each parameter is combined the moment
+    autograd has accumulated its retain gradient (a post-accumulate-grad hook), g_final is
+    written over g_f in the buffer and the retain gradient is freed; :meth:`combine_` then
+    combines the parameters that got no retain gradient (as zero), assembles the statistics and
+    binds ``.grad`` to g_final. Results equal the default mode's (bitwise for the element-wise
+    methods). The pattern it supports: any number of forget backward passes (micro-batches),
+    then **one** retain backward per step, since each parameter's combine needs its whole
+    retain gradient (SAGO's sign test, PCGrad's dots); a second retain backward, a second
+    :meth:`retain` context or a :meth:`forget` context after it before :meth:`combine_` raises.
+    It refuses at construction what needs more than one parameter at a time: methods with
+    whole-model dots (``pcgrad_global``, ``blur``, ``gru_global``), ``granularity`` other than
+    ``"parameter"``, weightings with a per-segment state (``GradVac``), and data parallelism or
+    sharding (the combine would need the replicas' averaged retain gradient inside the backward).
 
     Sharded parameters (each rank holds a slice of every parameter, e.g. your own split; for
     FSDP2's ``fully_shard`` see the README): pass ``process_group``; the combine then needs
@@ -176,11 +244,22 @@ class GradientSynthesizer:
         keep_history: int | None = 1000,
         data_parallel_group: object | None = None,
         process_group: object | None = None,
+        buffers: int = 2,
     ) -> None:
         # Everything is checked before anything is allocated or bound (and so before any
         # backward pass: a bad argument never costs a forward/backward).
         named, module = _given_params(model_or_params)
-        needs_state = get_method(method).needs_state
+        resolved = get_method(method)
+        needs_state = resolved.needs_state
+        if isinstance(buffers, bool) or buffers not in (1, 2):
+            raise ValueError(
+                "Parameter `buffers` should be 2 (the default: forget and retain buffers, every "
+                "method) or 1 (one-buffer mode: the combine runs inside the retain backward). "
+                f"Found `buffers = {buffers!r}`."
+            )
+        if buffers == 1:
+            _check_one_buffer(resolved, method, granularity, model_or_params,
+                              data_parallel_group, process_group)  # fmt: skip
         alpha, gamma = check_scalar("alpha", alpha), check_scalar("gamma", gamma)
         eps = check_scalar("eps", eps, non_negative=True)
         if not isinstance(stats, bool):
@@ -248,19 +327,119 @@ class GradientSynthesizer:
         self._module = module
         self.layout = layout
         assert len(layout.params) == len(self.params)  # one slot per distinct parameter
-        self.retain_buffer = self.layout.new_buffer(dtype, device)
+        self.buffers = buffers
         self.forget_buffer = self.layout.new_buffer(dtype, device)
+        # one-buffer mode: g_final is written over g_f, so both names are the one buffer
+        self.retain_buffer = (
+            self.forget_buffer if buffers == 1 else self.layout.new_buffer(dtype, device)
+        )
         # a stateful method's third buffer (GRU's moving average of g_r): kept across steps
         self.state_buffer = self.layout.new_buffer(dtype, device) if needs_state else None
         self._views = {
             "retain": self.layout.views(self.retain_buffer),
             "forget": self.layout.views(self.forget_buffer),
         }
+        if buffers == 1:
+            self._setup_one_buffer()
         self._stale = False  # buffers hold a finished step and must be cleared before the next
         self._active: str | None = None
         self._broken: str | None = None  # why this step's gradients are incomplete, if they are
         self.keep_history = keep_history
         self.history: list[CombineStats] = []
+
+    # ------------------------------------------------------------------ one-buffer mode
+    def _setup_one_buffer(self) -> None:
+        self._combined = [False] * len(self.params)  # this step's combined parameters
+        self._flat = [v.view(-1) for v in self._views["forget"]]
+        self._state_flat = (
+            None if self.state_buffer is None
+            else [v.view(-1) for v in self.layout.views(self.state_buffer)]
+        )  # fmt: skip
+        # one single-segment layout per parameter size: its device tables are built once
+        by_size: dict[int, GradLayout] = {}
+        self._slot_layouts = [
+            by_size.setdefault(f.numel(), GradLayout.single(f.numel())) for f in self._flat
+        ]
+        self._rows: list[torch.Tensor | None] = [None] * len(self.params)
+        self._numels = torch.tensor(
+            [f.numel() for f in self._flat], dtype=torch.int64, device=self.forget_buffer.device
+        )
+        # the hooks hold the synthesizer weakly: a dropped synthesizer leaves no-op hooks
+        this = weakref.ref(self)
+
+        def hook_for(index: int):
+            def hook(_: torch.Tensor) -> None:
+                synth = this()
+                if synth is not None and synth._active == "retain":
+                    synth._combine_in_backward(index)
+
+            return hook
+
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(self.params)
+        ]
+
+    def __del__(self) -> None:
+        for handle in getattr(self, "_hooks", ()):
+            handle.remove()
+
+    def _check_one_buffer_order(self, task: str) -> None:
+        if not any(self._combined):  # no retain backward yet this step
+            return
+        raise RuntimeError(
+            f"synth.{task}() after synth.retain() in the same step, in one-buffer mode: the "
+            "retain backward has already written g_final over g_f for the parameters it "
+            "reached, and each parameter's combine needs its whole retain gradient (SAGO's "
+            "sign test, PCGrad's dots). Per step: accumulate the forget side over any number "
+            "of micro-batches, then one retain backward, then synth.combine_(); for several "
+            "retain backward passes, use buffers=2."
+        )
+
+    def _combine_in_backward(self, index: int) -> None:
+        """The retain hook of parameter ``index``: combine it now and free its g_r."""
+        if self._combined[index]:
+            self._broken = (
+                f"a second retain backward reached `{self.names[index]}` in one-buffer mode, "
+                "after its combine (g_final is already written over its g_f)."
+            )
+            raise RuntimeError(
+                f"A second retain backward inside synth.retain() reached `{self.names[index]}`, "
+                "already combined with the first one's gradient: one-buffer mode combines each "
+                "parameter during the retain backward, and the combine needs the whole retain "
+                "gradient (SAGO's sign test, PCGrad's dots). Call backward once per step on the "
+                "summed retain loss (accumulate micro-batches on the forget side only), or use "
+                "buffers=2. Call synth.zero_grad() to discard this step."
+            )
+        self._combine_slot(index)
+        self.params[index].grad = None
+
+    def _combine_slot(self, index: int, retain: torch.Tensor | None = None) -> None:
+        """Combine parameter ``index``: its g_r (``.grad``, or ``retain``) with its g_f in the
+        buffer, g_final written over g_f; its statistics row kept for :meth:`combine_`."""
+        if retain is None:
+            retain = self.params[index].grad.reshape(-1)
+        forget = self._flat[index]
+        result = combine_(
+            retain, forget, layout=self._slot_layouts[index], method=self.method,
+            alpha=self.alpha, gamma=self.gamma, eps=self.eps, out=forget,
+            stats=self.stats_enabled, backend=self.backend,
+            state=None if self._state_flat is None else self._state_flat[index],
+        )  # fmt: skip
+        if self.stats_enabled:
+            self._rows[index] = result[1].table[0]
+        self._combined[index] = True
+
+    def _finish_one_buffer(self) -> CombineStats | None:
+        """Combine the parameters no retain gradient reached (g_r = 0, as the default mode's
+        zeroed retain buffer), then the statistics of the whole step."""
+        for index, done in enumerate(self._combined):
+            if not done:
+                self._combine_slot(index, torch.zeros_like(self._flat[index]))
+        stats = None
+        if self.stats_enabled:
+            table = table_from_segment_rows(torch.stack(self._rows), self._numels)
+            stats = CombineStats.from_table(get_method(self.method).name, table)
+        return self._finish_step(stats)
 
     # ------------------------------------------------------------------ routing autograd
     def _bind(self, task: str | None) -> None:
@@ -322,7 +501,18 @@ class GradientSynthesizer:
                 )
 
     def _check_still_bound(self, task: str) -> None:
-        """Every backward of the context added into the buffer: ``.grad`` is still our view."""
+        """Every backward of the context added into the buffer: ``.grad`` is still our view
+        (one-buffer retain: still empty, every g_r consumed by its hook)."""
+        if task == "retain" and self.buffers == 1:
+            for name, p in zip(self.names, self.params):
+                if p.grad is not None:
+                    self._broken = (
+                        f"`{name}.grad` was assigned inside synth.retain() in one-buffer mode, "
+                        "where autograd hands each retain gradient to the combine and .grad "
+                        "stays empty; the assigned gradient reached no buffer."
+                    )
+                    self._check_usable()
+            return
         for name, p, view in zip(self.names, self.params, self._views[task]):
             grad = p.grad
             if grad is view:
@@ -348,8 +538,11 @@ class GradientSynthesizer:
         self._check_no_stray_grads()
         if self._stale:
             self.zero_grad()
+        if self.buffers == 1:
+            self._check_one_buffer_order(task)
         self._active = task
-        self._bind(task)
+        # one-buffer retain: .grad starts empty, so autograd hands each g_r to the hook
+        self._bind(None if task == "retain" and self.buffers == 1 else task)
         completed = False
         try:
             with self._no_sync() if self._no_sync is not None else contextlib.nullcontext():
@@ -392,6 +585,8 @@ class GradientSynthesizer:
             )
         self._check_trainable(walk_module=True)
         self._check_no_stray_grads()
+        if self.buffers == 1:
+            return self._finish_one_buffer()
         if self.data_parallel_group is not None:
             self.average_over_replicas_()
         result = combine_(
@@ -399,11 +594,13 @@ class GradientSynthesizer:
             alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
             backend=self.backend, process_group=self.process_group, state=self.state_buffer,
         )  # fmt: skip
+        return self._finish_step(result[1] if self.stats_enabled else None)
+
+    def _finish_step(self, stats: CombineStats | None) -> CombineStats | None:
         self._bind("retain")
         self._stale = True
-        if not self.stats_enabled:
+        if stats is None:
             return None
-        stats = result[1]
         self.history.append(stats)
         if self.keep_history is not None and len(self.history) > self.keep_history:
             del self.history[0]
@@ -433,8 +630,11 @@ class GradientSynthesizer:
                 "gradients accumulated so far and unbind .grad mid-task. Call it outside the "
                 "contexts."
             )
-        self.retain_buffer.zero_()
         self.forget_buffer.zero_()
+        if self.buffers == 2:
+            self.retain_buffer.zero_()
+        else:
+            self._combined = [False] * len(self.params)
         self._bind(None)
         self._stale = False
         self._broken = None
@@ -488,10 +688,11 @@ class GradientSynthesizer:
     # ------------------------------------------------------------------ inspection
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the flat buffers (two, three for GRU): everything per-step besides
-        O(segments)."""
-        buffers = 2 if self.state_buffer is None else 3
-        return buffers * self.retain_buffer.numel() * self.retain_buffer.element_size()
+        """Bytes held by the flat buffers (``buffers``, plus GRU's state): everything per-step
+        besides O(segments) (and, in one-buffer mode, one parameter's retain gradient at a
+        time during the retain backward)."""
+        count = self.buffers + (self.state_buffer is not None)
+        return count * self.retain_buffer.numel() * self.retain_buffer.element_size()
 
     def history_table(self) -> list[dict[str, float]]:
         """Global geometry of every kept step as Python floats (one device-to-host copy)."""
@@ -505,6 +706,7 @@ class GradientSynthesizer:
     def __repr__(self) -> str:
         return (
             f"GradientSynthesizer(method={self.method!r}, alpha={self.alpha}, gamma={self.gamma}, "
+            f"buffers={self.buffers}, "
             f"{self.layout!r}, dtype={self.retain_buffer.dtype}, "
             f"device={self.retain_buffer.device})"
         )

@@ -107,6 +107,28 @@ def test_trainer_runs_with_adamw_clipping_and_scheduler(tmp_path):
     assert len(trainer.synth.history) == 3
 
 
+def test_trainer_in_one_buffer_mode_takes_the_same_steps(tmp_path):
+    """``buffers=1`` (GPT-2's tied embedding included) steps exactly as the default mode."""
+    data = PairedDataset(_examples(8, 1), _examples(12, 2), seed=3)
+    models = []
+    for buffers in (2, 1):
+        trainer = _InOrder(
+            model=_model(), args=_args(tmp_path / str(buffers)), train_dataset=data,
+            data_collator=PairedCollator(pad_token_id=0), method="sago", gamma=0.5,
+            forget_loss="ga", buffers=buffers,
+        )  # fmt: skip
+        trainer.train()
+        assert trainer.state.global_step == 4 and trainer.synth.buffers == buffers
+        models.append(trainer.model)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="one retain backward per step.*accumulation_steps = 2"):
+        UnlearningTrainer(
+            model=_model(), args=_args(tmp_path, gradient_accumulation_steps=2),
+            train_dataset=data, data_collator=PairedCollator(), forget_loss="ga", buffers=1,
+        )  # fmt: skip
+
+
 def test_trainer_checks_rmus_layers_against_the_model(tmp_path):
     data = PairedDataset(_examples(2, 0), _examples(2, 1))
     kw = dict(args=_args(tmp_path), train_dataset=data, data_collator=PairedCollator(),

@@ -51,6 +51,9 @@ class UnlearningTrainer(transformers.Trainer):
         loss_kwargs: hyperparameters of the forget loss (e.g. ``{"beta": 0.1}``, ``{"layer": 8}``).
         retain_loss_kwargs: hyperparameters of the retain loss; RMU's retain ``layer`` defaults to
             the forget loss's ``layer``.
+        buffers: 2 (default) or 1, the synthesizer's one-buffer mode (the combine inside the
+            retain backward, N gradient elements less); it takes one retain backward per step,
+            so it needs ``gradient_accumulation_steps=1``.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class UnlearningTrainer(transformers.Trainer):
         ref_model: torch.nn.Module | None = None,
         loss_kwargs: dict[str, float | int] | None = None,
         retain_loss_kwargs: dict[str, float | int] | None = None,
+        buffers: int = 2,
         **kwargs: Any,
     ) -> None:
         # the losses are checked before the Trainer is built, not at the first training step
@@ -80,6 +84,13 @@ class UnlearningTrainer(transformers.Trainer):
             check_models(f_loss, f_hparams, model, ref_model)
             check_models(r_loss, r_hparams, model, ref_model)
         super().__init__(*args, **kwargs)
+        if buffers == 1 and self.args.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "buffers=1 combines each parameter inside the retain backward, so it takes one "
+                "retain backward per step; the Trainer runs one per micro-batch. Found "
+                f"`gradient_accumulation_steps = {self.args.gradient_accumulation_steps}`: set "
+                "it to 1 (a larger batch), or use buffers=2."
+            )
         self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
         self.loss_kwargs, self.retain_loss_kwargs = f_hparams, r_hparams
         self.ref_model = ref_model
@@ -88,7 +99,7 @@ class UnlearningTrainer(transformers.Trainer):
             ref_model.to(self.args.device)
         self.synth = GradientSynthesizer(
             self.model, method=method, alpha=alpha, gamma=gamma, eps=eps,
-            granularity=granularity, backend=backend, stats=True,
+            granularity=granularity, backend=backend, stats=True, buffers=buffers,
         )  # fmt: skip
         self._window: dict[str, list[torch.Tensor]] = {"forget_loss": [], "retain_loss": []}
         self._geometry: list[torch.Tensor] = []

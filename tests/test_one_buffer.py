@@ -1,0 +1,228 @@
+"""One-buffer mode (``GradientSynthesizer(buffers=1)``): the combine inside the retain backward.
+
+Judged against the default two-buffer mode, which the other synthesizer tests judge against the
+reference: the same gradients (bitwise for element-wise methods) and statistics, step after
+step, on every backend; each retain gradient freed inside the backward; misuse refused.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+import sago_kernels as sk
+
+# every method decided per parameter, except a weighting with per-segment state (GradVac)
+ONE_BUFFER_METHODS = [n for n, m in sk.METHODS.items() if m.scope != "global"]
+ELEMENT_METHODS = [n for n, m in sk.METHODS.items() if m.scope == "element"]
+
+
+class _Net(torch.nn.Module):
+    """Parameters of several sizes, one reached only by the forget loss, one only by the
+    retain loss, one by neither, one frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(6, 40)
+        self.b = torch.nn.Linear(40, 3)
+        self.forget_only = torch.nn.Linear(6, 3)
+        self.retain_only = torch.nn.Linear(6, 3, bias=False)
+        self.unused = torch.nn.Linear(2, 2)
+        self.frozen = torch.nn.Linear(3, 3)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x, task):
+        side = self.forget_only if task == "forget" else self.retain_only
+        return self.frozen(self.b(torch.tanh(self.a(x))) + side(x))
+
+
+def _step(model, synth, batches):
+    """Two forget micro-batches, one retain backward, the combine."""
+    xf1, xf2, xr = batches
+    with synth.forget():
+        (-model(xf1, "forget").square().mean()).backward()
+        (-0.5 * model(xf2, "forget").abs().mean()).backward()
+    with synth.retain():
+        (model(xr, "retain") - 1).square().mean().backward()
+    return synth.combine_()
+
+
+def _run(device, backend, method, buffers, steps):
+    torch.manual_seed(0)
+    model = _Net().to(device)
+    synth = sk.GradientSynthesizer(
+        model, method=method, alpha=0.7, gamma=1.3, backend=backend, buffers=buffers
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    grads, tables = [], []
+    for _ in range(steps):
+        batches = [torch.randn(4, 6, generator=g).to(device) for _ in range(3)]
+        stats = _step(model, synth, batches)
+        grads.append([p.grad.clone() for p in synth.params])
+        tables.append(stats.table.clone())
+        opt.step()
+    return model, synth, grads, tables
+
+
+@pytest.mark.parametrize("method", ONE_BUFFER_METHODS)
+def test_same_steps_as_two_buffer_mode(backend, device, method):
+    steps = 2 if backend == "triton" and device.type == "cpu" else 3  # the interpreter is slow
+    model1, synth1, grads1, tables1 = _run(device, backend, method, 1, steps)
+    model2, synth2, grads2, tables2 = _run(device, backend, method, 2, steps)
+    for step, (g1, g2, t1, t2) in enumerate(zip(grads1, grads2, tables1, tables2)):
+        for name, a, b in zip(synth1.names, g1, g2):
+            if method in ELEMENT_METHODS:  # same element-wise arithmetic on the same inputs
+                assert torch.equal(a, b), f"step {step}: {name}"
+            else:  # the dots of one parameter may be summed in another order
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=f"step {step}: {name}")
+        torch.testing.assert_close(t1, t2, rtol=1e-5, atol=1e-6, equal_nan=True)
+    for p1, p2 in zip(model1.parameters(), model2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    if synth1.state_buffer is not None:  # GRU: the moving average followed the same g_r
+        torch.testing.assert_close(synth1.state_buffer, synth2.state_buffer)
+    assert len(synth1.history) == steps
+
+
+def test_each_retain_gradient_is_freed_inside_the_backward():
+    """At most one retain gradient is alive at a time: each is freed by its own hook, so the
+    retain backward holds one parameter's g_r on top of the buffer, never all of them."""
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    seen: list[weakref.ref] = []
+    alive_at_each_combine = []
+    combine_slot = synth._combine_slot
+
+    def watching(index, retain=None):
+        if retain is None:
+            alive_at_each_combine.append(sum(ref() is not None for ref in seen))
+            seen.append(weakref.ref(synth.params[index].grad))
+        combine_slot(index, retain)
+
+    synth._combine_slot = watching
+    x = torch.randn(4, 6)
+    with synth.forget():
+        (-model(x, "forget").square().mean()).backward()
+    with synth.retain():
+        model(x, "retain").square().mean().backward()
+        assert all(p.grad is None for p in synth.params)
+    gc.collect()
+    assert len(seen) == 5  # a.weight, a.bias, b.weight, b.bias, retain_only.weight
+    assert alive_at_each_combine == [0, 0, 0, 0, 0]
+    assert all(ref() is None for ref in seen)
+    synth.combine_()
+    for p, view in zip(synth.params, synth.layout.views(synth.forget_buffer)):
+        assert p.grad.data_ptr() == view.data_ptr()  # g_final, in the one buffer
+
+
+def test_holds_one_buffer():
+    model = _Net()
+    one = sk.GradientSynthesizer(model, method="pcgrad", buffers=1)
+    assert one.retain_buffer is one.forget_buffer
+    assert one.memory_bytes == one.layout.numel * 4
+    del one
+    two = sk.GradientSynthesizer(model, method="pcgrad")
+    assert two.memory_bytes == 2 * two.layout.numel * 4
+    gru = sk.GradientSynthesizer(model, method="gru", buffers=1)
+    assert gru.memory_bytes == 2 * gru.layout.numel * 4  # the buffer and GRU's state
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(method="pcgrad_global"), "whole model"),
+        (dict(method="blur"), "whole model"),
+        (dict(method="gru_global"), "whole model"),
+        (dict(method="sago", granularity="global"), "granularity='parameter'"),
+        (dict(method="sago", granularity="module"), "granularity='parameter'"),
+        (dict(method=sk.weighting_method(sk.GradVac())), "state per segment"),
+        (dict(method="sago", data_parallel_group=object()), "averaged over the"),
+        (dict(method="sago", process_group=object()), "sharded"),
+        (dict(buffers=0), "Found `buffers = 0`"),
+        (dict(buffers=3), "Found `buffers = 3`"),
+        (dict(buffers=True), "Found `buffers = True`"),
+        (dict(buffers="1"), "Found `buffers = '1'`"),
+    ],
+)
+def test_refused_at_construction(kwargs, match):
+    model = _Net()
+    kwargs = {"buffers": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sk.GradientSynthesizer(model, **kwargs)
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
+
+
+def _forget_then_retain(model, synth, x):
+    with synth.forget():
+        (-model(x, "forget").square().mean()).backward()
+    with synth.retain():
+        model(x, "retain").square().mean().backward()
+
+
+def test_a_second_retain_backward_is_refused_and_the_step_discarded():
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    x = torch.randn(4, 6)
+    with synth.forget():
+        (-model(x, "forget").square().mean()).backward()
+    with pytest.raises(RuntimeError, match="second retain backward.*one retain|once per step"):
+        with synth.retain():
+            model(x, "retain").square().mean().backward()
+            model(x, "retain").square().mean().backward()
+    with pytest.raises(RuntimeError, match="incomplete.*zero_grad"):
+        synth.combine_()
+    synth.zero_grad()  # discards the step; a correct one then equals the two-buffer mode's
+    _forget_then_retain(model, synth, x)
+    synth.combine_()
+    twin = _Net()
+    twin.load_state_dict(model.state_dict())
+    two = sk.GradientSynthesizer(twin, method="sago")
+    _forget_then_retain(twin, two, x)
+    two.combine_()
+    for a, b in zip(synth.params, two.params):
+        assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("second", ["retain", "forget"])
+def test_a_context_after_the_retain_backward_is_refused_before_anything_is_written(second):
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    x = torch.randn(4, 6)
+    _forget_then_retain(model, synth, x)
+    before = synth.forget_buffer.clone()
+    with pytest.raises(RuntimeError, match=f"synth.{second}\\(\\) after synth.retain\\(\\)"):
+        with getattr(synth, second)():
+            pass
+    assert torch.equal(synth.forget_buffer, before)
+    synth.combine_()  # the step itself is intact
+
+
+def test_a_retain_context_without_backward_does_not_block_the_step():
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    x = torch.randn(4, 6)
+    with synth.retain():
+        pass  # e.g. an exception before the backward, caught by the caller
+    _forget_then_retain(model, synth, x)
+    synth.combine_()
+
+
+def test_hooks_of_a_dropped_synthesizer_do_nothing():
+    torch.manual_seed(0)
+    model = _Net()
+    synth = sk.GradientSynthesizer(model, method="sago", buffers=1)
+    del synth
+    gc.collect()
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
+    x = torch.randn(4, 6)
+    model(x, "retain").square().mean().backward()
+    assert model.a.weight.grad is not None
+
