@@ -202,11 +202,11 @@ def one_buffer_step(method: str, forget_loss: str) -> Variant:
         state = SimpleNamespace(synth=synth, finishing=False)
         combine_slot = synth._combine_slot  # the per-parameter combine the hooks call
 
-        def timed_combine_slot(index):
+        def timed_combine_slot(*args, **kwargs):
             if state.finishing:  # a leftover combined by combine_(), whose time counts it
-                return combine_slot(index)
+                return combine_slot(*args, **kwargs)
             with timers.new():
-                return combine_slot(index)
+                return combine_slot(*args, **kwargs)
 
         synth._combine_slot = timed_combine_slot
         return state
