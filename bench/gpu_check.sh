@@ -13,7 +13,8 @@
 # Every step has its own timeout and writes into OUT as it goes (the benchmarks rewrite their
 # JSON after each method, setting or variant; test failures go to failures.log as they
 # happen), so what a step finished survives a later timeout. Step timeouts (s), full / quick:
-# tests 140/45, benchmark 1 75/25, torch.compile peer 60/-, sweep 35/-, step 45/25.
+# tests 140/45, benchmark 1 75/25, torch.compile peer 60/-, sweep 35/-, step 60/30 (seven
+# variants per checkpointing setting since the one-buffer rows of issue 15).
 # ONLY="tests bench1 compiled sweep step" (any subset) runs just those steps.
 set -uo pipefail
 OUT="${1:-gpu_check_out}"
@@ -112,11 +113,11 @@ timeout -k 5 35 "$PY" bench/tune.py --device cuda --methods sago --blocks 2048 4
 fi
 
 if want step; then
-step "one Algorithm 1 step on a random ~1B Llama (bf16, fused AdamW), without and with checkpointing"
+step "one Algorithm 1 step on a random ~1B Llama (bf16, fused AdamW), two buffers and one, without and with checkpointing"
 if (( QUICK )); then
-    STEP_ARGS=(--batch 2 --seq 256 --warmup 1 --steps 3 --checkpointing on); LIMIT=25
+    STEP_ARGS=(--batch 2 --seq 256 --warmup 1 --steps 3 --checkpointing on); LIMIT=30
 else
-    STEP_ARGS=(--batch 4 --seq 512 --warmup 2 --steps 8); LIMIT=45
+    STEP_ARGS=(--batch 4 --seq 512 --warmup 2 --steps 8); LIMIT=60
 fi
 timeout -k 5 $LIMIT "$PY" bench/step.py --device cuda --size 1b "${STEP_ARGS[@]}" \
     --out "$OUT/step" 2>&1 | tee "$OUT/step.log" || status=1

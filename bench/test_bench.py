@@ -1,14 +1,19 @@
-"""Small CPU cases of the benchmark for ``pytest bench/ --benchmark-only`` (pytest-benchmark).
+"""Small CPU cases of the benchmarks for ``pytest bench/ --benchmark-only`` (pytest-benchmark).
 
 The fused Triton call needs a GPU (or the interpreter, far too slow to time), so on a CPU these
 time the native backend (when built) and the peers on a scaled-down Llama layout; on a CUDA
-machine the fused call joins them.
-The standalone ``bench/run.py`` is the full benchmark.
+machine the fused call joins them. ``test_step_speed`` times one whole Algorithm 1 step of each
+``bench/step.py`` variant on its tiny Llama (no memory: that needs a process per case).
+The standalone ``bench/run.py`` and ``bench/step.py`` are the full benchmarks.
 """
 
 from __future__ import annotations
 
+import itertools
+import statistics
+
 import pytest
+import step
 import torch
 from peers import make_compiled, make_fused, make_paper, make_reference
 from run import layout_for
@@ -62,3 +67,34 @@ def test_combine_speed(benchmark, peer, method):
         peer=peer, method=method, numel=LAYOUT.segment_numel, device=str(DEVICE)
     )
     benchmark(call)
+
+
+STEP_METHODS = ["sago", "pcgrad"]
+
+
+@pytest.mark.parametrize("case", list(step.variants(STEP_METHODS, "simnpo")))
+def test_step_speed(benchmark, case):
+    # a fresh model per case: a variant's synthesizer (and any hooks it keeps) stays with it
+    model = step.build_model("tiny", torch.float32, DEVICE)
+    batches = step.make_batches(model.config.vocab_size, 2, 32, DEVICE, 4)
+    setup, take_step = step.variants(STEP_METHODS, "simnpo")[case]
+    timers = step.Timers(DEVICE)
+    state = setup(model, timers)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    counter = itertools.count()
+
+    def call():
+        i = next(counter)
+        timers.begin_step()
+        take_step(model, state, opt, batches[2 * i % 4], batches[(2 * i + 1) % 4], timers)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+
+    call()  # the first step allocates AdamW's state: outside the timing
+    timers.steps.clear()
+    benchmark(call)
+    combine = timers.per_step()
+    benchmark.extra_info.update(
+        case=case, size="tiny", device=str(DEVICE),
+        combine_ms=statistics.median(combine) * 1e3 if combine else None,
+    )  # fmt: skip

@@ -151,26 +151,62 @@ def test_target_verdicts_follow_the_numbers():
 
 @pytest.mark.parametrize("method", ["sago", "pcgrad"])
 def test_step_benchmark_variants_take_the_same_step(method):
-    """bench/step.py's synthesizer and paper-style steps are one Algorithm 1 step: from the same
-    weights and batches they reach the same weights (else comparing their times is moot)."""
+    """bench/step.py's synthesizer (two buffers and one) and paper-style steps are one Algorithm
+    1 step: from the same weights and batches they reach the same weights (else comparing their
+    times is moot)."""
     import argparse
 
     import step
 
-    torch.manual_seed(0)
-    model = step.build_model("tiny", torch.float32, torch.device("cpu"))
-    init = [p.detach().clone() for p in model.parameters()]
-    batches = step.make_batches(model.config.vocab_size, 2, 16, torch.device("cpu"), 2)
+    cpu = torch.device("cpu")
+    init = [p.detach().clone() for p in step.build_model("tiny", torch.float32, cpu).parameters()]
     args = argparse.Namespace(warmup=0, steps=1)
     after = {}
-    for name, make in (("synth", step.synthesizer_step), ("paper", step.paper_step)):
-        row = step.measure(name, *make(method, "simnpo"), model, init, batches, args, model.device)
+    makers = {"synth": step.synthesizer_step, "one_buffer": step.one_buffer_step,
+              "paper": step.paper_step}  # fmt: skip
+    for name, make in makers.items():
+        model = step.build_model("tiny", torch.float32, cpu)  # fresh: no hooks of another
+        batches = step.make_batches(model.config.vocab_size, 2, 16, cpu, 2)
+        row = step.measure(name, *make(method, "simnpo"), model, init, batches, args, cpu)
         assert row["step_ms"] > 0 and row["combine_ms"] > 0 and 0 < row["combine_share"] < 1
         after[name] = [p.detach().clone() for p in model.parameters()]
     moved = [not torch.equal(a, b) for a, b in zip(after["synth"], init)]
     assert all(moved), "a parameter did not move"
-    for a, b in zip(after["synth"], after["paper"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for name in ("one_buffer", "paper"):
+        for a, b in zip(after["synth"], after[name]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_step_benchmark_measures_each_case_in_a_process_of_its_own(tmp_path):
+    """bench/step.py on a CPU: every case of a tiny run reaches step.json, each measured in a
+    fresh process (its peak resident set over its baseline), against the summed-loss floor, with
+    every target of issue 15 judged."""
+    env = {**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, str(BENCH / "step.py"), "--device", "cpu", "--size", "tiny",
+           "--methods", "sago", "--batch", "1", "--seq", "16", "--warmup", "1", "--steps", "1",
+           "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "step.json").read_text())
+    rows = result["rows"]
+    assert [r["variant"] for r in rows] == [
+        "summed", "synthesizer/sago", "one_buffer/sago", "paper/sago"
+    ]  # fmt: skip
+    assert len({r["pid"] for r in rows} | {os.getpid()}) == len(rows) + 1
+    for r in rows:
+        assert r["step_ms"] > 0 and r["threads"] == 1 and r["checkpointing"] is False
+        assert 100 < r["baseline_rss_mib"] <= r["peak_rss_mib"], r
+        assert r["growth_mib"] == pytest.approx(r["peak_rss_mib"] - r["baseline_rss_mib"])
+        assert r["peak_bytes"] == pytest.approx(r["peak_rss_mib"] * 2**20)
+        assert (r["combine_ms"] is None) == (r["variant"] == "summed")
+    assert rows[0]["peak_minus_floor_grads"] == 0
+    grad = result["grad_bytes"]
+    for r in rows[1:]:
+        want = (r["peak_bytes"] - rows[0]["peak_bytes"]) / grad
+        assert r["peak_minus_floor_grads"] == pytest.approx(want)
+    assert len(result["targets"]) == 6
+    assert {t["status"] for t in result["targets"]} <= {"met", "not met", "reported"}
 
 
 def test_step_verdicts_follow_the_numbers():
