@@ -45,8 +45,8 @@ by its γ = 0.125 as SimNPO + GD is.
 The tables go to stdout and ``paper_tables.md`` (and under ``"paper_tables"`` in the JSON).
 Sizes, chosen by measuring on the project's 2-core CPU machine with one thread while other jobs
 held it (load 3-5): 100 trained authors (2.5x the default 40) with forget 10 %, so 10 forget
-authors × 6 questions = 60 forget questions (the default has 24, too few for the KS test of
-forget quality to separate methods), 60 holdout questions for the MIAs; the default model
+authors × 6 questions = 60 forget questions (the default has 24: the KS test of forget quality
+gets sharper with more), 60 holdout questions for the MIAs; the default model
 (GPT-2, 2 layers, width 128), which memorises this corpus in 30 epochs (retain-only: 45); a
 budget of 75 steps, 10 epochs of the forget set at 8 examples a step, the paper's fixed-epochs
 protocol, long enough for GA, NPO and RMU + SAGO to reach matched forgetting in the one-seed
@@ -625,8 +625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m sago_kernels.unlearning.benchmark",
         description="Offline TOFU-style unlearning benchmark (see the module docstring).",
         epilog="--paper's sizes, measured on a loaded 2-core CPU machine with one thread: 100 "
-        "authors (forget 10 %: 60 forget questions, enough for the KS test of forget quality "
-        "to separate methods; 200 authors did not memorise at width 128, and a 192-wide 3-layer "
+        "authors (forget 10 %: 60 forget questions against the default's 24, for a sharper KS "
+        "test of forget quality; 200 authors did not memorise at width 128, and a 192-wide 3-layer "
         "model had not pre-trained one model in 12 min), the default 2-layer 128-wide model (it "
         "memorises 100 authors in 30 epochs), 75 steps (10 epochs of the forget set at batch "
         "8, the paper's fixed epochs, long enough for SAGO to reach matched forgetting with GA, "
