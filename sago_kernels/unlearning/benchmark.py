@@ -24,7 +24,7 @@ memorisation. ``results.json`` holds every per-example value needed to recompute
 alone). γ·∇L_f steps the model, with no retain forward, backward or combine (the retain batch is
 still drawn, so the forget batches are those of every other method). Under AdamW the γ of a
 lone gradient hardly matters (Adam is invariant to its scale), so SimNPO alone is not slowed
-by its γ = 0.125 as SimNPO + GD is.
+by its γ = 0.125; in a combine, γ weighs g_f against g_r.
 
 **The paper-table preset** (``--paper``): only the runs the paper's Tables 1-3 need, 21 a seed
 (:func:`paper_runs`), not the loss × method cross product:
@@ -46,15 +46,17 @@ The tables go to stdout and ``paper_tables.md`` (and under ``"paper_tables"`` in
 Sizes, chosen by measuring on the project's 2-core CPU machine with one thread while other jobs
 held it (load 3-5): 100 trained authors (2.5x the default 40) with forget 10 %, so 10 forget
 authors × 6 questions = 60 forget questions (the default has 24: the KS test of forget quality
-gets sharper with more), 60 holdout questions for the MIAs; the default model
-(GPT-2, 2 layers, width 128), which memorises this corpus in 30 epochs (retain-only: 45); a
-budget of 75 steps, 10 epochs of the forget set at 8 examples a step, the paper's fixed-epochs
-protocol, long enough for GA, NPO and RMU + SAGO to reach matched forgetting in the one-seed
-trial; 4 seeds. One seed took 623 s (pre-training 167 s, 21 runs of 11-27 s each), so the
-preset is ~42 min, under the hour with room for the load. Rejected by measurement: 200 authors
-at width 128 did not memorise its corpus (0.97-0.99 of the answer tokens, oscillating, after 58
-epochs at 4 s each), and 200 authors at width 192 with 3 layers had not finished pre-training
-one model after 12 min. ``--seeds``, ``--steps`` and the size flags override the preset.
+gets sharper with more) and 60 holdout questions for the MIAs; the default model (GPT-2, 2
+layers, width 128), which memorises this corpus in 30-75 epochs (seed 0: 30, retain-only 45);
+a budget of 75 steps, 10 epochs of the forget set at 8 examples a step (the paper's fixed-epochs
+protocol), long enough for GA, NPO and RMU + SAGO to reach matched forgetting in the one-seed
+trial (in the full run RMU + SAGO reached it in 1 seed of 4); 4 seeds. One seed took 623 s
+(pre-training 167 s, 21 runs of 11-27 s each), so the preset is ~42 min, under the hour with
+room for the load; the full run took 2357 s (39 min, load average 1-7 from other jobs).
+Rejected by measurement: 200 authors at width 128 had not memorised its corpus after 58 epochs
+of 4 s (0.97-0.99 of the answer tokens, oscillating), and 200 authors at width 192 with 3
+layers had not finished pre-training one model after 12 min. ``--seeds``, ``--steps`` and the
+size flags override the preset.
 """
 
 from __future__ import annotations
@@ -626,11 +628,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Offline TOFU-style unlearning benchmark (see the module docstring).",
         epilog="--paper's sizes, measured on a loaded 2-core CPU machine with one thread: 100 "
         "authors (forget 10 %: 60 forget questions against the default's 24, for a sharper KS "
-        "test of forget quality; 200 authors did not memorise at width 128, and a 192-wide 3-layer "
+        "test of forget quality; 200 authors had not memorised after 58 epochs at width 128, "
+        "and a 192-wide 3-layer "
         "model had not pre-trained one model in 12 min), the default 2-layer 128-wide model (it "
-        "memorises 100 authors in 30 epochs), 75 steps (10 epochs of the forget set at batch "
-        "8, the paper's fixed epochs, long enough for SAGO to reach matched forgetting with GA, "
-        "NPO and RMU), 4 seeds (one seed took 623 s, so ~42 min in all).",
+        "memorises 100 authors in 30-75 epochs), 75 steps (10 epochs of the forget set at batch "
+        "8, the paper's fixed epochs, long enough for SAGO to reach matched forgetting with GA "
+        "and NPO; with RMU in 1 seed of 4), 4 seeds (one seed took 623 s; all four 39 min).",
     )
     p.add_argument("--quick", action="store_true",
                    help="a smaller run (fewer authors, 2 seeds, 2 losses, 3 methods)")  # fmt: skip
