@@ -66,7 +66,10 @@ def _cpu_backends() -> list[str]:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_combine_equals_unsharded(world, tmp_path):
-    run_ranks("sharded", world, tmp_path, _cpu_backends())
+    # Triton's interpreter at world size 2 only: it runs the same kernels on each rank's local
+    # layout at any world size, and at 3 ranks it alone took half a minute of CI
+    backends = _cpu_backends() if world == 2 else _cpu_backends()[:2]
+    run_ranks("sharded", world, tmp_path, backends)
 
 
 @pytest.mark.parametrize("world", [2, 3])

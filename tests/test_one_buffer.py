@@ -70,7 +70,9 @@ def _run(device, backend, method, buffers, steps):
 
 @pytest.mark.parametrize("method", ONE_BUFFER_METHODS)
 def test_same_steps_as_two_buffer_mode(backend, device, method):
-    steps = 2 if backend == "triton" and device.type == "cpu" else 3  # the interpreter is slow
+    steps = 3
+    if backend == "triton" and device.type == "cpu":  # the interpreter is slow: fewer steps,
+        steps = 2 if method in ("sago", "pcgrad", "gru") else 1  # and one for the weightings
     model1, synth1, grads1, tables1 = _run(device, backend, method, 1, steps)
     model2, synth2, grads2, tables2 = _run(device, backend, method, 2, steps)
     for step, (g1, g2, t1, t2) in enumerate(zip(grads1, grads2, tables1, tables2)):

@@ -173,6 +173,17 @@ def main() -> None:
         "python_all_reduces": all_reduces.calls, "max_abs_diff": worst,
         "buffer_elements": synth.layout.numel,
     }  # fmt: skip
+    # under torchrun the synthesizer is built at train(); its arguments are checked at once
+    kw = dict(args=args, train_dataset=data, data_collator=collate, forget_loss="ga")
+    InOrder(model=tiny_gpt2(), method="pcgrad", granularity="module", **kw)  # accepted
+    for bad, match in ((dict(method="sagoo"), "method"), (dict(buffers=1), "multi-process")):
+        try:
+            InOrder(model=tiny_gpt2(), **bad, **kw)
+        except ValueError as error:
+            if match not in str(error):
+                raise AssertionError(f"wrong refusal of {bad}: {error}") from None
+        else:
+            raise AssertionError(f"{bad} was not refused at construction")
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     print(json.dumps(report))
 

@@ -84,6 +84,12 @@ class UnlearningTrainer(transformers.Trainer):
             check_models(f_loss, f_hparams, model, ref_model)
             check_models(r_loss, r_hparams, model, ref_model)
         super().__init__(*args, **kwargs)
+        if self._distributed() and buffers == 1:
+            raise ValueError(
+                "buffers=1 is not supported in multi-process runs (DDP or FSDP2): the combine "
+                "inside the backward would need each parameter's averaged retain gradient. Use "
+                "buffers=2."
+            )
         if buffers == 1 and self.args.gradient_accumulation_steps > 1:
             raise ValueError(
                 "buffers=1 combines each parameter inside the retain backward, so it takes one "
@@ -105,14 +111,15 @@ class UnlearningTrainer(transformers.Trainer):
         # (so bad arguments raise here); under DDP or FSDP2 it is the model accelerate prepares
         # at train() (wrapped, or sharded in place), so the synthesizer is built then, and its
         # arguments are checked on a stand-in parameter now.
-        if self._distributed() and buffers == 1:
+        if self.is_deepspeed_enabled:
             raise ValueError(
-                "buffers=1 is not supported in multi-process runs (DDP or FSDP2): the combine "
-                "inside the backward would need each parameter's averaged retain gradient. Use "
-                "buffers=2."
+                "UnlearningTrainer does not support DeepSpeed: its ZeRO gradients live in the "
+                "engine's own partitions, out of reach of the synthesizer's buffers (the README's "
+                "'Scaling out' says what an integration would take). Use DDP or FSDP2."
             )
         if self._distributed():
-            GradientSynthesizer([torch.nn.Parameter(torch.zeros(1))], **self._synth_kwargs)
+            stand_in = [("stand_in.weight", torch.nn.Parameter(torch.zeros(1)))]
+            GradientSynthesizer(stand_in, **self._synth_kwargs)
             self.synth: GradientSynthesizer | None = None
         else:
             self.synth = GradientSynthesizer(self.model, **self._synth_kwargs)
@@ -176,19 +183,26 @@ class UnlearningTrainer(transformers.Trainer):
 
     # The synthesizer's state across steps (GRU's moving average, a GradVac's φ̂) travels with
     # the optimizer's in every checkpoint, so `train(resume_from_checkpoint=...)` resumes it.
+    # Under FSDP2 each rank holds its shard of the state, saved by every rank to its own file.
+    def _synthesizer_state_path(self, folder: str, synth: GradientSynthesizer) -> str:
+        if not synth.fsdp2:
+            return os.path.join(folder, SYNTHESIZER_STATE_NAME)
+        stem, ext = os.path.splitext(SYNTHESIZER_STATE_NAME)
+        return os.path.join(folder, f"{stem}_rank{self.args.process_index}{ext}")
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         state = self.synth.state_dict() if self.synth is not None else {}
-        if state and self.args.should_save:
-            torch.save(state, os.path.join(output_dir, SYNTHESIZER_STATE_NAME))
+        if state and (self.args.should_save or self.synth.fsdp2):
+            torch.save(state, self._synthesizer_state_path(output_dir, self.synth))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        path = os.path.join(checkpoint, SYNTHESIZER_STATE_NAME)
+        synth = self._synthesizer_for(self.model_wrapped)
+        path = self._synthesizer_state_path(checkpoint, synth)
         if os.path.isfile(path):
-            synth = self._synthesizer_for(self.model_wrapped)
             device = synth.retain_buffer.device
             synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 
