@@ -13,6 +13,9 @@ one buffer, and during the retain backward a post-accumulate-grad hook combines 
 the moment autograd has its g_r, writes g_final over its g_f and frees the g_r. It serves the
 methods that decide a parameter from that parameter alone, and the combine overlaps the rest of
 the backward instead of running after it.
+
+Under FSDP2 (``fully_shard``) the buffers hold each rank's local shards and ``.grad`` is bound
+to DTensors over them, so FSDP2's reduce-scatter accumulates into the buffers directly.
 """
 
 from __future__ import annotations
