@@ -407,8 +407,8 @@ class GradientSynthesizer:
         }
         # what .grad is bound to: the views, or (FSDP2) DTensors over them, in which FSDP2's
         # reduce-scatter accumulates in place (it adds into a .grad that exists)
-        self._grads = {task: self._as_grads(views) for task, views in self._views.items()}
         self.fsdp2 = fsdp2_group is not None
+        self._grads = {task: self._as_grads(views) for task, views in self._views.items()}
         if buffers == 1:
             self._setup_one_buffer()
         self._stale = False  # buffers hold a finished step and must be cleared before the next
@@ -546,11 +546,12 @@ class GradientSynthesizer:
 
     # ------------------------------------------------------------------ routing autograd
     def _as_grads(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        dtensor = _dtensor_class()
-        if dtensor is None or not isinstance(self.params[0], dtensor):
+        if not self.fsdp2:
             return views
         return [
-            dtensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            _dtensor_class().from_local(
+                v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+            )
             for p, v in zip(self.params, views)
         ]
 

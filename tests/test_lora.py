@@ -18,9 +18,8 @@ peft = pytest.importorskip("peft")
 import sago_kernels as sk  # noqa: E402
 from sago_kernels.unlearning.data import PairedCollator, PairedDataset, split_pair  # noqa: E402
 from sago_kernels.unlearning.losses import run_loss  # noqa: E402
-from sago_kernels.unlearning.trainer import UnlearningTrainer  # noqa: E402
+from test_trainer import VOCAB, _examples, _InOrder  # noqa: E402  (the Trainer tests' helpers)
 
-VOCAB = 17
 # peft 0.21 asks transformers 5 for a deprecated attribute
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 TARGETS = ["c_attn", "c_proj"]  # attention in/out and the MLP's out projection (both c_proj)
@@ -74,20 +73,24 @@ def test_only_the_adapters_are_in_the_buffers_and_the_base_stays_put(buffers):
     assert synth.memory_bytes == buffers * count * synth.retain_buffer.element_size()
 
     opt = torch.optim.AdamW([p for _, p in adapters], lr=1e-2)
-    forget, retain = _batches(3, 0), _batches(3, 1)
-    for f, r in zip(forget, retain):
-        with synth.forget():
-            run_loss("ga", model, f).backward()
-        with synth.retain():
-            run_loss("nll", model, r, forget=False).backward()
-        synth.combine_()
-        opt.step()
-        opt.zero_grad()
+    for f, r in zip(_batches(3, 0), _batches(3, 1)):
+        _step(model, synth, opt, f, r)
     for name, p in model.named_parameters():
         if name in base:
             assert p.grad is None and torch.equal(p, base[name]), name
         else:
             assert not torch.equal(p, before[name]), f"{name} did not move"
+
+
+def _step(model, synth, opt, forget, retain):
+    """One Algorithm 1 step through the synthesizer: GA on the forget batch, NLL on retain."""
+    with synth.forget():
+        run_loss("ga", model, forget).backward()
+    with synth.retain():
+        run_loss("nll", model, retain, forget=False).backward()
+    synth.combine_()
+    opt.step()
+    opt.zero_grad()
 
 
 def _merged_weights(model):
@@ -113,13 +116,7 @@ def test_merged_weights_equal_a_run_without_the_buffers(method, buffers, backend
     params = [p for _, p in _adapters(plain)]
     plain_opt = torch.optim.AdamW(params, lr=1e-2)
     for f, r in zip(_batches(3, 0), _batches(3, 1)):
-        with synth.forget():
-            run_loss("ga", model, f).backward()
-        with synth.retain():
-            run_loss("nll", model, r, forget=False).backward()
-        synth.combine_()
-        opt.step()
-        opt.zero_grad()
+        _step(model, synth, opt, f, r)
 
         g_f = torch.autograd.grad(run_loss("ga", plain, f), params)
         g_r = torch.autograd.grad(run_loss("nll", plain, r, forget=False), params)
@@ -141,20 +138,6 @@ def test_merged_weights_equal_a_run_without_the_buffers(method, buffers, backend
         torch.testing.assert_close(a[name], b[name], **tol, msg=name)
     moved = [n for n in a if not torch.equal(a[n], base[n])]
     assert moved and all(any(t in n for t in TARGETS) for n in moved)
-
-
-class _InOrder(UnlearningTrainer):
-    def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
-
-
-def _examples(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        ids = torch.randint(1, VOCAB, (3 + i % 3,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100] + ids[1:]})
-    return out
 
 
 @pytest.mark.parametrize("buffers, accumulation", [(2, 2), (1, 1)])

@@ -33,6 +33,8 @@ from sago_kernels.unlearning.data import PairedCollator, PairedDataset, split_pa
 from sago_kernels.unlearning.losses import run_loss
 from sago_kernels.unlearning.trainer import UnlearningTrainer
 
+from dist_worker import CountingAllReduce  # noqa: E402  (this script's folder is on sys.path)
+
 VOCAB, LENGTH, PER_DEVICE, ACCUMULATION, STEPS = 23, 6, 2, 2, 2
 
 
@@ -76,22 +78,6 @@ class InOrder(UnlearningTrainer):
             model.register_comm_hook(dist.group.WORLD, count)
             model._counted = True
         return super().training_step(model, inputs, num_items_in_batch)
-
-
-class CountingAllReduce:
-    def __init__(self):
-        self.calls, self.original = 0, dist.all_reduce
-
-    def __enter__(self):
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return self.original(*args, **kwargs)
-
-        dist.all_reduce = counted
-        return self
-
-    def __exit__(self, *exc):
-        dist.all_reduce = self.original
 
 
 def single_process_run(data, collate, method: str, world: int) -> torch.nn.Module:
