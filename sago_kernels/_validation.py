@@ -100,14 +100,22 @@ def mark_written(tensors: torch.Tensor | list[torch.Tensor]) -> None:
     torch.autograd.graph.increment_version(tensors)
 
 
-def _check_buffer(name: str, t: object, *, written: bool) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"Parameter `{name}` should be a torch.Tensor. Found `{type(t).__name__}`.")
+def check_dense(name: str, t: torch.Tensor) -> None:
+    """Refuse sparse (COO, CSR, ...) tensors first: the kernels read strided memory, and torch's
+    own errors on a sparse tensor ("Cannot access data pointer", "is_contiguous") say nothing of
+    what to do."""
     if t.layout != torch.strided:
         raise TypeError(
             f"Parameter `{name}` should be a dense (strided) tensor. Found `{name}.layout = "
-            f"{t.layout}`; pass `{name}.to_dense()`."
+            f"{t.layout}`; pass `{name}.to_dense()` (an nn.Embedding(sparse=True) gives sparse "
+            "gradients: build it with sparse=False)."
         )
+
+
+def _check_buffer(name: str, t: object, *, written: bool) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"Parameter `{name}` should be a torch.Tensor. Found `{type(t).__name__}`.")
+    check_dense(name, t)
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"Parameter `{name}` should have dtype float32, bfloat16 or float16. "
