@@ -150,6 +150,32 @@ def test_trainer_rejects_missing_reference(tmp_path):
                           data_collator=PairedCollator(), forget_loss="npo")  # fmt: skip
 
 
+@pytest.mark.parametrize("shared", ["itself", "one_module"])
+def test_trainer_refuses_a_reference_sharing_the_models_parameters(tmp_path, shared):
+    """ref_model=model froze the caller's model and then said "no trainable parameters"; a
+    reference sharing one module froze it silently, so it was never unlearned."""
+    model = _model()
+    ref = model if shared == "itself" else copy.deepcopy(model)
+    if shared == "one_module":
+        ref.transformer.h[1] = model.transformer.h[1]
+    data = PairedDataset(_examples(2, 0), _examples(2, 1))
+    kw = dict(args=_args(tmp_path), train_dataset=data, data_collator=PairedCollator(),
+              forget_loss="npo")  # fmt: skip
+    with pytest.raises(ValueError, match="`ref_model` should .*separate"):
+        UnlearningTrainer(model=model, ref_model=ref, **kw)
+    assert all(p.requires_grad for p in model.parameters())  # nothing was frozen
+    synth = sk.GradientSynthesizer(model)
+    batch = PairedCollator()([{"forget": e, "retain": e} for e in _examples(2, 0)])
+    forget, retain = split_pair(batch)
+    with pytest.raises(ValueError, match="`ref_model` should .*separate"):
+        sk.unlearning_step(model, synth, torch.optim.SGD(model.parameters(), lr=0.1), forget,
+                           retain, ref_model=ref)  # fmt: skip
+    frozen_shared = copy.deepcopy(model)  # sharing only frozen parameters is fine
+    model.transformer.wte.weight.requires_grad_(False)
+    frozen_shared.transformer.wte = model.transformer.wte
+    UnlearningTrainer(model=model, ref_model=frozen_shared, **kw)
+
+
 def test_collator_pads_and_masks():
     batch = PairedCollator(pad_token_id=9)([
         {"forget": {"input_ids": [1, 2, 3]}, "retain": {"input_ids": [4], "labels": [-100]}},

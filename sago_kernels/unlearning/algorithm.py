@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_scalar
-from .losses import check_batch, check_models, get_loss, run_loss, step_hparams
+from .losses import (
+    check_batch, check_models, check_reference_apart, get_loss, run_loss, step_hparams,
+)  # fmt: skip
 from ..stats import CombineStats
 from ..synthesizer import GradientSynthesizer
 
@@ -54,6 +56,7 @@ def unlearning_step(
     hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, retain_loss_kwargs)
     check_models(f_loss, hparams, model, ref_model)
     check_models(r_loss, r_hparams, model, ref_model)
+    check_reference_apart(model, ref_model)
     check_batch("forget_batch", forget_batch)
     check_batch("retain_batch", retain_batch)
     if max_grad_norm is not None:

@@ -386,6 +386,39 @@ def check_models(
         _check_hidden_states_model(loss, name, m, int(hparams["layer"]))
 
 
+def _memory_key(t: torch.Tensor) -> object:
+    """What identifies a tensor's memory: its storage's address, or the tensor itself where there
+    is none to compare (meta tensors all sit at address 0; DTensors and other subclasses)."""
+    try:
+        address = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return id(t)
+    return address if address else id(t)
+
+
+def check_reference_apart(model: torch.nn.Module, ref_model: torch.nn.Module | None) -> None:
+    """The reference shares no trainable parameter with the model. A shared one (``ref_model=
+    model``, or a reference built around the model's own modules) would be frozen with the
+    reference, so never unlearned, and the reference would move with the model it anchors."""
+    if ref_model is None:
+        return
+    if ref_model is model:
+        raise ValueError(
+            "Parameter `ref_model` should be a separate frozen copy of the model. Found the model "
+            "itself: it would be frozen (nothing left to unlearn) and the reference would move "
+            "with it. Pass `copy.deepcopy(model)` taken before unlearning."
+        )
+    held = {_memory_key(t) for t in (*ref_model.parameters(), *ref_model.buffers()) if t.numel()}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.numel() and _memory_key(p) in held:
+            raise ValueError(
+                "Parameter `ref_model` should share no trainable parameter with `model`. Found "
+                f"`{name}` in both: it would be frozen with the reference (never unlearned) and "
+                "the reference would move with the model. Pass a separate copy "
+                "(`copy.deepcopy(model)` taken before unlearning)."
+            )
+
+
 def step_hparams(
     forget_loss: Loss,
     retain_loss: Loss,

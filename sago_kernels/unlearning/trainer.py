@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from .data import split_pair
-from .losses import check_models, get_loss, run_loss, step_hparams
+from .losses import check_models, check_reference_apart, get_loss, run_loss, step_hparams
 from ..stats import FIELDS
 from ..synthesizer import GradientSynthesizer
 
@@ -83,6 +83,7 @@ class UnlearningTrainer(transformers.Trainer):
         if model is not None:  # RMU: the model gives hidden states and has the layer
             check_models(f_loss, f_hparams, model, ref_model)
             check_models(r_loss, r_hparams, model, ref_model)
+            check_reference_apart(model, ref_model)  # before the reference is frozen
         super().__init__(*args, **kwargs)
         if self._distributed() and buffers == 1:
             raise ValueError(
