@@ -302,6 +302,36 @@ def check_grad_lists(retain_grads: list[torch.Tensor], forget_grads: list[torch.
         open_spans.append(span)
 
 
+def check_scaler_tensors(
+    inv_scale: object, found_inf: object, retain: torch.Tensor
+) -> None:
+    """A gradient scaler's tensors, as ``GradScaler.unscale_`` passes them to torch's own
+    unscale: one float32 element each, on the buffers' device (a tensor, not a float, so reading
+    the scale never synchronises with the host). ``found_inf`` is written."""
+    for name, t in (("inv_scale", inv_scale), ("found_inf", found_inf)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"Parameter `{name}` should be a one-element float32 tensor on the buffers' "
+                f"device (as GradScaler keeps it). Found `{type(t).__name__}`."
+            )
+        check_dense(name, t)
+        if t.dtype != torch.float32 or t.numel() != 1 or t.device != retain.device:
+            raise ValueError(
+                f"Parameter `{name}` should be a one-element float32 tensor on {retain.device} "
+                f"(the buffers' device). Found shape {tuple(t.shape)}, {t.dtype} on {t.device}."
+            )
+        check_autograd_state(name, t, written=name == "found_inf")
+    if retain.dtype == torch.float16 and inv_scale is not None:
+        raise ValueError(
+            "Parameter `inv_scale` unscales float16 gradients, which GradScaler refuses "
+            "(\"Attempting to unscale FP16 gradients\"): unscaled, small gradients underflow in "
+            "float16. Keep the parameters (so the gradients) in float32 and let autocast run "
+            "the forward in float16, or train in bfloat16 without a scaler."
+        )
+
+
 def check_state(
     state: object,
     method: object,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import check_scalar
+from .weightings import skip_if_non_finite
 
 NUM_DOTS = 5
 """Dots per segment of the state pass, in this order: f·r, r·r, f·f (the statistics' inputs,
@@ -68,16 +69,22 @@ def coefficients(
     eps: float,
     retain_coef: float,
     whole: bool,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[S, 3]`` float32 (a, b, c) with g_final = a·f + b·r + c·m' in each segment.
 
     ``dots``: ``[S, NUM_DOTS]`` float32 per-segment sums (:data:`NUM_DOTS`), summed over the
     ranks for sharded buffers. ``whole``: one set from the dots of all segments together
     (``gru_global``). Where f·m', m'·m', f·f or a coefficient is not finite, all three are NaN:
-    the write pass makes the segment NaN and leaves its state as it was.
+    the write pass makes the segment NaN and leaves its state as it was. ``found_inf`` (a loss
+    scaler's flag): set when a segment's r·r or f·f is not finite, and once set every
+    coefficient is NaN, so no segment's state moves in a step the scaler skips
+    (:func:`~sago_kernels.weightings.skip_if_non_finite`).
     """
     s = dots.shape[0]
     d = dots.to(torch.float32)
+    if found_inf is not None:
+        d = skip_if_non_finite(d, found_inf)
     if whole:
         d = d.sum(0, keepdim=True)
     fm, mm, ff = d[:, 3], d[:, 4], d[:, 2]

@@ -246,6 +246,8 @@ def combine(
     weighting: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ema: EMAParams | None = None,
     state: torch.Tensor | None = None,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
@@ -261,6 +263,11 @@ def combine(
     buffer (the gradients' dtype and length), updated in place: m' rounded once into the
     segments whose g_final is finite.
 
+    ``inv_scale`` (a loss scaler's 1/scale, one element): r and f are multiplied by it as they
+    are read, before anything else. ``found_inf``: passed to the O(segments) step of a stateful
+    method (a weighting, GRU), which then keeps its state when the step has a non-finite value
+    (the caller sets it from the returned sums for every method).
+
     Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
     buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
     ``[num_segments, 6]`` with :data:`STAT_COLUMNS` (o = g_final before rounding) and
@@ -269,15 +276,18 @@ def combine(
     """
     r_all = retain.to(compute_dtype)
     f_all = forget.to(compute_dtype)
+    if inv_scale is not None:
+        scale = inv_scale.reshape(()).to(compute_dtype)
+        r_all, f_all = r_all * scale, f_all * scale
     out = torch.zeros_like(r_all)
     segments = layout.segments
     kwargs = dict(alpha=alpha, gamma=gamma, eps=eps)
 
     if weighting is not None:  # a Gramian weighting: every segment's dots, one weighting call
-        _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
+        _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce, found_inf)
         return _with_sums(r_all, f_all, out, layout, with_sums)
     if ema is not None:
-        _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce)
+        _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce, found_inf)
         return _with_sums(r_all, f_all, out, layout, with_sums)
 
     seg_dots = None
@@ -304,19 +314,21 @@ def combine(
     return _with_sums(r_all, f_all, out, layout, with_sums)
 
 
-def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce) -> None:
+def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce, found_inf):
     """a_j·f + b_j·r per segment, the (a_j, b_j) from one call of ``weighting`` on all the
     segments' Gramians (as the kernels do: a stateful weighting sees one batch per combine)."""
     from .weightings import coefficients
 
     dots = _dots_table(r_all, f_all, layout, reduce)
-    coef = coefficients(dots, weighting, alpha, gamma, whole=scope == "global")
+    coef = coefficients(
+        dots, weighting, alpha, gamma, whole=scope == "global", found_inf=found_inf
+    )
     for j, s in enumerate(layout.segments):
         a, b = coef[j].unbind()
         out[s.start : s.end] = a * f_all[s.start : s.end] + b * r_all[s.start : s.end]
 
 
-def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce) -> None:
+def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce, found_inf):
     """GRU over a layout, with the O(segments) step the kernels use (``gru.coefficients``):
     every segment's dots of (f, r, m'), then a·f + b·r + c·m', and m' into ``state``."""
     from .gru import coefficients
@@ -332,7 +344,9 @@ def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce
     dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS)))
     if reduce is not None:
         reduce(dots)
-    coef = coefficients(dots, alpha, gamma, eps, ema.retain_coef, whole=scope == "global")
+    coef = coefficients(
+        dots, alpha, gamma, eps, ema.retain_coef, whole=scope == "global", found_inf=found_inf
+    )
     for j, s in enumerate(layout.segments):
         a, b, c = coef[j].to(r_all.dtype).unbind()
         r, f, m = r_all[s.start : s.end], f_all[s.start : s.end], m_all[s.start : s.end]

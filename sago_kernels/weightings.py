@@ -45,7 +45,12 @@ def gramians(dots: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
 
 
 def coefficients(
-    dots: torch.Tensor, weighting: Weighting, alpha: float, gamma: float, whole: bool
+    dots: torch.Tensor,
+    weighting: Weighting,
+    alpha: float,
+    gamma: float,
+    whole: bool,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[S, 2]`` (a, b) with g_final = a·f + b·r in each segment, in the dots' dtype.
 
@@ -54,9 +59,16 @@ def coefficients(
     global method), broadcast to every segment. A segment whose three dots or whose weights are
     not all finite gets NaN weights: the write pass then makes it NaN in full, as for the other
     projection methods (README, Contract). ``weighting`` is called once, on all segments.
+
+    ``found_inf`` (a loss scaler's flag, one element): set to 1 when a segment's r·r or f·f is
+    not finite; once it is set (by this call or an earlier one of the step), every segment's
+    dots are taken as NaN, so the step's weights are NaN and a stateful weighting (GradVac)
+    keeps its state: the scaler skips the step, which must leave no trace.
     """
     s = dots.shape[0]
     d = dots
+    if found_inf is not None:
+        d = skip_if_non_finite(d, found_inf)
     if whole:
         d = d.sum(0, keepdim=True)
     weights = weighting(gramians(d, alpha, gamma))
@@ -70,6 +82,15 @@ def coefficients(
     ok = torch.isfinite(d).all(-1, keepdim=True) & torch.isfinite(coef).all(-1, keepdim=True)
     coef = torch.where(ok, coef, torch.full_like(coef, float("nan")))
     return coef.expand(s, 2).contiguous() if whole else coef
+
+
+def skip_if_non_finite(dots: torch.Tensor, found_inf: torch.Tensor) -> torch.Tensor:
+    """``dots`` (``[S, k]``, columns 1 and 2 the segments' r·r and f·f), or all NaN when a norm
+    is not finite here or ``found_inf`` was set before; ``found_inf`` updated in place (no host
+    sync). What a stateful method's O(segments) step does with a loss scaler's flag."""
+    bad = (~torch.isfinite(dots[:, 1:3])).any() | (found_inf.reshape(()) != 0)
+    torch.maximum(found_inf, bad.to(found_inf.dtype).reshape(found_inf.shape), out=found_inf)
+    return torch.where(bad, torch.full_like(dots, float("nan")), dots)
 
 
 def affine_segment(
