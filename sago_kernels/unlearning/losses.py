@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_scalar
+from .references import AdaptersOff, CachedReference, Reference, run_reference
 
 IGNORE_INDEX = -100
 
@@ -105,11 +106,32 @@ def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def npo_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    beta: float = 0.1,
+    *,
+    ref_logprob: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen."""
+    """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen.
+
+    The reference enters only through log p_ref(x) of each sequence: give the reference's
+    ``ref_logits``, or the values themselves, ``ref_logprob`` ``[B]`` (a
+    :class:`~sago_kernels.unlearning.references.CachedReference`'s)."""
     beta = check_beta(beta)
-    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    if (ref_logits is None) == (ref_logprob is None):
+        raise ValueError(
+            "npo_loss needs the reference as exactly one of `ref_logits` (its logits on the "
+            "batch) or `ref_logprob` (log p_ref(x) per sequence, e.g. from a CachedReference)."
+        )
+    if ref_logprob is None:
+        ref_logprob = sequence_logprob(ref_logits.detach(), labels)
+    elif ref_logprob.shape != labels.shape[:1]:
+        raise ValueError(
+            f"`ref_logprob` should hold one value per sequence, shape {tuple(labels.shape[:1])}. "
+            f"Found `ref_logprob.shape = {tuple(ref_logprob.shape)}`."
+        )
+    log_ratio = sequence_logprob(logits, labels) - ref_logprob.detach()
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
 
@@ -258,7 +280,8 @@ class Loss:
     ``ints``: the hyperparameters that are Python ints (a layer index, a seed), checked as such;
     every other one is a float. ``reads``: ``"logits"`` (``fn(logits, labels, ...)``) or
     ``"hidden_states"`` (``fn(hidden, attention_mask, ...)`` on ``hidden_states[layer]``, the
-    ``layer`` hyperparameter).
+    ``layer`` hyperparameter). ``per_sequence_reference``: the loss reads the reference only
+    through log p_ref(x) of each sequence, so a ``CachedReference`` can stand for it (NPO).
     """
 
     name: str
@@ -267,11 +290,12 @@ class Loss:
     defaults: Mapping[str, float | int] = field(default_factory=dict)
     ints: frozenset[str] = frozenset()
     reads: str = "logits"
+    per_sequence_reference: bool = False
 
 
 FORGET_LOSSES: dict[str, Loss] = {
     "ga": Loss("ga", ga_loss, False),
-    "npo": Loss("npo", npo_loss, True, {"beta": 0.1}),
+    "npo": Loss("npo", npo_loss, True, {"beta": 0.1}, per_sequence_reference=True),
     "simnpo": Loss("simnpo", simnpo_loss, False, {"beta": 4.5, "delta": 0.0}),
     "rmu": Loss(
         "rmu", rmu_loss, False, {"layer": RMU_LAYER, "steering": RMU_STEERING, "seed": 0},
@@ -367,21 +391,44 @@ def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.
     return out.logits if hasattr(out, "logits") else out
 
 
+REFERENCE_FORMS = (
+    "a frozen copy of the model (`copy.deepcopy(model)` before unlearning), "
+    "`AdaptersOff(model)` for a peft (LoRA) model (its base: no copy), or for NPO a "
+    "`CachedReference` (log p_ref(x) per forget example, computed once: no model held)"
+)
+"""What ``ref_model=`` can be, named in every error that asks for a reference."""
+
+
 def check_models(
     loss: Loss,
     hparams: Mapping[str, object],
     model: torch.nn.Module,
-    ref_model: torch.nn.Module | None = None,
+    ref_model: Reference | None = None,
 ) -> None:
     """What can be checked of the models before a forward: the reference is there if the loss
-    needs it; for a loss over hidden states, each model can be asked for them and has the
-    ``layer`` in ``hparams`` (checked :func:`loss_hparams`) when its config says how many blocks
-    it has (a model without a config is checked after its forward)."""
+    needs it, in a form the loss can read; for a loss over hidden states, each model can be
+    asked for them and has the ``layer`` in ``hparams`` (checked :func:`loss_hparams`) when its
+    config says how many blocks it has (a model without a config is checked after its forward)."""
     if loss.needs_reference and ref_model is None:
-        raise ValueError(f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model).")
+        raise ValueError(f"The {loss.name!r} loss needs `ref_model`: {REFERENCE_FORMS}.")
+    if loss.needs_reference and not isinstance(ref_model, torch.nn.Module | CachedReference |
+                                               AdaptersOff):  # fmt: skip
+        raise TypeError(
+            f"Parameter `ref_model` should be {REFERENCE_FORMS}. Found "
+            f"`{type(ref_model).__name__}`."
+        )
+    if isinstance(ref_model, CachedReference) and loss.needs_reference:
+        if not loss.per_sequence_reference:
+            raise ValueError(
+                f"The {loss.name!r} loss reads the reference's whole "
+                f"{'hidden states' if loss.reads == 'hidden_states' else 'next-token distributions'}"
+                ", which a CachedReference (NPO's log p_ref(x) per example) does not hold. Pass "
+                "`AdaptersOff(model)` under LoRA, or a frozen copy of the model."
+            )
     if loss.reads != "hidden_states":
         return
-    models = [("model", model)] + ([("ref_model", ref_model)] if loss.needs_reference else [])
+    reference = ref_model.model if isinstance(ref_model, AdaptersOff) else ref_model
+    models = [("model", model)] + ([("ref_model", reference)] if loss.needs_reference else [])
     for name, m in models:
         _check_hidden_states_model(loss, name, m, int(hparams["layer"]))
 
@@ -396,11 +443,12 @@ def _memory_key(t: torch.Tensor) -> object:
     return address if address else id(t)
 
 
-def check_reference_apart(model: torch.nn.Module, ref_model: torch.nn.Module | None) -> None:
-    """The reference shares no trainable parameter with the model. A shared one (``ref_model=
-    model``, or a reference built around the model's own modules) would be frozen with the
-    reference, so never unlearned, and the reference would move with the model it anchors."""
-    if ref_model is None:
+def check_reference_apart(model: torch.nn.Module, ref_model: Reference | None) -> None:
+    """A reference model shares no trainable parameter with the model. A shared one
+    (``ref_model=model``, or a reference built around the model's own modules) would be frozen
+    with the reference, so never unlearned, and the reference would move with the model it
+    anchors. (``AdaptersOff`` shares the base by design: only the adapters train.)"""
+    if not isinstance(ref_model, torch.nn.Module):
         return
     if ref_model is model:
         raise ValueError(
@@ -489,12 +537,14 @@ def run_loss(
     model: torch.nn.Module,
     batch: Mapping[str, torch.Tensor],
     *,
-    ref_model: torch.nn.Module | None = None,
+    ref_model: Reference | None = None,
     forget: bool = True,
     **hparams: float | int,
 ) -> torch.Tensor:
-    """One forward of ``model`` (and of ``ref_model`` under no_grad when the loss needs it),
-    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``.
+    """One forward of ``model`` (and of the reference under no_grad when the loss needs it),
+    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``
+    (and ``index`` with a :class:`CachedReference`). ``ref_model``: a frozen copy, an
+    :class:`AdaptersOff` base or (NPO) a :class:`CachedReference`.
     Everything is checked before the forward (a layer past a model without a config, after).
 
     A loss over hidden states (RMU) asks for ``output_hidden_states=True`` and takes
@@ -508,11 +558,13 @@ def run_loss(
         layer = kwargs.pop("layer")
         hidden = _hidden_state(loss, model, batch, layer)
         if loss.needs_reference:
-            with torch.no_grad():
-                kwargs["ref_hidden"] = _hidden_state(loss, ref_model, batch, layer)
+            kwargs["ref_hidden"] = run_reference(
+                ref_model, lambda ref: _hidden_state(loss, ref, batch, layer)
+            )
         return loss.fn(hidden, batch.get("attention_mask"), **kwargs)
+    if isinstance(ref_model, CachedReference) and loss.needs_reference:
+        kwargs["ref_logprob"] = ref_model.lookup(batch.get("index"))
     logits = _logits(model, batch)
-    if loss.needs_reference:
-        with torch.no_grad():
-            kwargs["ref_logits"] = _logits(ref_model, batch)
+    if loss.needs_reference and "ref_logprob" not in kwargs:
+        kwargs["ref_logits"] = run_reference(ref_model, lambda ref: _logits(ref, batch))
     return loss.fn(logits, batch["labels"], **kwargs)
