@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from .dots import segment_dots
+
 Weighting = Callable[[torch.Tensor], torch.Tensor]
 """``gramians [S, 2, 2] -> weights [S, 2]``: batched, on the gramians' device, no host sync."""
 
@@ -107,8 +109,6 @@ def affine_segment(
     order, the weights, then a·f + b·r, in the compute dtype. The reference backend itself calls
     the weighting once for all segments (``reference.combine(..., weighting=)``), as the kernels
     do, which only matters to a weighting with state."""
-    from .reference import segment_dots
-
     d = torch.stack(dots if dots is not None else segment_dots(r, f)).to(r.dtype)
     a, b = coefficients(d[None], weighting, alpha, gamma, whole=False)[0].unbind()
     return a * f + b * r

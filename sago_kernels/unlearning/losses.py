@@ -24,41 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_scalar
+from .logprobs import (  # noqa: F401  (IGNORE_INDEX, check_labels: re-exported, the losses' API)
+    IGNORE_INDEX, check_batch, check_labels, sequence_logprob, token_logprobs,
+)  # fmt: skip
+from .logprobs import model_logits as _logits
 from .references import AdaptersOff, CachedReference, Reference, run_reference
-
-IGNORE_INDEX = -100
-
-
-def check_labels(labels: torch.Tensor, vocab: int) -> None:
-    """Every label is a token id in ``[0, vocab)`` or ``IGNORE_INDEX``: any other value would be
-    gathered as some other token (a negative one as token 0) and scored without a word.
-
-    One fused check per call. On the CPU it raises ``ValueError`` naming a bad label. On an
-    accelerator it is a device-side assertion (``torch._assert_async``), so the loss never waits
-    for the device: a bad label stops the process at the next synchronisation, as
-    ``F.cross_entropy`` does with a bad target there.
-    """
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(
-            f"Parameter `labels` should hold integer token ids. Found `labels.dtype = "
-            f"{labels.dtype}`."
-        )
-    bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
-    if labels.device.type != "cpu":
-        torch._assert_async(
-            ~bad.any(),
-            f"sago_kernels.unlearning.losses: `labels` should be token ids in [0, {vocab}) or "
-            f"{IGNORE_INDEX} (ignored)",
-        )
-        return
-    if bad.any():
-        where = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(
-            f"Parameter `labels` should hold token ids in [0, {vocab}) (the logits' vocabulary) "
-            f"or {IGNORE_INDEX} for unscored positions. Found `labels[{where}] = "
-            f"{labels[where].item()}`; mark unscored positions with {IGNORE_INDEX}."
-        )
-
 
 def check_beta(beta: object) -> float:
     """β of NPO/SimNPO: a finite Python float > 0 (the losses divide by it)."""
@@ -68,27 +38,6 @@ def check_beta(beta: object) -> float:
             f"Parameter `beta` should be > 0 (the loss is scaled by 2/β). Found `beta = {beta}`."
         )
     return beta
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p of each labelled token and the mask of labelled positions, both ``[B, T-1]``."""
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(
-            "`logits` should be [batch, time, vocab] and `labels` [batch, time]. Found "
-            f"`logits.shape = {tuple(logits.shape)}`, `labels.shape = {tuple(labels.shape)}`."
-        )
-    check_labels(labels, logits.shape[-1])
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
-
-
-def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(x) per sequence: the sum over its labelled tokens, ``[B]``."""
-    picked, _ = token_logprobs(logits, labels)
-    return picked.sum(-1)
 
 
 def nll_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -370,27 +319,6 @@ def loss_hparams(
     return values
 
 
-def check_batch(name: str, batch: object) -> Mapping[str, torch.Tensor]:
-    """A batch a loss can run on: a mapping with ``input_ids`` and ``labels`` tensors."""
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"Parameter `{name}` should be a mapping with `input_ids` and `labels` (and optionally "
-            f"`attention_mask`). Found `type({name}) = {type(batch).__name__}`."
-        )
-    for key in ("input_ids", "labels"):
-        if not isinstance(batch.get(key), torch.Tensor):
-            raise ValueError(
-                f"Parameter `{name}` should have a tensor under {key!r}. Found keys "
-                f"{sorted(map(str, batch))}."
-            )
-    return batch
-
-
-def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    return out.logits if hasattr(out, "logits") else out
-
-
 REFERENCE_FORMS = (
     "a frozen copy of the model (`copy.deepcopy(model)` before unlearning), "
     "`AdaptersOff(model)` for a peft (LoRA) model (its base: no copy), or for NPO a "
@@ -411,18 +339,18 @@ def check_models(
     config says how many blocks it has (a model without a config is checked after its forward)."""
     if loss.needs_reference and ref_model is None:
         raise ValueError(f"The {loss.name!r} loss needs `ref_model`: {REFERENCE_FORMS}.")
-    if loss.needs_reference and not isinstance(ref_model, torch.nn.Module | CachedReference |
-                                               AdaptersOff):  # fmt: skip
+    forms = (torch.nn.Module, CachedReference, AdaptersOff)
+    if loss.needs_reference and not isinstance(ref_model, forms):
         raise TypeError(
             f"Parameter `ref_model` should be {REFERENCE_FORMS}. Found "
             f"`{type(ref_model).__name__}`."
         )
     if isinstance(ref_model, CachedReference) and loss.needs_reference:
         if not loss.per_sequence_reference:
+            reads = "hidden states" if loss.reads == "hidden_states" else "next-token distributions"
             raise ValueError(
-                f"The {loss.name!r} loss reads the reference's whole "
-                f"{'hidden states' if loss.reads == 'hidden_states' else 'next-token distributions'}"
-                ", which a CachedReference (NPO's log p_ref(x) per example) does not hold. Pass "
+                f"The {loss.name!r} loss reads the reference's whole {reads}, which a "
+                "CachedReference (NPO's log p_ref(x) per example) does not hold. Pass "
                 "`AdaptersOff(model)` under LoRA, or a frozen copy of the model."
             )
     if loss.reads != "hidden_states":

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
+from .logprobs import check_batch, model_logits, sequence_logprob
+
 __all__ = ["AdaptersOff", "CachedReference", "Reference", "compute_reference", "run_reference"]
 
 
@@ -67,8 +69,6 @@ class CachedReference:
         training will use for the values to be bitwise those of a frozen copy run inside the
         steps (a sequence's log-probability may differ in its last bits when it is padded to
         another width)."""
-        from .losses import _logits, check_batch, sequence_logprob
-
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"Parameter `size` should be an int >= 1. Found `size = {size!r}`.")
         values: torch.Tensor | None = None
@@ -77,7 +77,7 @@ class CachedReference:
             for batch in batches:
                 batch = check_batch("batch", batch)
                 index = _index(batch, size)
-                logp = sequence_logprob(_logits(model, batch), batch["labels"])
+                logp = sequence_logprob(model_logits(model, batch), batch["labels"])
                 if values is None:
                     values = torch.full((size,), float("nan"), dtype=logp.dtype, device=logp.device)
                     seen = torch.zeros(size, dtype=torch.bool, device=logp.device)
@@ -168,7 +168,10 @@ def _index(batch: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
             "`forget_index`). Found "
             f"{'no `index`' if index is None else getattr(index, 'shape', type(index))}."
         )
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+    bad = ((index < 0) | (index >= size)).any()
+    if index.device.type != "cpu":  # no host sync: a device-side assertion, as check_labels
+        torch._assert_async(~bad, f"`index` should hold positions in [0, {size})")
+    elif bad:
         raise ValueError(
             f"`index` should hold positions in [0, {size}) (the cached forget set). Found "
             f"values in [{int(index.min())}, {int(index.max())}]."
