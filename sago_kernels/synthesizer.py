@@ -37,6 +37,7 @@ from .methods import get_method
 from .stats import CombineStats
 from .synthesis import one_buffer as one_buffer_mode
 from .synthesis import select_engine
+from .synthesis import state as step_state
 from .synthesis.params import common_dtype_and_device, given_params, split_trainable
 
 
@@ -75,8 +76,12 @@ class GradientSynthesizer:
     :meth:`retain` context or a :meth:`forget` context after it before :meth:`combine_` raises.
     It refuses at construction what needs more than one parameter at a time: methods with
     whole-model dots (``pcgrad_global``, ``blur``, ``gru_global``), ``granularity`` other than
-    ``"parameter"``, weightings with a per-segment state (``GradVac``), and data parallelism or
-    sharding (the combine would need the replicas' averaged retain gradient inside the backward).
+    ``"parameter"``, methods with a state across steps (``gru``, ``GradVac``: a state changes
+    only when :meth:`combine_` completes, and keeping the hooks' updates apart until then would
+    cost the N elements the mode saves), and data parallelism or sharding (the combine would
+    need the replicas' averaged retain gradient inside the backward). A sparse retain gradient
+    (``nn.Embedding(sparse=True)``) is made dense for its combine, as the default mode's dense
+    buffer takes it.
 
     FSDP2 (``fully_shard``): pass the sharded model. Each rank's buffers hold its local shard
     of every parameter (2·N/world elements), and each ``.grad`` is bound to a DTensor over its
@@ -105,7 +110,10 @@ class GradientSynthesizer:
     an assignment to ``.grad`` inside a context (autograd then puts the gradient in a new
     tensor outside the buffer; found when the context exits, and the step is refused until
     :meth:`zero_grad`; for higher-order terms use ``torch.autograd.grad(..., create_graph=True)``
-    and a plain ``backward()`` of the final loss); an exception leaving a context (a backward
+    and a plain ``backward()`` of the final loss); an in-place write to ``.grad`` inside a
+    context besides autograd's own adds (``zero_grad(set_to_none=False)``, clipping: it would
+    erase or alter earlier micro-batches; found when the context exits from the buffer's version
+    counter, except under FSDP2); an exception leaving a context (a backward
     may have stopped part-way: the step is refused until :meth:`zero_grad`); a second
     :meth:`combine_` without new backward passes (the buffers hold g_final already); freezing
     or unfreezing a parameter after construction (the buffers have a slot for exactly the
@@ -213,10 +221,16 @@ class GradientSynthesizer:
         self._one_buffer: one_buffer_mode.OneBuffer | None = None
         if buffers == 1:
             self._one_buffer = one_buffer_mode.OneBuffer(
-                self.layout, self.forget_buffer, self.state_buffer, resolved, method, alpha,
-                gamma, eps, stats, backend,
+                self.layout, self.forget_buffer, resolved, method, alpha, gamma, eps, stats,
+                backend,
             )  # fmt: skip
-            self._hooks = one_buffer_mode.register_hooks(self.params, self._on_retain_grad)
+        # autograd's in-place adds into the bound .grad, counted to find any other in-place
+        # write there inside a context (an optimizer's zero_grad(set_to_none=False))
+        self._counts_adds = engine.binds_grad and engine.adds_in_place
+        if buffers == 1 or self._counts_adds:
+            self._hooks = one_buffer_mode.register_hooks(self.params, self._on_grad)
+        self._adds = 0  # autograd's adds into the bound .grad in the current context
+        self._version = 0  # the bound buffer's version counter when the context began
         self._stale = False  # buffers hold a finished step and must be cleared before the next
         self._active: str | None = None
         self._broken: str | None = None  # why this step's gradients are incomplete, if they are
@@ -245,11 +259,19 @@ class GradientSynthesizer:
         for handle in getattr(self, "_hooks", ()):
             handle.remove()
 
-    def _on_retain_grad(self, index: int) -> None:
-        """Parameter ``index``'s post-accumulate-grad hook (one-buffer mode): inside
-        :meth:`retain`, combine it now and free its g_r."""
-        if self._active != "retain":
+    def _on_grad(self, index: int) -> None:
+        """Parameter ``index``'s post-accumulate-grad hook: inside a context, count autograd's
+        add into the bound ``.grad``; in one-buffer mode's :meth:`retain`, combine it instead."""
+        if self._active is None:
             return
+        if self._active == "retain" and self.buffers == 1:
+            self._on_retain_grad(index)
+        else:
+            self._adds += 1
+
+    def _on_retain_grad(self, index: int) -> None:
+        """One-buffer mode, inside :meth:`retain`: combine parameter ``index`` now and free its
+        g_r."""
         if self._one_buffer.combined[index]:
             self._broken = (
                 f"a second retain backward reached `{self.names[index]}` in one-buffer mode, "
@@ -382,6 +404,28 @@ class GradientSynthesizer:
             )
             self._check_usable()
 
+    def _task_buffer(self, task: str) -> torch.Tensor:
+        return self.retain_buffer if task == "retain" else self.forget_buffer
+
+    def _check_no_in_place_write(self, task: str) -> None:
+        """Nothing but autograd's adds wrote into the bound ``.grad`` inside the context: each
+        add bumps the buffer's version counter (shared by its views) once, and the hooks
+        counted them; one more bump is an in-place write, such as an optimizer's
+        ``zero_grad(set_to_none=False)``, which erases what earlier micro-batches accumulated."""
+        if not self._counts_adds or (task == "retain" and self.buffers == 1):
+            return  # (one-buffer retain: .grad stays empty, each g_r goes to its combine)
+        written = self._task_buffer(task)._version - self._version - self._adds
+        if written > 0:
+            self._broken = (
+                f"`.grad` was changed in place inside synth.{task}() ({written} in-place "
+                "write(s) besides autograd's own adds: an optimizer's "
+                "zero_grad(set_to_none=False), a clipping or scaling of .grad, ...), so the "
+                f"{task} gradients accumulated before it may be lost or altered. Zero gradients "
+                "outside the contexts (the first context after a combine starts from zero), "
+                "scale the loss rather than .grad, and clip g_final after synth.combine_()."
+            )
+            self._check_usable()
+
     @contextlib.contextmanager
     def _task(self, task: str) -> Iterator[None]:
         if self._active is not None:
@@ -396,6 +440,7 @@ class GradientSynthesizer:
         self._active = task
         # one-buffer retain: .grad starts empty, so autograd hands each g_r to the hook
         self._bind(None if task == "retain" and self.buffers == 1 else task)
+        self._adds, self._version = 0, self._task_buffer(task)._version
         completed = False
         try:
             with self.engine.backward_context(task):
@@ -405,6 +450,7 @@ class GradientSynthesizer:
             try:
                 if completed:
                     self._check_still_bound(task)
+                    self._check_no_in_place_write(task)
                 elif self._broken is None:  # the exception itself goes up as it is
                     # a backward may have stopped part-way: some gradients in, others not
                     self._broken = (
@@ -488,50 +534,48 @@ class GradientSynthesizer:
         self._broken = None
 
     # ------------------------------------------------------------------ checkpoints
+    def _stateful_weighting(self) -> object | None:
+        """The method's weighting when it keeps a state across steps (a ``GradVac``, given
+        as it is or through ``sk.weighting_method``), else None."""
+        weighting = self._method.weighting
+        if callable(getattr(weighting, "state_dict", None)) and callable(
+            getattr(weighting, "load_state_dict", None)
+        ):
+            return weighting
+        return None
+
     def state_dict(self) -> dict[str, object]:
         """What resuming a run needs besides the model and optimizer: the method's state
         across steps (GRU's moving average ``"ema"``, a stateful weighting's ``"weighting"``,
-        e.g. a ``GradVac``'s φ̂); empty for stateless methods. Sharded (``process_group``): this
-        rank's shard, as FSDP's own sharded state dicts."""
+        e.g. a ``GradVac``'s φ̂) and the layout it belongs to (``"layout"``); empty for
+        stateless methods. Sharded (``process_group``): this rank's shard, as FSDP's own
+        sharded state dicts."""
         state: dict[str, object] = {}
         if self.state_buffer is not None:
             state["ema"] = self.state_buffer.detach().clone()
-        weighting_state = getattr(self.method, "state_dict", None)
-        if callable(weighting_state):
-            state["weighting"] = weighting_state()
+        weighting = self._stateful_weighting()
+        if weighting is not None:
+            state["weighting"] = weighting.state_dict()
+        if state:
+            state["layout"] = step_state.layout_signature(self.layout)
         return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore :meth:`state_dict`'s output (checked before anything is written)."""
-        if not isinstance(state, Mapping):
-            raise TypeError(
-                f"Parameter `state` should be a mapping. Found `{type(state).__name__}`."
-            )
-        unknown = set(state) - {"ema", "weighting"}
-        if unknown:
-            raise ValueError(f"Unknown keys in the synthesizer's state: {sorted(unknown)}.")
-        ema = state.get("ema")
-        if (ema is None) != (self.state_buffer is None):
-            raise ValueError(
-                f"The state {'has' if ema is not None else 'lacks'} a moving average (\"ema\"), "
-                f"but method {self.method!r} {'keeps none' if ema is not None else 'keeps one'}: "
-                "load it into a synthesizer built with the same method."
-            )
-        if ema is not None:
-            if not isinstance(ema, torch.Tensor) or ema.shape != self.state_buffer.shape:
-                raise ValueError(
-                    "The state's moving average should be a tensor of shape "
-                    f"{tuple(self.state_buffer.shape)} (this layout). Found "
-                    f"{getattr(ema, 'shape', type(ema).__name__)}."
-                )
+        """Restore :meth:`state_dict`'s output. Everything is checked before anything is
+        written: the keys, the moving average (shape, dtype, finite values), the layout it was
+        saved with (each segment's name and length, each parameter's name and shape) and the
+        weighting's state (its own checks, and one entry per segment)."""
+        weighting = self._stateful_weighting()
+        step_state.check(
+            state, self.layout, self.state_buffer, weighting is not None, repr(self.method)
+        )
         weighting_state = state.get("weighting")
-        load = getattr(self.method, "load_state_dict", None)
-        if weighting_state is not None and not callable(load):
-            raise ValueError(f"Method {self.method!r} keeps no weighting state to load.")
+        if weighting_state is not None:  # checks its own state before it writes any of it
+            segments = 1 if self._method.scope == "global" else self.layout.num_segments
+            step_state.load_weighting(weighting, weighting_state, segments)
+        ema = state.get("ema")
         if ema is not None:
             self.state_buffer.copy_(ema)
-        if weighting_state is not None:
-            load(weighting_state)
 
     # ------------------------------------------------------------------ inspection
     @property

@@ -38,6 +38,10 @@ class Engine:
     binds_grad: ClassVar[bool] = True
     """Whether ``.grad`` is bound to the buffers inside the contexts (False: the engine keeps
     the gradients and :meth:`collect_` copies each context's into its buffer)."""
+    adds_in_place: ClassVar[bool] = True
+    """Whether every gradient reaches the bound ``.grad`` through autograd's own in-place add
+    (one version-counter bump and one post-accumulate-grad hook call each), so that any other
+    in-place write there inside a context can be found and refused."""
 
     def __init__(self, *, replica_group: object | None, shard_group: object | None) -> None:
         self.replica_group = replica_group

@@ -55,6 +55,7 @@ class FSDP2Engine(Engine):
     """FSDP2-sharded parameters: buffers of the local shards, ``.grad`` DTensors over them."""
 
     kind = "fsdp2"
+    adds_in_place = False  # its reduce-scatter adds into the DTensor .grad, not AccumulateGrad
 
     @classmethod
     def detect(

@@ -5,7 +5,8 @@ post-accumulate-grad hook on each parameter hands its whole g_r (``.grad``, empt
 :meth:`OneBuffer.combine_slot`, which writes g_final over that parameter's g_f and keeps its
 statistics sums; the core then frees the g_r. At ``combine_()`` the parameters no retain gradient
 reached are combined with g_r = 0 and the step's statistics table is built from the kept sums.
-It serves the methods that decide a parameter from that parameter alone.
+It serves the methods that decide a parameter from that parameter alone and keep no state
+across steps (a state must change only when ``combine_()`` completes; see :func:`method_problem`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def method_problem(method: Method, given: object, granularity: str) -> str | Non
         return (
             f"{PREFIX}, but method {name!r} needs dot products over the whole model, which "
             "exist only after the whole retain backward. Use buffers=2 (the default), or a "
-            "method decided per parameter (sum, sago, sago_prefer_retain, pcgrad, gru, a "
-            "Gramian weighting)."
+            "method decided per parameter (sum, sago, sago_prefer_retain, pcgrad, a Gramian "
+            "weighting)."
         )
     if granularity != "parameter":
         return (
@@ -41,11 +42,16 @@ def method_problem(method: Method, given: object, granularity: str) -> str | Non
             f"`granularity = {granularity!r}` (segments spanning several parameters); use "
             "buffers=2 for it."
         )
-    if method.weighting is not None and callable(getattr(method.weighting, "state_dict", None)):
+    stateful_weighting = callable(getattr(method.weighting, "state_dict", None))
+    if method.needs_state or stateful_weighting:
         return (
-            f"{PREFIX}, but weighting {name!r} keeps a state per segment of the whole "
-            "layout (as GradVac's φ̂), which a one-parameter combine cannot update. Use "
-            "buffers=2 for it."
+            f"{PREFIX}, but method {name!r} keeps a state per segment across steps (GRU's "
+            "moving average, GradVac's φ̂), which must change only when combine_() completes: "
+            "a retain backward that stops part-way, or a step discarded with synth.zero_grad() "
+            "before combine_(), must leave it as it was. The per-parameter combines update it "
+            "during the backward, so keeping it unchanged until combine_() would need the new "
+            "state held apart from the old (N more elements, the buffer one-buffer mode saves): "
+            "use buffers=2 for it, which holds that much and combines after the backward."
         )
     return None
 
@@ -76,7 +82,6 @@ class OneBuffer:
         self,
         layout: GradLayout,
         buffer: torch.Tensor,
-        state: torch.Tensor | None,
         method: Method,
         method_arg: object,
         alpha: float,
@@ -86,7 +91,6 @@ class OneBuffer:
         backend: str | None,
     ) -> None:
         self.flat = [v.view(-1) for v in layout.views(buffer)]
-        self.state_flat = None if state is None else [v.view(-1) for v in layout.views(state)]
         self.method, self.method_arg = method, method_arg
         self.alpha, self.gamma, self.eps = alpha, gamma, eps
         self.stats, self.backend = stats, backend
@@ -119,21 +123,21 @@ class OneBuffer:
         """Combine parameter ``index``: its g_r with its g_f in the buffer, g_final written over
         g_f; its statistics row kept for :meth:`finish`."""
         forget = self.flat[index]
+        if retain.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)):
+            retain = retain.to_dense()  # dense, as buffers=2 accumulates it into its buffer
         retain = retain.reshape(-1)
-        state = None if self.state_flat is None else self.state_flat[index]
         want = SEGMENT_SUMS if self.stats else False
         layout = self.slot_layouts[index]
         if self.fits(retain, forget):
-            extra = {} if state is None else {"state": state}
             sums = self.run(
                 retain, forget, forget, layout, self.method, self.alpha, self.gamma,
-                self.eps, want, **extra,
+                self.eps, want,
             )  # fmt: skip
-            mark_written(forget if state is None else [forget, state])
+            mark_written(forget)
         else:
             _, sums = _checked_combine(
                 retain, forget, layout, self.method_arg, self.alpha, self.gamma, self.eps,
-                forget, want, self.backend, None, state,
+                forget, want, self.backend, None, None,
             )  # fmt: skip
         if self.stats:  # the whole step's table is built once, at combine_()
             self.sums[index], self.conflicts[index] = sums
