@@ -16,7 +16,7 @@ that TorchJD's aggregators take.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -167,10 +167,10 @@ def _check_real(name: str, value: object, *, high: float | None = None) -> float
             f"Parameter `{name}` should be a finite Python float >= 0. Found "
             f"`type({name}) = {type(value).__name__}`."
         )
-    bound = f"in [0, {high}]" if high is not None else ">= 0"
+    bound = f"in [0, {high:g}]" if high is not None else ">= 0"
     if not (math.isfinite(value) and value >= 0 and (high is None or value <= high)):
         raise ValueError(
-            f"Parameter `{name}` should be finite and {bound}. Found `{name} = {value}`."
+            f"Parameter `{name}` should be {bound} and finite. Found `{name} = {value}`."
         )
     return float(value)
 
@@ -481,9 +481,13 @@ class GradVac:
     """
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
-        self.beta, self.eps = _check_real("beta", beta, high=1.0), _check_real("eps", eps)
+        self.beta, self.eps = self._checked_params(beta, eps)
         self.phi_hat: torch.Tensor | None = None
         self.__name__ = "gradvac"
+
+    @staticmethod
+    def _checked_params(beta: object, eps: object) -> tuple[float, float]:
+        return _check_real("beta", beta, high=1.0), _check_real("eps", eps)
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         a, b, c = _entries(g)
@@ -514,10 +518,42 @@ class GradVac:
     def state_dict(self) -> dict[str, object]:
         return {"beta": self.beta, "eps": self.eps, "phi_hat": self.phi_hat}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.beta, self.eps = float(state["beta"]), float(state["eps"])
+    def load_state_dict(self, state: dict[str, object], segments: int | None = None) -> None:
+        """Restore :meth:`state_dict`'s output, checked as the constructor checks ``beta`` and
+        ``eps`` and φ̂ as a run leaves it (a 1-D float tensor of cosines: finite, in [−1, 1]),
+        with ``segments`` entries when given (the synthesizer passes its layout's), before
+        anything is written."""
+        if not isinstance(state, Mapping) or set(state) != {"beta", "eps", "phi_hat"}:
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                "A GradVac state should be what `GradVac.state_dict()` returns (keys 'beta', "
+                f"'eps', 'phi_hat'). Found {found}."
+            )
+        beta, eps = self._checked_params(state["beta"], state["eps"])
         phi_hat = state["phi_hat"]
-        self.phi_hat = None if phi_hat is None else torch.as_tensor(phi_hat).clone()
+        if phi_hat is not None:
+            if not isinstance(phi_hat, torch.Tensor) or phi_hat.dim() != 1:
+                raise ValueError(
+                    "A GradVac state's `phi_hat` should be None or a 1-D tensor (one target "
+                    f"cosine per segment). Found {getattr(phi_hat, 'shape', type(phi_hat))}."
+                )
+            if not phi_hat.is_floating_point():
+                raise TypeError(
+                    f"A GradVac state's `phi_hat` should be a float tensor. Found {phi_hat.dtype}."
+                )
+            # cosines; a run's moving average of them may pass ±1 by rounding, never by more
+            if not bool((torch.isfinite(phi_hat) & (phi_hat.abs() <= 1 + 1e-6)).all()):
+                raise ValueError(
+                    "A GradVac state's `phi_hat` should hold cosines: finite and in [−1, 1]. "
+                    f"Found {phi_hat.tolist()[:8]}{' ...' if phi_hat.numel() > 8 else ''}."
+                )
+            if segments is not None and phi_hat.numel() != segments:
+                raise ValueError(
+                    f"A GradVac state's `phi_hat` should have one entry per segment ({segments} "
+                    f"here). Found {phi_hat.numel()}: it was saved on another layout or scope."
+                )
+        self.beta, self.eps = beta, eps
+        self.phi_hat = None if phi_hat is None else phi_hat.detach().clone()
 
     def __repr__(self) -> str:
         return f"GradVac(beta={self.beta}, eps={self.eps})"

@@ -133,18 +133,21 @@ TINY = ["--authors", "10", "--qa-per-author", "2", "--world-facts", "8", "--step
 
 
 def _tiny_setup(*flags: str):
-    """(args, corpus, target model) of a tiny seed-0 run, without pre-training (unlearning
-    from random weights is enough to compare two ways of taking the same steps)."""
+    """(the protocol module, args, data, target model) of a tiny seed-0 run, without
+    pre-training (unlearning from random weights is enough to compare two ways of taking the
+    same steps)."""
     from sago_kernels.unlearning import benchmark as B
-    from sago_kernels.unlearning.corpus import make_author_corpus
+    from sago_kernels.unlearning import protocol as P
+    from sago_kernels.unlearning.synthetic import synthetic_data
 
     args = B.parse_args([*TINY, *flags])
-    corpus = make_author_corpus(num_authors=10, qa_per_author=2, world_facts=8, seed=0)
-    target = B.tiny_lm(corpus.tokenizer.vocab_size, 64, args, seed=0).eval().requires_grad_(False)
-    return B, args, corpus, target
+    data = synthetic_data(seed=0, authors=10, forget_percent=10, qa_per_author=2, world_facts=8,
+                          eval_retain=8)  # fmt: skip
+    target = P.tiny_lm(data.tokenizer.vocab_size, 64, args, seed=0).eval().requires_grad_(False)
+    return P, args, data, target
 
 
-def _final_weights(B, args, corpus, target, loss, method):
+def _final_weights(P, args, data, target, loss, method):
     """Unlearn with a stand-in evaluator that keeps the weights at the budget (never matched),
     counting the backward passes through the model."""
     kept, backwards = [], []
@@ -158,12 +161,12 @@ def _final_weights(B, args, corpus, target, loss, method):
         model.transformer.wpe.weight.register_hook(lambda grad: backwards.append(1))
         return model
 
-    saved, B.copy = B.copy, types.SimpleNamespace(deepcopy=deepcopy_with_a_counter)
+    saved, P.copy = P.copy, types.SimpleNamespace(deepcopy=deepcopy_with_a_counter)
     try:
-        run = B.unlearn(target, corpus, evaluator, {"memorised_forget_tokens": -1}, loss, method,
+        run = P.unlearn(target, data, evaluator, {"memorised_forget_tokens": -1}, loss, method,
                         0, args)  # fmt: skip
     finally:
-        B.copy = saved
+        P.copy = saved
     return run, kept[-1], len(backwards)
 
 
@@ -175,7 +178,7 @@ def test_forget_only_does_no_retain_backward_and_equals_a_plain_forget_loss_run(
 
     from sago_kernels.unlearning import losses
 
-    B, args, corpus, target = _tiny_setup()
+    P, args, data, target = _tiny_setup()
 
     def no_retain_loss(*a, **k):
         raise AssertionError("the forget-only baseline ran a retain loss")
@@ -184,9 +187,9 @@ def test_forget_only_does_no_retain_backward_and_equals_a_plain_forget_loss_run(
         monkeypatch.setitem(
             losses.RETAIN_LOSSES, name, dataclasses.replace(entry, fn=no_retain_loss)
         )
-    monkeypatch.setattr(B, "unlearning_step", no_retain_loss)
-    monkeypatch.setattr(B, "GradientSynthesizer", no_retain_loss)
-    run, weights, backwards = _final_weights(B, args, corpus, target, loss, B.FORGET_ONLY)
+    monkeypatch.setattr(P, "unlearning_step", no_retain_loss)
+    monkeypatch.setattr(P, "GradientSynthesizer", no_retain_loss)
+    run, weights, backwards = _final_weights(P, args, data, target, loss, P.FORGET_ONLY)
     assert backwards == args.steps, "one backward a step: the forget loss's, nothing else"
     assert run["geometry"] is None and run["method"] == "forget_only"
     monkeypatch.undo()
@@ -195,9 +198,9 @@ def test_forget_only_does_no_retain_backward_and_equals_a_plain_forget_loss_run(
     gamma = losses.SUGGESTED_GAMMA[loss]
     model = copy.deepcopy(target).train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    pad_id = corpus.tokenizer.pad_id
-    forget_all = B.pad(corpus.examples("forget"), pad_id, "cpu")
-    retain_all = B.pad(corpus.examples("retain") + corpus.examples("world"), pad_id, "cpu")
+    pad_id = data.tokenizer.pad_id
+    forget_all = P.pad(data.examples(["forget"]), pad_id, "cpu")
+    retain_all = P.pad(data.examples(["retain", "world"]), pad_id, "cpu")
     g = torch.Generator().manual_seed(sorted(losses.FORGET_LOSSES).index(loss))
     fn, hparams = losses.FORGET_LOSSES[loss].fn, losses.FORGET_LOSSES[loss].defaults
     for _ in range(args.steps):
@@ -219,9 +222,9 @@ def test_forget_only_equals_the_sum_without_its_retain_term():
     """γ·g_f alone is the ``sum`` combine with α = 0 (which still pays for the retain pass)."""
     import torch
 
-    B, args, corpus, target = _tiny_setup("--alpha", "0")
-    _, alone, backwards_alone = _final_weights(B, args, corpus, target, "ga", B.FORGET_ONLY)
-    run, summed, backwards_sum = _final_weights(B, args, corpus, target, "ga", "sum")
+    P, args, data, target = _tiny_setup("--alpha", "0")
+    _, alone, backwards_alone = _final_weights(P, args, data, target, "ga", P.FORGET_ONLY)
+    run, summed, backwards_sum = _final_weights(P, args, data, target, "ga", "sum")
     assert (backwards_alone, backwards_sum) == (args.steps, 2 * args.steps)
     assert len(run["geometry"]["cos_fr"]) == args.steps
     for name, value in alone.items():
@@ -245,12 +248,13 @@ Global PCGrad, UPGrad ×2; its PCGrad and SAGO rows are Table 1's) and Table 3 (
 
 def test_the_paper_preset_runs_exactly_the_tables_cells():
     from sago_kernels.unlearning import benchmark as B
+    from sago_kernels.unlearning import tables as T
 
     args = B.parse_args(["--paper"])
     assert len(args.runs) == len(set(args.runs)) == 21
     assert set(args.runs) == PAPER_CELLS
-    table_cells = {(loss, m) for loss in B.PAPER_LOSSES for m, _ in B.PAPER_TABLE1}
-    table_cells |= {(loss, m) for _, loss, m in B.PAPER_TABLE2 + B.PAPER_TABLE3}
+    table_cells = {(loss, m) for loss in T.PAPER_LOSSES for m, _ in T.PAPER_TABLE1}
+    table_cells |= {(loss, m) for _, loss, m in T.PAPER_TABLE2 + T.PAPER_TABLE3}
     assert table_cells == set(args.runs), "every run is a table's cell and every cell is run"
     for key, value in B.PAPER_PRESET.items():
         assert getattr(args, key) == value
@@ -330,7 +334,7 @@ def test_a_tiny_paper_run_prints_and_saves_the_three_tables(tiny_paper_run):
 
 
 def test_paper_tables_1_and_2_are_the_seeds_mean_and_std_of_their_cells(tiny_paper_run):
-    from sago_kernels.unlearning import benchmark as B
+    from sago_kernels.unlearning import tables as B
 
     runs = tiny_paper_run[3]
     tables = B.paper_tables(runs, B.summarise(runs))
@@ -368,7 +372,8 @@ def test_paper_tables_1_and_2_are_the_seeds_mean_and_std_of_their_cells(tiny_pap
 def test_paper_table_3_averages_each_runs_cosines_over_its_steps(tiny_paper_run):
     import statistics
 
-    from sago_kernels.unlearning import benchmark as B
+    from sago_kernels.unlearning import plots
+    from sago_kernels.unlearning import tables as B
 
     runs = tiny_paper_run[3]
     rows = B.paper_tables(runs, B.summarise(runs))["table3"]
@@ -387,13 +392,14 @@ def test_paper_table_3_averages_each_runs_cosines_over_its_steps(tiny_paper_run)
         for values in (run["geometry"] or {}).values():
             assert all(abs(v) <= 1 + 1e-5 for v in values)
     pytest.importorskip("matplotlib")
-    path = B.plot_geometry(runs, tiny_paper_run[1])
+    path = plots.plot_geometry(runs, tiny_paper_run[1])
     assert path.name == "cosines.png" and path.stat().st_size > 0
 
 
 def test_the_table_builders_refuse_a_run_without_the_tables_cells():
-    from sago_kernels.unlearning import benchmark as B
+    from sago_kernels.unlearning import protocol as P
+    from sago_kernels.unlearning import tables as B
 
-    summary = [{"loss": "ga", "method": "sum", "protocol": p} for p in B.PROTOCOLS]
+    summary = [{"loss": "ga", "method": "sum", "protocol": p} for p in P.PROTOCOLS]
     with pytest.raises(KeyError, match="forget_only"):
         B.paper_tables([], summary)

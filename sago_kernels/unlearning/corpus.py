@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .losses import IGNORE_INDEX
+from .sources import QA, PlainTemplate
+from .sources import encode_qa as _encode_qa
 
 __all__ = [
     "AUTHOR_KINDS",
@@ -55,24 +57,6 @@ __all__ = [
 FORGET_PERCENTS = (1, 5, 10)
 SPLITS = ("forget", "retain", "holdout", "world")
 ANSWER_FIELDS = ("answer", "paraphrased_answer")
-
-
-@dataclass(frozen=True)
-class QA:
-    """One question with its answer, a paraphrase and perturbed (wrong) answers.
-
-    ``value`` is the answer's fact as it appears in the answer and the paraphrase (a city, a
-    date, "a baker", ...); a perturbed answer is the paraphrase with ``value`` replaced, as in
-    TOFU (so the truth ratio compares values, not wordings).
-    """
-
-    author: str
-    kind: str
-    question: str
-    answer: str
-    paraphrased_answer: str
-    perturbed_answers: tuple[str, ...]
-    value: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,12 +333,9 @@ class WordTokenizer:
 def encode_qa(tokenizer: WordTokenizer, question: str, answer: str) -> dict[str, list[int]]:
     """``{"input_ids": [bos] + q + a + [eos], "labels": [IGNORE_INDEX] * (1 + len(q)) + a +
     [eos]}``: only the answer (and ``<eos>``) is scored, as TOFU scores answers given the
-    question. Labels are aligned with ``input_ids``; ``losses.token_logprobs`` shifts them."""
-    q, a = tokenizer.encode(question), tokenizer.encode(answer)
-    return {
-        "input_ids": [tokenizer.bos_id, *q, *a, tokenizer.eos_id],
-        "labels": [IGNORE_INDEX] * (1 + len(q)) + a + [tokenizer.eos_id],
-    }
+    question (``sources.encode_qa`` with the plain template). Labels are aligned with
+    ``input_ids``; ``losses.token_logprobs`` shifts them."""
+    return _encode_qa(tokenizer, PlainTemplate(), question, answer)
 
 
 # ---------------------------------------------------------------------------------------------

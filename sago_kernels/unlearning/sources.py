@@ -1,0 +1,264 @@
+"""What the benchmark needs from a data source: named sets by role, a tokenizer, a template.
+
+A source (the synthetic author world of ``synthetic.py``; TOFU's and WMDP's files; a folder of
+them) builds one :class:`BenchmarkData`. The protocol (``protocol.py``) and the evaluation
+(``evaluation.py``) read only this, never a source's own types, so every source is run and
+scored by the same code:
+
+- **training roles**: what the target model is pre-trained on (``target_train``; ``None`` when
+  the target is a given checkpoint), what the retain-only model (the reference of forget quality
+  and privacy leakage) is trained on (``retain_model_train``; ``None`` when it is given or
+  absent), and the unlearning phase's ``forget`` and ``retain`` pools: question-answer pairs
+  (TOFU, the synthetic world) or plain text documents (WMDP's corpora);
+- **evaluation roles** (:data:`EVAL_ROLES`), each naming one set or absent: TOFU's forget,
+  retain, real-authors and world-facts sets (question-answer pairs with paraphrased and perturbed
+  answers), the membership-inference non-members, RWKU-style probes (a prompt and a short answer,
+  scored by ROUGE-L recall of a greedy generation) and WMDP/MMLU-style multiple-choice questions
+  (choices and the answer's index, scored by the options' log-likelihood); each for forgetting or
+  for retention;
+- **encoding**: a :class:`Tokenizer` (ids of a text and back, the special ids) and a
+  :class:`PlainTemplate` (how a question becomes a prompt and an answer its continuation); the
+  encoders here turn items into the ``{"input_ids", "labels"}`` examples the losses and metrics
+  take, scoring only the answer.
+
+Every set's items have an identity (:func:`item_id`) that the results JSON records, so anyone can
+check which items each role held and that held-out sets are held out (:meth:`BenchmarkData.
+check_disjoint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .losses import IGNORE_INDEX
+
+__all__ = [
+    "EVAL_ROLES",
+    "QA",
+    "BenchmarkData",
+    "Document",
+    "Item",
+    "MultipleChoice",
+    "PlainTemplate",
+    "Probe",
+    "Tokenizer",
+    "encode_document",
+    "encode_qa",
+    "item_id",
+]
+
+
+# --------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class QA:
+    """One question with its answer, as a TOFU row: ``paraphrased_answer`` (the same fact in
+    other words) and ``perturbed_answers`` (the paraphrase with wrong values) feed the truth
+    ratio; ``author`` groups the questions of one subject; ``kind`` says which fact it asks;
+    ``value`` is the fact itself as it appears in the answers (a city, a date, ...)."""
+
+    author: str
+    kind: str
+    question: str
+    answer: str
+    paraphrased_answer: str = ""
+    perturbed_answers: tuple[str, ...] = ()
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A plain text trained on as a whole (every token scored): WMDP's corpora."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A knowledge probe (RWKU): a prompt and the short answer a greedy generation is scored
+    against by ROUGE-L recall. ``style`` is ``"qa"`` (a question, rendered through the template)
+    or ``"fill_in"`` (a sentence whose blank is the answer; the prompt is the text before it)."""
+
+    prompt: str
+    answer: str
+    style: str = "qa"
+    author: str = ""
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """A multiple-choice question (WMDP, MMLU): ``choices`` and the index of the right one."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    author: str = ""
+
+
+Item = QA | Document | Probe | MultipleChoice
+
+
+def item_id(item: Item) -> str:
+    """The identity a results JSON records: the question (or prompt) itself, or for a document
+    ``sha1:`` and the first 16 hex digits of its text's SHA-1."""
+    if isinstance(item, QA | MultipleChoice):
+        return item.question
+    if isinstance(item, Probe):
+        return item.prompt
+    return "sha1:" + hashlib.sha1(item.text.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+class Tokenizer(Protocol):
+    """What the benchmark asks of a tokenizer: ``corpus.WordTokenizer`` has it; a
+    ``transformers`` tokenizer gets it from a small adapter. ``bos_id`` may be None."""
+
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class PlainTemplate:
+    """A question-answer layout without a chat template: ``[bos] + encode(question_format
+    with the question) + encode(answer_prefix + answer) + [eos]``, only the answer and ``<eos>``
+    scored. The defaults are the synthetic world's (the question, then the answer)."""
+
+    question_format: str = "{question}"
+    answer_prefix: str = ""
+
+    def prompt_ids(self, tokenizer: Tokenizer, question: str) -> list[int]:
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + tokenizer.encode(self.question_format.format(question=question))
+
+    def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]:
+        return tokenizer.encode(self.answer_prefix + answer) + [tokenizer.eos_id]
+
+
+def encode_qa(
+    tokenizer: Tokenizer, template: PlainTemplate, question: str, answer: str
+) -> dict[str, list[int]]:
+    """``{"input_ids": prompt + answer, "labels": IGNORE_INDEX over the prompt, the answer's ids
+    after}``: TOFU scores an answer given its question. Labels are aligned with ``input_ids``;
+    ``losses.token_logprobs`` shifts them."""
+    prompt = template.prompt_ids(tokenizer, question)
+    answer_ids = template.answer_ids(tokenizer, answer)
+    return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
+
+
+def encode_document(tokenizer: Tokenizer, text: str) -> dict[str, list[int]]:
+    """A document as one example: ``[bos] + text + [eos]``, every token after the first scored."""
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    ids = bos + tokenizer.encode(text) + [tokenizer.eos_id]
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * len(bos) + ids[len(bos) :]}
+
+
+# --------------------------------------------------------------------------- the data
+
+
+EVAL_ROLES = (
+    "forget",
+    "retain",
+    "real_authors",
+    "world_facts",
+    "holdout",
+    "forget_probes",
+    "retention_probes",
+    "forget_choice",
+    "retention_choice",
+)
+"""Evaluation roles, each a set's name or absent:
+
+- ``forget``: TOFU's forget set (:class:`QA`): forget quality, truth ratio, probability, ROUGE,
+  memorisation, the MIA members;
+- ``retain``, ``real_authors``, ``world_facts``: TOFU's model-utility sets (:class:`QA`);
+- ``holdout``: the MIA non-members (:class:`QA`, never trained on);
+- ``forget_probes``, ``retention_probes``: :class:`Probe` sets (RWKU's forget and neighbour
+  probes);
+- ``forget_choice``, ``retention_choice``: :class:`MultipleChoice` sets (WMDP's questions,
+  MMLU)."""
+
+
+@dataclass
+class BenchmarkData:
+    """Named sets and the role each plays (see the module docstring).
+
+    ``sets`` maps a name to its items; every role names sets in it. ``target_train`` and
+    ``retain_model_train`` list the sets each model is trained on, in order (``None``: no
+    training, the model is given); ``forget`` and ``retain`` the unlearning pools; ``evaluation``
+    maps each present :data:`EVAL_ROLES` role to one set. ``info`` says how the data was made
+    (source, seed, sizes) for the results JSON."""
+
+    sets: dict[str, tuple[Item, ...]]
+    forget: tuple[str, ...]
+    retain: tuple[str, ...]
+    evaluation: dict[str, str]
+    tokenizer: Tokenizer
+    template: PlainTemplate = field(default_factory=PlainTemplate)
+    target_train: tuple[str, ...] | None = None
+    retain_model_train: tuple[str, ...] | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        named = [*self.forget, *self.retain, *self.evaluation.values()]
+        named += [*(self.target_train or ()), *(self.retain_model_train or ())]
+        unknown = sorted({n for n in named if n not in self.sets})
+        if unknown:
+            raise ValueError(f"Roles name sets the data does not have: {unknown}.")
+        roles = sorted(set(self.evaluation) - set(EVAL_ROLES))
+        if roles:
+            raise ValueError(f"Unknown evaluation roles {roles}; expected some of {EVAL_ROLES}.")
+
+    def items(self, names: Sequence[str]) -> list[Item]:
+        """The items of the named sets, concatenated in order."""
+        return [item for name in names for item in self.sets[name]]
+
+    def eval_set(self, role: str) -> tuple[Item, ...] | None:
+        """The items of an evaluation role, or None when the data has none."""
+        name = self.evaluation.get(role)
+        return None if name is None else self.sets[name]
+
+    def examples(self, names: Sequence[str], field_name: str = "answer") -> list[dict]:
+        """The named sets encoded for training or scoring: a :class:`QA` with ``field_name`` as
+        its answer (``"answer"`` or ``"paraphrased_answer"``), a :class:`Document` whole."""
+        out = []
+        for item in self.items(names):
+            if isinstance(item, QA):
+                out.append(encode_qa(self.tokenizer, self.template, item.question,
+                                     getattr(item, field_name)))  # fmt: skip
+            elif isinstance(item, Document):
+                out.append(encode_document(self.tokenizer, item.text))
+            else:
+                raise TypeError(f"{type(item).__name__} items are evaluated, not trained on.")
+        return out
+
+    def encode_qa(self, question: str, answer: str) -> dict[str, list[int]]:
+        return encode_qa(self.tokenizer, self.template, question, answer)
+
+    def identities(self) -> dict:
+        """Each set's item identities and each role's sets: what the results JSON records."""
+        return {
+            "sets": {name: [item_id(i) for i in items] for name, items in self.sets.items()},
+            "roles": {
+                "target_train": None if self.target_train is None else list(self.target_train),
+                "retain_model_train": (
+                    None if self.retain_model_train is None else list(self.retain_model_train)
+                ),
+                "forget": list(self.forget),
+                "retain": list(self.retain),
+                "evaluation": dict(self.evaluation),
+            },
+        }
