@@ -161,3 +161,123 @@ def test_float16_gradients_are_not_unscaled():
     retain, forget = torch.ones(4, dtype=torch.float16), -torch.ones(4, dtype=torch.float16)
     with pytest.raises(ValueError, match="FP16"):
         sk.combine_(retain, forget, inv_scale=torch.ones(1))
+
+
+# --------------------------------------------------------------------------- the synthesizer
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _scaled_steps(method, buffers, scaler, steps=3, backend="reference", poison=None):
+    """AdamW steps of an Algorithm 1 loop; with ``scaler``, fp16-style: each loss scaled, the
+    combine unscaling, scaler.step / update. ``poison``: the step whose forget loss is inf."""
+    model = _mlp()
+    synth = sk.GradientSynthesizer(model, method=method, buffers=buffers, backend=backend,
+                                   grad_scaler=scaler)  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    snapshots = []
+    for step in range(steps):
+        x, y = torch.randn(4, 6, generator=g), torch.randn(4, 3, generator=g)
+        scale = scaler.scale if scaler is not None else (lambda loss: loss)
+        with synth.forget():
+            loss_f = -(model(x) - y).square().mean()
+            if step == poison:
+                loss_f = loss_f * float("inf")
+            scale(loss_f).backward()
+        with synth.retain():
+            scale((model(-x) - y).abs().mean()).backward()
+        if scaler is not None:
+            synth.combine_(optimizer=opt)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            synth.combine_()
+            opt.step()
+        opt.zero_grad()
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+    return model, synth, snapshots
+
+
+@pytest.mark.parametrize(
+    "method, buffers", [("sago", 2), ("sago", 1), ("pcgrad", 2), ("pcgrad", 1), ("gru", 2),
+                        ("nash_mtl", 2), ("upgrad", 1)],
+)  # fmt: skip
+def test_scaled_steps_equal_the_fp32_steps(method, buffers):
+    """A GradScaler's steps (scaled losses, the combine unscaling in its own pass, scaler.step)
+    are the unscaled run's, bit for bit: the scale is a power of two."""
+    plain, plain_synth, _ = _scaled_steps(method, buffers, None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaled, scaled_synth, _ = _scaled_steps(method, buffers, scaler)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.equal(a, b)
+    assert plain_synth.history_table() == scaled_synth.history_table()  # unscaled geometry
+    if method == "gru":
+        assert torch.equal(plain_synth.state_buffer, scaled_synth.state_buffer)
+
+
+@pytest.mark.parametrize("method, buffers", [("sago", 1), ("pcgrad", 2), ("gru", 2)])
+def test_an_overflowed_step_is_skipped_and_leaves_the_state(method, buffers):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    _, synth, snapshots = _scaled_steps(method, buffers, scaler, steps=2)
+    state = None if synth.state_buffer is None else synth.state_buffer.clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    _, synth, poisoned = _scaled_steps(method, buffers, scaler, steps=3, poison=2)
+    assert all(torch.equal(a, b) for a, b in zip(poisoned[1], poisoned[2]))  # not stepped
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], poisoned[1]))
+    assert scaler.get_scale() == 2.0**15  # backed off, as after any overflow
+    if state is not None:
+        assert torch.equal(synth.state_buffer, state)
+
+
+def test_the_scaler_record_is_unscale_s_own():
+    """What combine_ writes in the scaler is what GradScaler.unscale_ writes: stage and flag."""
+    from torch.amp.grad_scaler import OptState
+
+    model = _mlp()
+    scaler = torch.amp.GradScaler("cpu")
+    synth = sk.GradientSynthesizer(model, grad_scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(2, 6)
+    with synth.forget():
+        scaler.scale(model(x).sum()).backward()
+    with synth.retain():
+        scaler.scale(model(x).square().sum()).backward()
+    with pytest.raises(TypeError, match="optimizer"):
+        synth.combine_()
+    synth.combine_(optimizer=opt)
+    ours = scaler._per_optimizer_states[id(opt)]
+    twin = torch.nn.Linear(1, 1)
+    twin(torch.ones(1, 1)).sum().mul(scaler.get_scale()).backward()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+    scaler.unscale_(twin_opt)
+    theirs = scaler._per_optimizer_states[id(twin_opt)]
+    assert ours["stage"] is theirs["stage"] is OptState.UNSCALED
+    assert list(ours["found_inf_per_device"]) == list(theirs["found_inf_per_device"])
+    with pytest.raises(RuntimeError, match="already unscaled"):
+        scaler._per_optimizer_states[id(opt)]["stage"] = OptState.UNSCALED
+        synth._stale = False  # as if new backward passes had run: the stage is what refuses
+        synth.combine_(optimizer=opt)
+
+
+def test_scaler_misuse_is_refused():
+    with pytest.raises(TypeError, match="GradScaler"):
+        sk.GradientSynthesizer(_mlp(), grad_scaler=object())
+    with pytest.raises(ValueError, match="FP16"):
+        sk.GradientSynthesizer(_mlp().half(), grad_scaler=torch.amp.GradScaler("cpu"))
+    model = _mlp()
+    scaler = torch.amp.GradScaler("cpu")
+    synth = sk.GradientSynthesizer(model, grad_scaler=scaler)
+    other = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD([*model.parameters(), *other.parameters()], lr=0.1)
+    with synth.forget():
+        model(torch.randn(2, 6)).sum().backward()  # not scaled: the scale is still unknown
+    with synth.retain():
+        model(torch.randn(2, 6)).sum().backward()
+    with pytest.raises(ValueError, match="does not hold"):
+        synth.combine_(optimizer=opt)
+    with pytest.raises(RuntimeError, match="has not scaled a loss"):
+        synth.combine_(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
