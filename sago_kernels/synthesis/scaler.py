@@ -68,10 +68,19 @@ class ScalerLink:
             self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=self.device)
         return self._step
 
+    @staticmethod
+    def stepped(optimizer: object) -> object:
+        """The optimizer ``scaler.step`` receives: a wrapper's own (accelerate's
+        ``AcceleratedOptimizer`` steps ``scaler.step(self.optimizer)``) unwrapped."""
+        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+            optimizer = optimizer.optimizer
+        return optimizer
+
     def check_optimizer(self, optimizer: object) -> None:
         """Before anything is written: ``optimizer`` is a torch optimizer over the synthesizer's
         parameters only (the scaler would otherwise step others' gradients still scaled), and
         its gradients are not unscaled yet this step."""
+        optimizer = self.stepped(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 "synth.combine_(optimizer=...) should be given the torch optimizer that "
@@ -105,7 +114,7 @@ class ScalerLink:
         from torch.amp.grad_scaler import OptState
 
         _, found_inf = self.step_tensors()
-        state = self.scaler._per_optimizer_states[id(optimizer)]
+        state = self.scaler._per_optimizer_states[id(self.stepped(optimizer))]
         state["found_inf_per_device"] = {found_inf.device: found_inf}
         state["stage"] = OptState.UNSCALED
         self._step = None

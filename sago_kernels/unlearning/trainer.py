@@ -128,10 +128,15 @@ class UnlearningTrainer(transformers.Trainer):
         if isinstance(ref_model, torch.nn.Module):
             ref_model.eval().requires_grad_(False)
             ref_model.to(self.args.device)
+        # fp16 mixed precision: the combine unscales in its own pass (no scaler.unscale_ pass)
+        scaler = self.accelerator.scaler
         self._synth_kwargs = dict(
             method=method, alpha=alpha, gamma=gamma, eps=eps, granularity=granularity,
-            backend=backend, stats=True, buffers=buffers,
+            backend=backend, stats=True, buffers=buffers, grad_scaler=scaler,
         )  # fmt: skip
+        self._unscaled_by_combine = False
+        if scaler is not None:
+            self._skip_unscale_after_combine()
         # Built on the model as the Trainer will train it: in one process that is the model now
         # (so bad arguments raise here); under DDP or FSDP2 it is the model accelerate prepares
         # at train() (wrapped, or sharded in place), so the synthesizer is built then, and its
@@ -150,6 +155,26 @@ class UnlearningTrainer(transformers.Trainer):
             self.synth = GradientSynthesizer(self.model, **self._synth_kwargs)
         self._window: dict[str, list[torch.Tensor]] = {"forget_loss": [], "retain_loss": []}
         self._geometry: list[torch.Tensor] = []
+
+    def _skip_unscale_after_combine(self) -> None:
+        """The Trainer clips (and measures) the gradient norm through
+        ``accelerator.clip_grad_norm_``, which calls ``scaler.unscale_``; after a combine that
+        unscaled the gradients itself, that call would raise (unscale_ twice in a step), so it
+        is skipped for that step."""
+        unscale_gradients = self.accelerator.unscale_gradients
+
+        def unscale_unless_combined(optimizer=None):
+            if not self._unscaled_by_combine:
+                unscale_gradients(optimizer)
+
+        self.accelerator.unscale_gradients = unscale_unless_combined
+
+    def _scaled_optimizer(self, synth: GradientSynthesizer) -> torch.optim.Optimizer | None:
+        """The optimizer the scaler steps, when the synthesizer unscales for a scaler; else
+        None (the synthesizer unwraps accelerate's wrapper)."""
+        if synth._scaler is None or not synth._scaler.enabled:
+            return None
+        return self.optimizer
 
     def _reference_cache(self) -> CachedReference:
         """NPO's reference from the model as it is now: one no-grad pass over the forget side
@@ -196,6 +221,7 @@ class UnlearningTrainer(transformers.Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
+        self._unscaled_by_combine = False
         inputs = self._prepare_inputs(inputs)
         forget, retain = split_pair(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
@@ -214,7 +240,9 @@ class UnlearningTrainer(transformers.Trainer):
         self._window["forget_loss"].append(loss_f.detach())
         self._window["retain_loss"].append(loss_r.detach())
         if self.accelerator.sync_gradients:  # last micro-batch: the Trainer clips and steps next
-            stats = synth.combine_()
+            optimizer = self._scaled_optimizer(synth)
+            stats = synth.combine_(optimizer=optimizer)
+            self._unscaled_by_combine = optimizer is not None
             self._geometry.append(stats.table[-1])
         return (loss_f.detach() + loss_r.detach()) * scale
 
