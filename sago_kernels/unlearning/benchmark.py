@@ -264,7 +264,7 @@ def _main(args: argparse.Namespace) -> dict:
         for loss, method in args.runs:
             run = unlearn(target, data, evaluator, reference, loss, method, seed, args)
             runs.append(run)
-            m = run["protocols"]["matched"]
+            m = run["protocols"].get("matched", run["protocols"]["fixed"])
             bar.set_postfix(last=f"{loss}/{method}: {m['steps']} steps")
             bar.update()
     bar.close()
