@@ -91,8 +91,8 @@ def world(tmp_path_factory):
     # WMDP's folder: corpora of plain passages, questions with four options
     wmdp = root / "wmdp"
     wmdp.mkdir()
-    forget, world_qa = data.sets["forget"], data.sets["world"]
-    _write(wmdp / "cyber-forget-corpus.jsonl", [{"text": f"{q.question} {q.answer}"} for q in forget])
+    _write(wmdp / "cyber-forget-corpus.jsonl",
+           [{"text": f"{q.question} {q.answer}"} for q in data.sets["forget"]])  # fmt: skip
     _write(wmdp / "cyber-retain-corpus.jsonl",
            [{"text": f"{q.question} {q.answer}"} for q in data.sets["retain"]])  # fmt: skip
     _write(wmdp / "wmdp-cyber.jsonl",
@@ -100,7 +100,8 @@ def world(tmp_path_factory):
             for q in data.sets["retain"]])  # fmt: skip
     _write(wmdp / "mmlu.jsonl",
            [{"question": q.question, "subject": "geography",
-             "choices": [*q.perturbed_answers, q.answer], "answer": 3} for q in world_qa])  # fmt: skip
+             "choices": [*q.perturbed_answers, q.answer], "answer": 3}
+            for q in data.sets["world"]])  # fmt: skip
     # the tokenizer: the corpus's words and the prompts', lower case, in a WordLevel model
     from sago_kernels.unlearning.corpus import WordTokenizer
 
@@ -159,7 +160,8 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
     done = _run("--data", str(world["tofu"]), "--forget-split", "forget10",
                 "--model", str(world["target"]), "--retain-model", str(world["retain"]),
                 "--losses", "npo", "--methods", "sago", "--steps", "2", "--seeds", "0",
-                "--no-progress", "--no-plots", "--out", str(out), "--save-model", str(saved))  # fmt: skip
+                "--no-progress", "--no-plots", "--out", str(out),
+                "--save-model", str(saved))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "given model" in done.stdout
     result = json.loads((out / "results.json").read_text())
@@ -187,11 +189,12 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
 
 
 def test_without_a_retain_model_fq_and_privleak_are_not_available(world, tmp_path):
-    """Also LoRA, one buffer, bfloat16 and gradient checkpointing on the given model."""
+    """Also LoRA (NPO's reference: the same model, adapters off), one buffer, bfloat16 and
+    gradient checkpointing on the given model."""
     out = tmp_path / "out"
     done = _run("--data", str(world["tofu"]), "--model", str(world["target"]),
                 "--template", "plain", "--lora-rank", "2", "--buffers", "1", "--dtype", "bfloat16",
-                "--gradient-checkpointing", "--losses", "ga", "--methods", "sago", "--steps", "2",
+                "--gradient-checkpointing", "--losses", "npo", "--methods", "sago", "--steps", "2",
                 "--seeds", "0", "--no-progress", "--no-plots", "--out", str(out),
                 "--save-model", str(tmp_path / "models"))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -209,7 +212,7 @@ def test_without_a_retain_model_fq_and_privleak_are_not_available(world, tmp_pat
     # the target in the adapted linear maps only
     from transformers import AutoModelForCausalLM
 
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "ga-sago-seed0")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "npo-sago-seed0")
     target = AutoModelForCausalLM.from_pretrained(world["target"], dtype=torch.bfloat16)
     assert saved.dtype == torch.bfloat16
     names = [n for n, _ in target.named_parameters()]

@@ -8,9 +8,9 @@
         --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full \
         --retain-model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90 --device cuda ...
 
-Data and checkpoints (``--data``, ``--model``, ``--retain-model``, the memory flags, ``--save-model``,
-``--export-data``): ``loading.py``, over the sources ``synthetic.py``, ``tofu.py``, ``wmdp.py``,
-``export.py`` and the checkpoint loading of ``checkpoints.py``.
+Data and checkpoints (``--data``, ``--model``, ``--retain-model``, the memory flags,
+``--save-model``, ``--export-data``): ``loading.py``, over the sources ``synthetic.py``,
+``tofu.py``, ``wmdp.py``, ``export.py`` and the checkpoint loading of ``checkpoints.py``.
 
 The parts, one idea each: the data (``sources.py``: named sets by role; the synthetic author
 world of ``corpus.py`` through ``synthetic.py``), the protocol (``protocol.py``: pre-training,

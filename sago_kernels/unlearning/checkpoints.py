@@ -1,7 +1,8 @@
 """Given checkpoints: any causal LM and its tokenizer, from the hub or a local folder.
 
-``--model`` and ``--retain-model`` name a hub id (``open-unlearning/tofu_Llama-3.2-1B-Instruct_full``)
-or a ``save_pretrained`` folder; both load with ``AutoModelForCausalLM``/``AutoTokenizer``. Here:
+``--model`` and ``--retain-model`` name a hub id (say
+``open-unlearning/tofu_Llama-3.2-1B-Instruct_full``) or a ``save_pretrained`` folder; both load
+with ``AutoModelForCausalLM``/``AutoTokenizer``. Here:
 
 - :func:`hub_offline` decides once whether the hub can be reached (``HF_HUB_OFFLINE=1``, or a
   three-second connection probe of the hub's endpoint), so that a hub id without a network fails
@@ -96,12 +97,16 @@ def hub_offline() -> bool:
     return _offline
 
 
-def offline_message(flag: str, ref: str, local_form: str) -> str:
-    return (
-        f"{flag} {ref}: the hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and it is "
-        f"not in the local cache; download it where there is a network and pass the local "
-        f"folder: {flag} {local_form}"
-    )
+def hub_failure(flag: str, ref: str, local_form: str, error: BaseException) -> str:
+    """The one line for a hub reference that did not load: offline (no such folder either, not
+    in the cache: download it elsewhere, pass the folder), or the hub's own reason."""
+    if hub_offline():
+        return (
+            f"{flag} {ref}: no such folder, and the hub cannot be reached (no network, or "
+            f"HF_HUB_OFFLINE=1) with nothing cached for it; download it where there is a "
+            f"network and pass the local folder: {flag} {local_form}"
+        )
+    return f"{flag} {ref}: the hub did not serve it ({_first_line(error)}); or pass {local_form}"
 
 
 def check_reference(flag: str, ref: str) -> None:
@@ -205,7 +210,7 @@ def load_tokenizer(flag: str, ref: str) -> HFTokenizer:
         if local:
             raise SourceError(f"{flag} {ref}: no tokenizer could be loaded from the folder "
                               f"({_first_line(error)})") from None  # fmt: skip
-        raise SourceError(offline_message(flag, ref, "DIR (a save_pretrained folder)")) from None
+        raise SourceError(hub_failure(flag, ref, "DIR (a save_pretrained folder)", error)) from None
     return HFTokenizer(hf)
 
 
@@ -246,9 +251,9 @@ def load_model(flag: str, ref: str, *, dtype: str, device: str,
         if local:
             raise SourceError(f"{flag} {ref}: no causal LM could be loaded from the folder "
                               f"({_first_line(error)})") from None  # fmt: skip
-        raise SourceError(offline_message(flag, ref, "DIR (a save_pretrained folder)")) from None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        raise SourceError(hub_failure(flag, ref, "DIR (a save_pretrained folder)", error)) from None
+    if gradient_checkpointing:  # non-reentrant: gradients reach LoRA adapters of frozen layers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model.to(device).eval().requires_grad_(False)
 
@@ -324,8 +329,11 @@ def save_model(model: torch.nn.Module, tokenizer: Any, out: Path) -> Path:
     return out
 
 
-def word_tokenizer_to_hf(words: Sequence[str], specials: Sequence[str] = ("<pad>", "<bos>", "<eos>"),
-                         chat_template: str | None = None) -> Any:  # fmt: skip
+def word_tokenizer_to_hf(
+    words: Sequence[str],
+    specials: Sequence[str] = ("<pad>", "<bos>", "<eos>"),
+    chat_template: str | None = None,
+) -> Any:
     """A ``PreTrainedTokenizerFast`` over a word list (a ``tokenizers`` WordLevel model that
     lower-cases and splits words from punctuation): ids are the specials', then the words' in
     order, as ``corpus.WordTokenizer``'s; ``<bos>`` is put first by its post-processor."""

@@ -95,11 +95,8 @@ class Evaluator:
             scores = M.choice_logprobs(model, self.choice_examples[role], **self.kw)
             per_example[f"{role}_logprobs"] = [s.tolist() for s in scores]
             row[f"{role}_accuracy"] = M.choice_accuracy(scores, [q.answer for q in items])
-        if "forget" in self.qa:
-            self._qa_metrics(model, reference, row, per_example)
-        return {"metrics": row, "per_example": per_example}
-
-    def _qa_metrics(self, model, reference: dict | None, row: dict, per_example: dict) -> None:
+        if "forget" not in self.qa:  # no question-answer sets (WMDP): no TOFU metrics
+            return {"metrics": row, "per_example": per_example}
         utility_roles = {r: name for r, name in UTILITY_ROLES.items() if r in self.qa}
         tr = {role: self.truth_ratios(model, role) for role in ("forget", *utility_roles)}
         per_example["truth_ratio_forget"] = tr["forget"].tolist()
@@ -142,3 +139,4 @@ class Evaluator:
                 M.privleak(row["mia_auc_min_k"], reference["metrics"]["mia_auc_min_k"])
                 if "mia_auc_min_k" in row else None
             )  # fmt: skip
+        return {"metrics": row, "per_example": per_example}

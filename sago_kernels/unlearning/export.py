@@ -1,4 +1,4 @@
-"""The synthetic world written as TOFU's files (``--export-data DIR``), and read back (``--data DIR``).
+"""The synthetic world written as TOFU's files (``--export-data DIR``), read back by ``--data DIR``.
 
 An export holds, for forget percentage NN (MM = 100 - NN), one JSON object per line as TOFU's
 files do, each row with TOFU's fields (question, answer, paraphrased_answer, perturbed_answer)

@@ -156,7 +156,9 @@ class PlainTemplate:
     def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]:
         return tokenizer.encode(self.answer_prefix + answer) + [tokenizer.eos_id]
 
-    def encode(self, tokenizer: Tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    def encode(
+        self, tokenizer: Tokenizer, question: str, answer: str
+    ) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids) of one pair: what :func:`encode_qa` joins. A chat template
         (``checkpoints.ChatTemplate``) has the same three methods."""
         return self.prompt_ids(tokenizer, question), self.answer_ids(tokenizer, answer)
@@ -170,8 +172,8 @@ def _truncate(example: dict[str, list[int]], max_length: int | None) -> dict[str
     labels = example["labels"][:max_length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise SourceError(
-            f"--max-length {max_length} leaves no answer token to score: a prompt is "
-            f"{labels.count(IGNORE_INDEX)}+ tokens long; raise --max-length."
+            f"--max-length {max_length} leaves no answer token to score: a prompt fills all "
+            f"{max_length} tokens; raise --max-length."
         )
     return {"input_ids": example["input_ids"][:max_length], "labels": labels}
 
@@ -187,8 +189,8 @@ def encode_qa(
     after}``: TOFU scores an answer given its question. Labels are aligned with ``input_ids``;
     ``losses.token_logprobs`` shifts them. ``max_length``: keep the first that many tokens."""
     prompt, answer_ids = template.encode(tokenizer, question, answer)
-    example = {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
-    return _truncate(example, max_length)
+    labels = [IGNORE_INDEX] * len(prompt) + answer_ids
+    return _truncate({"input_ids": prompt + answer_ids, "labels": labels}, max_length)
 
 
 def encode_document(

@@ -83,14 +83,13 @@ def load_rows(source: str, stem: str, fields: Sequence[str], *, hub: str | None,
                               f"{kind} ({_first_line(error)})") from None  # fmt: skip
         where = f"{found[0]}"
     else:
-        from .checkpoints import hub_offline, offline_message
+        from .checkpoints import hub_failure, hub_offline
 
         try:
-            if hub_offline():
-                datasets.config.HF_HUB_OFFLINE = True
+            hub_offline()  # decided before the first request: no minute of retries offline
             ds = datasets.load_dataset(hub, stem, split="train")
-        except Exception:  # offline and not cached, or the hub refused: one line, no traceback
-            raise SourceError(offline_message("--data", source, local_form)) from None
+        except Exception as error:  # offline and not cached, or the hub refused: one line
+            raise SourceError(hub_failure("--data", source, local_form, error)) from None
         where = f"{hub} ({stem})"
     missing = [f for f in fields if f not in ds.column_names]
     if missing:

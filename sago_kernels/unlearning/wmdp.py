@@ -57,14 +57,14 @@ def _hub_rows(name: str, hub: str, config: str, split: str, fields: tuple[str, .
               form: str) -> list[dict]:  # fmt: skip
     import datasets
 
-    from .checkpoints import hub_offline, offline_message
+    from .checkpoints import hub_failure, hub_offline
 
     datasets.disable_progress_bars()
     try:
-        hub_offline()
+        hub_offline()  # decided before the first request: no minute of retries offline
         ds = datasets.load_dataset(hub, config, split=split)
-    except Exception:
-        raise SourceError(offline_message("--data", name, form)) from None
+    except Exception as error:  # offline and not cached, or the hub refused: one line
+        raise SourceError(hub_failure("--data", name, form, error)) from None
     missing = [f for f in fields if f not in ds.column_names]
     if missing:
         raise SourceError(f"--data {name}: {hub} ({config}) lacks {', '.join(missing)}.")
