@@ -58,6 +58,16 @@ def _strip(obj):
     return obj
 
 
+def _score(evaluator, model, reference) -> dict:
+    """The evaluation with one thread, as the runs have it (--threads 1): the same sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return evaluator(model, reference)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -138,13 +148,26 @@ def test_export_then_data_dir_gives_the_built_in_results_bit_for_bit(world, tmp_
     manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
     assert manifest["target_train"] == ["forget", "retain", "world"]  # every role is there
     assert manifest["retain"] == ["retain", "world"] and manifest["evaluation"]["holdout"]
-    builtin = _run(*flags, "--out", str(tmp_path / "a"))
+    builtin = _run(*flags, "--out", str(tmp_path / "a"), "--save-model", str(tmp_path / "m"))
     folder = _run(*flags, "--data", str(tmp_path / "export"), "--out", str(tmp_path / "b"))
     assert builtin.returncode == 0 and folder.returncode == 0, folder.stderr[-2000:]
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert len(a["runs"]) == 1 and a["runs"][0]["protocols"]["fixed"]["metrics"]
     assert _strip(a) == _strip(b)
+    # the built-in run's model, saved with its word tokenizer as a PreTrainedTokenizerFast,
+    # reloaded and scored on the export: the run's own numbers
+    from transformers import AutoModelForCausalLM
+
+    from sago_kernels.unlearning.evaluation import Evaluator
+    from sago_kernels.unlearning.export import exported_data
+
+    saved = tmp_path / "m" / "npo-sago-seed0"
+    data = exported_data(str(tmp_path / "export"), tokenizer=C.load_tokenizer("--model", str(saved)))
+    model = AutoModelForCausalLM.from_pretrained(saved).eval()
+    again = _score(Evaluator(data, argparse.Namespace(eval_batch=64)), model,
+                   a["seeds"][0]["retain_model"])  # fmt: skip
+    assert again["metrics"] == a["runs"][0]["protocols"]["fixed"]["metrics"]
 
 
 # --------------------------------------------------------------------------- given checkpoints
@@ -178,12 +201,7 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
                      C.template_for(tok, "auto", C.SYSTEM_PROMPT, C.DATE_STRING))  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     reference = result["seeds"][0]["retain_model"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the run (--threads 1): the same summation order
-    try:
-        again = Evaluator(data, argparse.Namespace(eval_batch=64))(model, reference)
-    finally:
-        torch.set_num_threads(threads)
+    again = _score(Evaluator(data, argparse.Namespace(eval_batch=64)), model, reference)
     assert again["metrics"] == fixed
     assert again["per_example"] == run["protocols"]["fixed"]["per_example"]
 

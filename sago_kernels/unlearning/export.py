@@ -104,7 +104,8 @@ def exported_data(folder: str, *, tokenizer: Tokenizer | None = None,
                   template: PlainTemplate | None = None,
                   max_length: int | None = None) -> BenchmarkData:  # fmt: skip
     """An export read back: the manifest's sets in their roles, the word tokenizer and template
-    it names (or ``tokenizer`` and ``template``, a given model's)."""
+    it names (or ``tokenizer`` and ``template``, a given model's; a given tokenizer without a
+    template keeps the export's layout, the one a model saved from the built-in path knows)."""
     root = Path(folder)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -128,6 +129,7 @@ def exported_data(folder: str, *, tokenizer: Tokenizer | None = None,
             raise SourceError(f"--data {folder}: {manifest['tokenizer']} is unreadable "
                               f"({error}).") from None  # fmt: skip
         tokenizer = WordTokenizer(words)
+    if template is None:
         template = PlainTemplate(**manifest["template"])
     info = {**manifest["info"], "source": str(folder), "vocab": tokenizer.vocab_size}
 

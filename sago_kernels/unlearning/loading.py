@@ -24,6 +24,7 @@ from .checkpoints import (
     DATE_STRING,
     DTYPES,
     SYSTEM_PROMPT,
+    ChatTemplate,
     HFTokenizer,
     load_model,
     load_tokenizer,
@@ -177,8 +178,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     elif args.data in DOMAINS:
         data = wmdp_data(args.data, args.data_dir, tokenizer, max_length=args.max_length,
                          max_documents=args.max_documents, eval_limit=args.eval_limit)  # fmt: skip
-    else:
-        data = exported_data(args.data, tokenizer=tokenizer, template=template,
+    else:  # an export: without a chat template, its own layout (the one it was trained with)
+        own = args.template == "auto" and not isinstance(template, ChatTemplate)
+        data = exported_data(args.data, tokenizer=tokenizer, template=None if own else template,
                              max_length=args.max_length)  # fmt: skip
         split = data.info.get("forget_split")
         if args.forget_split is not None and split is not None and args.forget_split != split:
