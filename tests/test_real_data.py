@@ -163,7 +163,8 @@ def test_export_then_data_dir_gives_the_built_in_results_bit_for_bit(world, tmp_
     from sago_kernels.unlearning.export import exported_data
 
     saved = tmp_path / "m" / "npo-sago-seed0"
-    data = exported_data(str(tmp_path / "export"), tokenizer=C.load_tokenizer("--model", str(saved)))
+    tok = C.load_tokenizer("--model", str(saved))
+    data = exported_data(str(tmp_path / "export"), tokenizer=tok)
     model = AutoModelForCausalLM.from_pretrained(saved).eval()
     again = _score(Evaluator(data, argparse.Namespace(eval_batch=64)), model,
                    a["seeds"][0]["retain_model"])  # fmt: skip
