@@ -336,6 +336,7 @@ def test_a_tofu_folder_lacking_a_file_or_field_is_refused_naming_it(world, tmp_p
     (["--model", "x/y"], "--model with --data synthetic"),
     (["--buffers", "1", "--grad-accum", "2"], "--buffers 1 combines inside"),
     (["--data", "/no/such/folder"], "no such folder"),
+    (["--paper", "--data", "tofu", "--model", "x/y"], "add --retain-model"),
     (["--export-data", "/tmp/x", "--seeds", "0", "1"], "--export-data writes one seed"),
 ])  # fmt: skip
 def test_bad_data_flags_are_refused_before_anything_is_read(flags, message, capsys):

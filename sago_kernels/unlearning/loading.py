@@ -128,6 +128,9 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
                             ("--gradient-checkpointing", args.gradient_checkpointing)):
             if given:
                 problems.append(f"{flag} applies to a given --model")
+    if getattr(args, "paper", False) and args.model is not None and args.retain_model is None:
+        problems.append("--paper reports matched forgetting, which needs a retain-only model: "
+                        "add --retain-model")  # fmt: skip
     if args.lora_rank < 0:
         problems.append(f"--lora-rank should be >= 0 (0: full fine-tuning), got {args.lora_rank}")
     for name in ("grad_accum", "eval_batch"):
