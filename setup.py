@@ -91,6 +91,10 @@ setup(
             "scikit-learn",
             # LoRA adapters (python/lora_run.py)
             "peft>=0.21",
+            # TOFU and WMDP files, hub or folder, and tokenizers built from a corpus
+            # (sago_kernels/unlearning/tofu.py, wmdp.py, checkpoints.py)
+            "datasets>=3.0",
+            "tokenizers>=0.20",
         ],
         "test": [
             "triton>=3.0",
@@ -112,6 +116,9 @@ setup(
             "ecos>=2.0.14",
             # LoRA adapters with the synthesizer and the Trainer (tests/test_lora.py)
             "peft>=0.21",
+            # real data and checkpoints built locally (tests/test_real_data.py)
+            "datasets>=3.0",
+            "tokenizers>=0.20",
         ],
     },
 )

@@ -4,6 +4,13 @@
     python -m sago_kernels.unlearning.benchmark --quick    # a smaller, faster check
     python -m sago_kernels.unlearning.benchmark --methods sum sago upgrad gru_global --seeds 0 1 2 3 4
     python -m sago_kernels.unlearning.benchmark --paper    # the paper's Tables 1-3 (~45 min)
+    python -m sago_kernels.unlearning.benchmark --data tofu --forget-split forget10 \
+        --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full \
+        --retain-model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90 --device cuda ...
+
+Data and checkpoints (``--data``, ``--model``, ``--retain-model``, the memory flags,
+``--save-model``, ``--export-data``): ``loading.py``, over the sources ``synthetic.py``,
+``tofu.py``, ``wmdp.py``, ``export.py`` and the checkpoint loading of ``checkpoints.py``.
 
 The parts, one idea each: the data (``sources.py``: named sets by role; the synthetic author
 world of ``corpus.py`` through ``synthetic.py``), the protocol (``protocol.py``: pre-training,
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -44,10 +52,11 @@ import torch
 
 from .. import dispatch
 from ..methods import METHODS
+from . import loading
 from .losses import FORGET_LOSSES
 from .plots import plot, plot_geometry
-from .protocol import FORGET_ONLY, prepare_seed, unlearn
-from .synthetic import synthetic_data
+from .protocol import FORGET_ONLY, given_seed, prepare_seed, seed_line, unlearn
+from .sources import SourceError
 from .tables import paper_markdown, paper_runs, paper_tables, print_table, summarise
 
 DEFAULT_METHODS = ("sum", "pcgrad", "sago", "sago_prefer_retain", "blur")
@@ -122,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true",
                    help="no plots (the JSON and the tables only)")  # fmt: skip
+    loading.add_arguments(p)
     args = p.parse_args(argv)
     if args.paper:
         clash = [f for f, given in (("--quick", args.quick), ("--losses", args.losses),
@@ -149,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # the (loss, method) runs of each seed: the tables' cells, or every loss with every method
     args.runs = (paper_runs() if args.paper
                  else [(loss, m) for loss in args.losses for m in args.methods])  # fmt: skip
-    problems = check_args(args)
+    problems = check_args(args) + loading.check_arguments(args)
     if problems:
         p.error("; ".join(problems))
     return args
@@ -186,7 +196,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} should be a finite number > 0")
     if len(set(args.seeds)) != len(args.seeds):
         problems.append(f"--seeds should be distinct, got {args.seeds}")
-    if not 1 <= args.rmu_layer <= args.layers:
+    if args.model is None and not 1 <= args.rmu_layer <= args.layers:
         problems.append(f"--rmu-layer should be in [1, --layers = {args.layers}]")
     try:
         device = torch.device(args.device)
@@ -209,7 +219,24 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    except SourceError as error:  # data or a checkpoint that cannot be had: one line, exit 2
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _main(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
+
+    if args.export_data is not None:
+        from .export import export_data
+
+        data = loading.data_for_seed(args, loading.prepare(args), args.seeds[0])
+        files = export_data(data, Path(args.export_data), args.forget_percent)
+        print(f"wrote {len(files)} files to {args.export_data} (seed {args.seeds[0]})")
+        return {"export": [str(f) for f in files]}
+    prepared = loading.prepare(args)  # everything that can fail on a file or the network
 
     start = time.perf_counter()
     backend, _ = dispatch.resolve_backend(args.backend, torch.device(args.device))
@@ -224,28 +251,20 @@ def main(argv: list[str] | None = None) -> dict:
     total_runs = len(args.seeds) * len(args.runs)
     bar = tqdm(total=total_runs, desc="unlearning runs", disable=args.no_progress)
     for seed in args.seeds:
-        data = synthetic_data(
-            seed=seed, authors=args.authors, forget_percent=args.forget_percent,
-            qa_per_author=args.qa_per_author, world_facts=args.world_facts,
-            eval_retain=args.eval_retain,
-        )  # fmt: skip
-        prepared = prepare_seed(data, args, seed)
-        target, evaluator, reference = (prepared[k] for k in ("target", "evaluator", "reference"))
-        info = prepared["info"]
+        data = loading.data_for_seed(args, prepared, seed)
+        if prepared.target is not None:
+            ready = given_seed(data, args, seed, prepared.target, prepared.retain_model,
+                               prepared.cache)  # fmt: skip
+        else:
+            ready = prepare_seed(data, args, seed)
+        target, evaluator, reference = (ready[k] for k in ("target", "evaluator", "reference"))
+        info = ready["info"]
         seeds_info.append(info)
-        target_info, retain_info = info["target_training"], info["retain_training"]
-        target_eval = info["target_model"]
-        tqdm.write(
-            f"seed {seed}: vocabulary {info['vocab']}, target memorised "
-            f"{target_info['memorised']:.3f} in {target_info['epochs']} epochs, retain-only "
-            f"{retain_info['memorised']:.3f}; before unlearning FQ "
-            f"{target_eval['metrics']['forget_quality']:.3g}, MU "
-            f"{target_eval['metrics']['model_utility']:.3f}"
-        )
+        tqdm.write(seed_line(info))
         for loss, method in args.runs:
             run = unlearn(target, data, evaluator, reference, loss, method, seed, args)
             runs.append(run)
-            m = run["protocols"]["matched"]
+            m = run["protocols"].get("matched", run["protocols"]["fixed"])
             bar.set_postfix(last=f"{loss}/{method}: {m['steps']} steps")
             bar.update()
     bar.close()

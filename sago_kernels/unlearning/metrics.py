@@ -363,6 +363,63 @@ def truth_ratio_score(tr: torch.Tensor | Sequence[float], *, forget: bool) -> fl
     return float((1.0 - x).clamp_min(0.0).mean())
 
 
+def choice_logprobs(
+    model: torch.nn.Module, options: Sequence[Sequence[Example]], **kw: Any
+) -> list[torch.Tensor]:
+    """Per multiple-choice question, Σ log p of each option's scored tokens (float64 ``[k]``):
+    the options' log-likelihoods lm-evaluation-harness ranks (its ``multiple_choice`` output,
+    which WMDP and MMLU use). Options that share everything but a single scored last token
+    (WMDP's and MMLU's letters) are read from one forward of the shared prompt."""
+    flat, groups = _flatten_groups("options", options, len(options), "options")
+    checked = _check_examples("options", flat)
+    shared, rest = [], []
+    for g in groups:
+        rows = checked[g]
+        head = rows[0][0][:-1]
+        one_token = all(
+            r[0].numel() == head.numel() + 1 and torch.equal(r[0][:-1], head)
+            and int((r[1] != IGNORE_INDEX).sum()) == 1 and int(r[1][-1]) != IGNORE_INDEX
+            for r in rows
+        )
+        (shared if one_token and head.numel() > 0 else rest).append(g)
+    out: dict[int, torch.Tensor] = {}
+    if rest:
+        idx = [i for g in rest for i in range(g.start, g.stop)]
+        sums, _ = answer_logprobs(model, [flat[i] for i in idx], **kw)
+        by_index = dict(zip(idx, sums))
+        for g in rest:
+            out[g.start] = torch.stack([by_index[i] for i in range(g.start, g.stop)])
+    if shared:
+        batch_size, pad_id = _kw(kw)["batch_size"], _kw(kw)["pad_id"]
+        device = _device(model)
+        with _evaluating(model):
+            for start in range(0, len(shared), batch_size):
+                chunk = shared[start : start + batch_size]
+                heads = [checked[g.start][0][:-1] for g in chunk]
+                ids = _pad(heads, pad_id, device)
+                lengths = torch.tensor([h.numel() for h in heads], device=device)
+                mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+                logits = _logits(model, {"input_ids": ids, "attention_mask": mask})
+                last = logits[torch.arange(len(chunk), device=device), lengths - 1].float()
+                logp = torch.log_softmax(last, dim=-1).to("cpu", torch.float64)
+                for row, g in enumerate(chunk):
+                    letters = torch.stack([checked[i][0][-1] for i in range(g.start, g.stop)])
+                    out[g.start] = logp[row, letters]
+    return [out[g.start] for g in groups]
+
+
+def choice_accuracy(scores: Sequence[torch.Tensor], answers: Sequence[int]) -> float:
+    """Share of questions whose right option has the highest log-likelihood (ties: the first
+    option, as ``numpy.argmax`` in the harness): its ``acc``."""
+    if len(scores) != len(answers) or not answers:
+        raise ValueError(
+            "Parameters `scores` and `answers` should be non-empty, one entry per question. "
+            f"Found {len(scores)} and {len(answers)}."
+        )
+    hits = [int(torch.argmax(s)) == int(a) for s, a in zip(scores, answers)]
+    return sum(hits) / len(hits)
+
+
 # --------------------------------------------------------------------------- generation, ROUGE
 
 

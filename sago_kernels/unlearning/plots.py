@@ -56,7 +56,9 @@ def plot(runs: list[dict], table: list[dict], out: Path) -> list[Path]:
         for j, loss in enumerate(losses):
             ax = axes[i][j]
             for e in table:
-                if e["protocol"] == protocol and e["loss"] == loss:
+                if (e["protocol"] == protocol and e["loss"] == loss
+                        and e.get("forget_quality") is not None
+                        and e.get("model_utility") is not None):  # fmt: skip
                     ax.errorbar(
                         e["model_utility"], max(e["forget_quality"], 1e-12),
                         xerr=e["model_utility_std"], yerr=e["forget_quality_std"], fmt="o",

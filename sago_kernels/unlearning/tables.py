@@ -29,7 +29,11 @@ REPORTED = (
     ("forget_rouge", "ROUGE_f", "{:.3f}"),
     ("forget_exact_memorization", "EM_f", "{:.3f}"),
     ("privleak", "PrivLeak", "{:.1f}"),
+    ("forget_choice_accuracy", "acc_f (WMDP)", "{:.3f}"),
+    ("retention_choice_accuracy", "acc_r (MMLU)", "{:.3f}"),
 )
+"""The printed columns; a column no cell has (WMDP's accuracies on TOFU data, TOFU's metrics
+on WMDP) is left out."""
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -39,13 +43,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(runs: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds per (loss, method, protocol), of the steps
-    and of every metric (the printed table shows :data:`REPORTED`)."""
+    and of every metric (the printed table shows :data:`REPORTED`). A metric that is not
+    available (``None``: no retain-only model) stays ``None``; a protocol a run does not have
+    (matched forgetting without a reference) has no cell."""
     cells: dict[tuple, list[dict]] = {}
     for run in runs:
         for protocol in PROTOCOLS:
-            cells.setdefault((run["loss"], run["method"], protocol), []).append(
-                run["protocols"][protocol]
-            )
+            if protocol in run["protocols"]:
+                cells.setdefault((run["loss"], run["method"], protocol), []).append(
+                    run["protocols"][protocol]
+                )
     table = []
     for (loss, method, protocol), rows in cells.items():
         entry = {"loss": loss, "method": method, "protocol": protocol, "seeds": len(rows),
@@ -54,7 +61,10 @@ def summarise(runs: list[dict]) -> list[dict]:
         for key in rows[0]["metrics"]:
             values[key] = [r["metrics"][key] for r in rows]
         for key, vals in values.items():
-            entry[key], entry[key + "_std"] = mean_std(vals)
+            if any(v is None for v in vals):
+                entry[key] = entry[key + "_std"] = None
+            else:
+                entry[key], entry[key + "_std"] = mean_std(vals)
         table.append(entry)
     return table
 
@@ -65,16 +75,22 @@ def print_table(table: list[dict]) -> None:
             "matched": "matched forgetting (forget tokens memorised <= the retain-only model's)",
             "fixed": "fixed step budget",
         }[protocol]
+        rows = [e for e in table if e["protocol"] == protocol]
+        if not rows:
+            print(f"\n{title}: not available (no retain-only model: --retain-model)")
+            continue
         print(f"\n{title}: mean ± std over seeds")
+        shown = [c for c in REPORTED if any(c[0] in e for e in table)]
         header = f"{'loss':<8}{'method':<20}{'steps':>13}" + "".join(
-            f"{label:>20}" for _, label, _ in REPORTED
+            f"{label:>20}" for _, label, _ in shown
         )
         print(header)
         print("-" * len(header))
-        for e in (e for e in table if e["protocol"] == protocol):
+        for e in rows:
             cells = "".join(
                 f"{(fmt.format(e[k]) + ' ± ' + fmt.format(e[k + '_std'])):>20}"
-                for k, _, fmt in REPORTED
+                if e.get(k) is not None else f"{'n/a':>20}"
+                for k, _, fmt in shown
             )
             steps = f"{e['steps']:.1f} ± {e['steps_std']:.1f}"
             missed = e["seeds"] - e["reached"]
