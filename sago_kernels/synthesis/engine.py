@@ -105,8 +105,9 @@ class Engine:
         """Entered around the body of each ``synth.forget()`` / ``synth.retain()``."""
         return contextlib.nullcontext()
 
-    def collect_(self, task: str, buffer: torch.Tensor) -> None:
-        """Add the gradients of the context that ends into ``buffer`` (``binds_grad = False``)."""
+    def collect_(self, task: str, buffer: torch.Tensor, layout: GradLayout) -> None:
+        """Add the gradients of the context that ends into ``buffer`` (``binds_grad = False``);
+        called when the context's body completed."""
         raise NotImplementedError
 
     def reduce_buffers_(self, forget: torch.Tensor, retain: torch.Tensor) -> None:
@@ -126,6 +127,6 @@ class Engine:
             if not average:
                 buffer.mul_(1.0 / world)
 
-    def publish_(self, g_final: torch.Tensor) -> None:
+    def publish_(self, g_final: torch.Tensor, layout: GradLayout) -> None:
         """After the combine: hand g_final to the engine's optimizer step, if it does not read
         ``.grad``."""
