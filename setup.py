@@ -77,6 +77,9 @@ setup(
     install_requires=["torch>=2.4"],  # torch.library.custom_op (ops.py)
     extras_require={
         "triton": ["triton>=3.0"],
+        # GradientSynthesizer on a DeepSpeed ZeRO 1/2/3 engine, and UnlearningTrainer under
+        # DeepSpeed (sago_kernels/synthesis/deepspeed.py: written from and tested with 0.19.8)
+        "deepspeed": ["deepspeed>=0.19.8"],
         # the unlearning demo, the Trainer integration and the recipes
         "demo": [
             "transformers>=4.46",
@@ -112,6 +115,8 @@ setup(
             "ecos>=2.0.14",
             # LoRA adapters with the synthesizer and the Trainer (tests/test_lora.py)
             "peft>=0.21",
+            # DeepSpeed ZeRO 1/2/3 (tests/test_deepspeed.py, the DeepSpeed recipe's test)
+            "deepspeed>=0.19.8",
         ],
     },
 )
