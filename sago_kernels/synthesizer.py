@@ -472,7 +472,7 @@ class GradientSynthesizer:
         self._adds, self._version = 0, self._task_buffer(task)._version
         completed = False
         try:
-            with self.engine.backward_context(task):
+            with self.engine.backward_context(task, self._task_buffer(task)):
                 yield
             completed = True
         finally:

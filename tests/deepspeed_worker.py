@@ -2,7 +2,9 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/deepspeed_worker.py OUT
 
-For ZeRO stages 1, 2 and 3 and the methods ``sago``, ``pcgrad`` and ``gru``, ``GradientSynthesizer``
+For ZeRO stages 1, 2 and 3 and the methods ``sago``, ``pcgrad`` and ``gru`` (and ZeRO-3 with
+``granularity="module"``, which copies the partitions as ZeRO-1/2 do, where ZeRO-3 per parameter
+has DeepSpeed reduce into the buffers in place), ``GradientSynthesizer``
 on a ``deepspeed.initialize``-d MLP runs two steps of gradient accumulation (two micro-batches a
 step, forget and retain interleaved per micro-batch as the Trainer runs them, or each task's
 micro-batches in one context) and ``engine.step()``; each rank checks against a single-process
@@ -85,17 +87,26 @@ def full_param(p: torch.nn.Parameter, stage: int) -> torch.Tensor:
     return p.detach()
 
 
-def run(stage: int, method: str, interleaved: bool, rank: int, world: int) -> dict:
-    where = (
-        f"rank {rank}/{world} ZeRO-{stage} {method} {'interleaved' if interleaved else 'blocks'}"
-    )
+def run(
+    stage: int, method: str, interleaved: bool, rank: int, world: int, granularity="parameter"
+) -> dict:
+    pattern = "interleaved" if interleaved else "blocks"
+    where = f"rank {rank}/{world} ZeRO-{stage} {method} {pattern} {granularity}"
     model = mlp()
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=config(stage)
     )
-    synth = sk.GradientSynthesizer(engine, method=method, backend="reference")
+    synth = sk.GradientSynthesizer(
+        engine, method=method, backend="reference", granularity=granularity
+    )
     single = mlp()
-    ref = sk.GradientSynthesizer(single, method=method, backend="reference")
+    ref = sk.GradientSynthesizer(
+        single, method=method, backend="reference", granularity=granularity
+    )
+    # ZeRO-3 per parameter: DeepSpeed reduces into the buffers, its own partition released
+    in_place = stage == 3 and granularity == "parameter"
+    if synth.engine.in_place != in_place:
+        raise AssertionError(f"{where}: in_place is {synth.engine.in_place}")
     opt = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
     # one partition a rank: this rank's fragments of every parameter, no more
     local = sum(n for _, n in synth.engine.fragments)
@@ -129,6 +140,8 @@ def run(stage: int, method: str, interleaved: bool, rank: int, world: int) -> di
             with CountingCollectives() as in_combine:
                 got = synth.combine_()
             engine.step()
+        if in_place and engine.optimizer.grad_partitions_flat_buffer.numel():
+            raise AssertionError(f"{where}: DeepSpeed's own partition buffer was kept")
         step_calls.append(in_step.calls)
         combine_calls.append(in_combine.calls)
         with ref.forget():
@@ -154,7 +167,8 @@ def run(stage: int, method: str, interleaved: bool, rank: int, world: int) -> di
         documented = int(sk.METHODS[method].is_projection) + 2 + (2 if step == 0 else 0)
         if in_combine.calls != {"all_reduce": documented}:
             raise AssertionError(f"{where}: the combine made {in_combine.calls}, not {documented}")
-    return {"stage": stage, "method": method, "interleaved": interleaved, "step_collectives":
+    return {"stage": stage, "method": method, "interleaved": interleaved,
+            "granularity": granularity, "in_place": in_place, "step_collectives":
             step_calls, "combine_collectives": combine_calls, "partition": local,
             "memory_bytes": synth.memory_bytes}  # fmt: skip
 
@@ -215,6 +229,8 @@ def main() -> None:
     for stage in (1, 2, 3):
         for method, interleaved in (("sago", True), ("pcgrad", False), ("gru", True)):
             runs.append(run(stage, method, interleaved, rank, world))
+    # ZeRO-3 with segments of several parameters: the copying path, as ZeRO-1/2 take
+    runs.append(run(3, "pcgrad", True, rank, world, granularity="module"))
     refusals(rank)
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "runs": runs}))
 

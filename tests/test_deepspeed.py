@@ -44,9 +44,13 @@ def test_synthesizer_on_zero_1_2_3_equals_single_process_steps(tmp_path):
     _torchrun("deepspeed_worker.py", str(tmp_path))
     for rank in range(2):
         runs = json.loads((tmp_path / f"rank{rank}.json").read_text())["runs"]
-        assert {(r["stage"], r["method"]) for r in runs} == {
-            (stage, method) for stage in (1, 2, 3) for method in ("sago", "pcgrad", "gru")
-        }
+        assert {(r["stage"], r["method"], r["granularity"]) for r in runs} == {
+            (stage, method, "parameter")
+            for stage in (1, 2, 3)
+            for method in ("sago", "pcgrad", "gru")
+        } | {(3, "pcgrad", "module")}
+        assert [r["in_place"] for r in runs] == [r["stage"] == 3 and r["granularity"] ==
+                                                 "parameter" for r in runs]  # fmt: skip
         for r in runs:  # after the first step: the dots (projections) and two statistics sums
             projection = r["method"] != "sago"
             assert r["combine_collectives"][1] == {"all_reduce": int(projection) + 2}

@@ -18,13 +18,25 @@ dots over DeepSpeed's data-parallel group, as for FSDP2) and copies g_final into
 partition, with the boundary on, so ``engine.step()`` clips and steps on g_final as on any
 gradient of its own.
 
-Memory per rank: the two flat buffers, each one partition (N/world elements, plus alignment
-padding), next to DeepSpeed's own partition; never a whole-model gradient. Read from DeepSpeed
-0.19.8's source: ZeRO-1/2 expose the partition as each parameter's ``_hp_mapping`` fragment of
+ZeRO-3 with ``granularity="parameter"`` (the default) goes further: DeepSpeed's per-parameter
+partition tensors are made views of the task's buffer at each context's entry (its flat
+partition buffer is then released), so its reduce-scatter adds straight into the buffers, nothing
+is copied at the context's end, and its step reads g_final where the combine wrote it.
+
+Memory per rank, besides DeepSpeed's own: ZeRO-3 (in place) one partition (two buffers of N/world
+elements, plus alignment padding, in place of DeepSpeed's one); ZeRO-1/2 and ZeRO-3 at other
+granularities two partitions (DeepSpeed rebuilds its partition at each boundary, so a task's
+gradient cannot stay there while the other task's backward passes run; the Trainer interleaves
+them per micro-batch). Never a whole-model gradient. Read from DeepSpeed 0.19.8's source: ZeRO-1/2
+expose the partition as each parameter's ``_hp_mapping`` fragment of
 ``optimizer.averaged_gradients`` (what ``deepspeed.utils.safe_get_full_grad`` reads), rebuilt at
-each boundary; ZeRO-3 keeps it in ``optimizer.grad_partitions_flat_buffer`` for the whole run
-(what ``deepspeed.utils.safe_get_local_grad`` returns a view of). What hides the partitions or
-changes what they hold is refused at construction (:func:`_unsupported`).
+each boundary; ZeRO-3 keeps one tensor per parameter (views of
+``optimizer.grad_partitions_flat_buffer``, what ``deepspeed.utils.safe_get_local_grad`` returns)
+for the whole run, and its reduce-scatter copies into them at the first backward after
+``zero_grad`` and adds after (the in-place mode always adds: the buffer holds the task's gradient
+so far). What hides the partitions or changes what they hold is refused at construction
+(:func:`_unsupported`); do not call ``engine.offload_states()`` on an engine the synthesizer
+drives in place.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..layout import GradLayout, Granularity
+from ..layout import GradLayout, Granularity, ParamSlot
 from .engine import Engine
 from .params import NamedParams
 
@@ -168,6 +180,9 @@ class DeepSpeedEngineAdapter(Engine):
         self.stage = int(ds.zero_optimization_stage())
         self.params: list[torch.Tensor] = []
         self.fragments: list[tuple[int, int]] = []  # (start in the flat parameter, length)
+        self.in_place = False  # ZeRO-3: DeepSpeed reduces straight into the synthesizer's buffers
+        self._layout: GradLayout | None = None
+        self._pointed_at: torch.Tensor | None = None  # the buffer DeepSpeed's partitions view
 
     @classmethod
     def detect(
@@ -231,6 +246,12 @@ class DeepSpeedEngineAdapter(Engine):
                 size = p.partition_numel()
                 start = min(rank * size, p.ds_numel)
                 self.fragments.append((start, min(size, p.ds_numel - start)))
+            partitions = self._stage3_partitions() or {}
+            dtypes = {t.dtype for t in partitions.values()} | {p.dtype for p in self.params}
+            self.in_place = bool(partitions) and granularity == "parameter" and len(dtypes) == 1
+            if self.in_place:
+                self._layout = self._in_place_layout(trainable, alignment)
+                return self._layout
             self._stage3_views = self._stage3_partition_views()
         else:
             self.fragments = [
@@ -247,6 +268,44 @@ class DeepSpeedEngineAdapter(Engine):
             for (name, _), (_, length) in zip(trainable, self.fragments)
         ]
         return GradLayout.from_params(shapes, granularity=granularity, alignment=alignment)
+
+    def _stage3_partitions(self) -> dict[int, torch.Tensor]:
+        """ZeRO-3's own tensor per parameter (``ds_id``) that its reduce-scatter writes a
+        parameter's partition into (copying at its first backward after ``zero_grad``, adding
+        after): views of ``grad_partitions_flat_buffer``; what ``safe_get_local_grad`` reads."""
+        return getattr(
+            self.optimizer, "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition", None
+        )
+
+    def _in_place_layout(self, trainable: NamedParams, alignment: int) -> GradLayout:
+        """One segment per parameter (its real elements on this rank) with room after it for
+        DeepSpeed's whole partition of it (the last ranks' partitions end in padding), so each
+        of DeepSpeed's partition tensors can view the buffers directly."""
+        starts, slots, cursor = [], [], 0
+        for (name, p), (_, length) in zip(trainable, self.fragments):
+            start = -(-cursor // alignment) * alignment
+            starts.append(start)
+            slots.append(ParamSlot(start, (length,), name))
+            cursor = start + p.partition_numel()
+        numel = -(-cursor // alignment) * alignment
+        numels = [length for _, length in self.fragments]
+        names = [name for name, _ in trainable]
+        return GradLayout(starts, numels, numel, alignment=alignment, names=names, params=slots)
+
+    def _point_partitions_at(self, buffer: torch.Tensor) -> None:
+        """ZeRO-3 in place: each of DeepSpeed's partition tensors made a view of ``buffer`` (at
+        its parameter's slot), so its reduce-scatter adds into the buffer, and its step reads
+        it; its own flat partition buffer is then released (N/world elements)."""
+        if self._pointed_at is buffer:
+            return
+        partitions = self._stage3_partitions()
+        storage, base = buffer.untyped_storage(), buffer.storage_offset()
+        for p, slot in zip(self.params, self._layout.params):
+            partitions[p.ds_id].set_(storage, base + slot.offset, (p.partition_numel(),), (1,))
+        flat = self.optimizer.grad_partitions_flat_buffer
+        if flat.numel():
+            flat.set_()  # nothing views it any more
+        self._pointed_at = buffer
 
     def _stage3_partition_views(self) -> list[torch.Tensor]:
         """Each parameter's fragment in ZeRO-3's flat partition buffer, as DeepSpeed lays it
@@ -283,17 +342,26 @@ class DeepSpeedEngineAdapter(Engine):
 
     # ------------------------------------------------------------------ the windows
     @contextlib.contextmanager
-    def backward_context(self, task: str) -> Iterator[None]:
-        """One accumulation window: DeepSpeed's gradient state cleared, the boundary off."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.stage == 3:  # its first backward copies, later ones add; unreached stay 0
-            self.optimizer.grad_partitions_flat_buffer.zero_()
+    def backward_context(self, task: str, buffer: torch.Tensor) -> Iterator[None]:
+        """One accumulation window, the boundary off. ZeRO-3 in place: DeepSpeed's partitions
+        view ``buffer`` and add into it (which holds this task's gradient so far: zero at the
+        step's first window), even at a first backward, where DeepSpeed would copy. Otherwise
+        DeepSpeed's gradient state is cleared, for :meth:`collect_` to take the window's own."""
+        if self.in_place:
+            self._point_partitions_at(buffer)
+            self.optimizer.micro_step_id = max(self.optimizer.micro_step_id, 1)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.stage == 3:  # its first backward copies, later ones add; unreached stay 0
+                self.optimizer.grad_partitions_flat_buffer.zero_()
         self.ds.set_gradient_accumulation_boundary(False)
         yield
 
     def collect_(self, task: str, buffer: torch.Tensor, layout: GradLayout) -> None:
         """Finish the window's reduction as at a boundary, then add this rank's partition into
         ``buffer``."""
+        if self.in_place:
+            return  # DeepSpeed reduced each backward into the buffer itself
         if self.stage == 1:
             self.ds.set_gradient_accumulation_boundary(True)
             self.ds.allreduce_gradients()  # ZeRO-1 reduces only at a boundary
@@ -312,6 +380,10 @@ class DeepSpeedEngineAdapter(Engine):
 
     def publish_(self, g_final: torch.Tensor, layout: GradLayout) -> None:
         """g_final into DeepSpeed's partition, and the boundary on for ``engine.step()``."""
+        if self.in_place:  # its partitions view g_final: the step reads it there
+            self._point_partitions_at(g_final)
+            self.ds.set_gradient_accumulation_boundary(True)
+            return
         if self.stage != 3 and any(
             self.optimizer.averaged_gradients.get(i) is None
             for i in range(len(self.optimizer.bit16_groups))

@@ -101,8 +101,11 @@ class Engine:
         """What each parameter's ``.grad`` is bound to while its gradient goes to ``views``."""
         return views
 
-    def backward_context(self, task: str) -> contextlib.AbstractContextManager[None]:
-        """Entered around the body of each ``synth.forget()`` / ``synth.retain()``."""
+    def backward_context(
+        self, task: str, buffer: torch.Tensor
+    ) -> contextlib.AbstractContextManager[None]:
+        """Entered around the body of each ``synth.forget()`` / ``synth.retain()``, whose
+        gradients go to ``buffer``."""
         return contextlib.nullcontext()
 
     def collect_(self, task: str, buffer: torch.Tensor, layout: GradLayout) -> None:
