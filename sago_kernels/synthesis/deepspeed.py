@@ -27,7 +27,8 @@ Memory per rank, besides DeepSpeed's own: ZeRO-3 (in place) one partition (two b
 elements, plus alignment padding, in place of DeepSpeed's one); ZeRO-1/2 and ZeRO-3 at other
 granularities two partitions (DeepSpeed rebuilds its partition at each boundary, so a task's
 gradient cannot stay there while the other task's backward passes run; the Trainer interleaves
-them per micro-batch). Never a whole-model gradient. Read from DeepSpeed 0.19.8's source: ZeRO-1/2
+them per micro-batch; each window's partition is freed when the next window begins). Never a
+whole-model gradient. Read from DeepSpeed 0.19.8's source: ZeRO-1/2
 expose the partition as each parameter's ``_hp_mapping`` fragment of
 ``optimizer.averaged_gradients`` (what ``deepspeed.utils.safe_get_full_grad`` reads), rebuilt at
 each boundary; ZeRO-3 keeps one tensor per parameter (views of
@@ -346,7 +347,9 @@ class DeepSpeedEngineAdapter(Engine):
         """One accumulation window, the boundary off. ZeRO-3 in place: DeepSpeed's partitions
         view ``buffer`` and add into it (which holds this task's gradient so far: zero at the
         step's first window), even at a first backward, where DeepSpeed would copy. Otherwise
-        DeepSpeed's gradient state is cleared, for :meth:`collect_` to take the window's own."""
+        DeepSpeed's gradient state is cleared (ZeRO-1/2: the last window's partition freed; the
+        combine writes g_final into the partition of the step's last window), for
+        :meth:`collect_` to take the window's own."""
         if self.in_place:
             self._point_partitions_at(buffer)
             self.optimizer.micro_step_id = max(self.optimizer.micro_step_id, 1)
@@ -354,6 +357,9 @@ class DeepSpeedEngineAdapter(Engine):
             self.optimizer.zero_grad(set_to_none=True)
             if self.stage == 3:  # its first backward copies, later ones add; unreached stay 0
                 self.optimizer.grad_partitions_flat_buffer.zero_()
+            else:  # the last window's partition, already added: freed before this one builds
+                for group in self.optimizer.averaged_gradients:
+                    self.optimizer.averaged_gradients[group] = None
         self.ds.set_gradient_accumulation_boundary(False)
         yield
 
