@@ -145,8 +145,9 @@ def unlearn_with_the_trainer(args, model, ref_model, corpus, splits, world, say)
         )  # fmt: skip
         trainer.train()
         synth = trainer.synth
+        kib = synth.memory_bytes / 2**10
         say(f"{world} ranks, ZeRO-{synth.engine.stage} under UnlearningTrainer: each rank's "
-            f"buffers {synth.memory_bytes / 2**10:.0f} KiB; engine: {synth.engine.kind}")  # fmt: skip
+            f"buffers {kib:.0f} KiB; engine: {synth.engine.kind}")  # fmt: skip
         for row in trainer.state.log_history:
             if "forget_loss" in row:
                 say({k: row[k] for k in ("step", "forget_loss", "retain_loss", "cos_out_r")})

@@ -24,7 +24,6 @@ second. ``deepspeed`` runs both in one launch.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
