@@ -77,6 +77,9 @@ setup(
     install_requires=["torch>=2.4"],  # torch.library.custom_op (ops.py)
     extras_require={
         "triton": ["triton>=3.0"],
+        # GradientSynthesizer on a DeepSpeed ZeRO 1/2/3 engine, and UnlearningTrainer under
+        # DeepSpeed (sago_kernels/synthesis/deepspeed.py: written from and tested with 0.19.8)
+        "deepspeed": ["deepspeed>=0.19.8"],
         # the unlearning demo, the Trainer integration and the recipes
         "demo": [
             "transformers>=4.46",
@@ -119,6 +122,8 @@ setup(
             # real data and checkpoints built locally (tests/test_real_data.py)
             "datasets>=3.0",
             "tokenizers>=0.20",
+            # DeepSpeed ZeRO 1/2/3 (tests/test_deepspeed.py, the DeepSpeed recipe's test)
+            "deepspeed>=0.19.8",
         ],
     },
 )

@@ -15,7 +15,9 @@ methods that decide a parameter from that parameter alone, and the combine overl
 the backward instead of running after it.
 
 Under FSDP2 (``fully_shard``) the buffers hold each rank's local shards and ``.grad`` is bound
-to DTensors over them, so FSDP2's reduce-scatter accumulates into the buffers directly.
+to DTensors over them, so FSDP2's reduce-scatter accumulates into the buffers directly. Under
+DeepSpeed ZeRO 1-3 they hold each rank's gradient partition, filled from DeepSpeed's own at the
+end of each context, and g_final goes back into DeepSpeed's for ``engine.step()``.
 
 This module is the core: buffers, contexts, ``combine_`` and the state across steps. Where the
 gradients live, how they are reduced and how ``.grad`` is bound is the engine's (one module per
@@ -92,6 +94,15 @@ class GradientSynthesizer:
     ones for statistics) and leaves g_final in the sharded ``.grad`` for the optimizer. Keep
     FSDP2's gradient synchronisation on in the contexts (no ``set_requires_gradient_sync
     (False)`` across them): each context's gradients must be reduce-scattered inside it.
+    DeepSpeed (ZeRO stage 1, 2 or 3): pass the engine ``deepspeed.initialize`` returned and
+    run ``engine.backward(loss)`` inside the contexts. Each context is one DeepSpeed
+    accumulation window (any number of backward passes, reduced by DeepSpeed as usual); at its
+    end this rank's gradient partition is added into the task's buffer (one partition each,
+    N/world elements). :meth:`combine_` runs on the partitions with one all-reduce of dots over
+    DeepSpeed's data-parallel group and writes g_final into DeepSpeed's partition with the
+    accumulation boundary on, so ``engine.step()`` clips and steps on it. Refused at
+    construction with the reason: ZeRO stage 0, offload, fp16 loss scaling, pipeline or tensor
+    parallelism, and one-buffer mode (``sago_kernels/synthesis/deepspeed.py``).
     Other sharded parameters (each rank holds a slice of every parameter, your own split):
     pass ``process_group``, with the same one all-reduce of dots (see
     :func:`sago_kernels.combine_`).
@@ -191,6 +202,12 @@ class GradientSynthesizer:
         dtype, device = common_dtype_and_device(trainable)
         scaler = None
         if grad_scaler is not None:
+            if engine.kind == "deepspeed":
+                raise ValueError(
+                    "Parameter `grad_scaler` is for torch's GradScaler; a DeepSpeed engine scales "
+                    "its loss itself (and its fp16 loss scaling is refused here: use bf16). Drop "
+                    "`grad_scaler`."
+                )
             scaler = ScalerLink(grad_scaler, dtype, device, [p for _, p in trainable])
         layout = engine.layout(trainable, granularity, alignment)
         if backend is not None:
@@ -233,8 +250,11 @@ class GradientSynthesizer:
         # autograd's in-place adds into the bound .grad, counted to find any other in-place
         # write there inside a context (an optimizer's zero_grad(set_to_none=False))
         self._counts_adds = engine.binds_grad and engine.adds_in_place
-        if buffers == 1 or self._counts_adds:
+        # an engine that keeps the gradients itself: the hooks find a backward outside the
+        # contexts, which .grad would show elsewhere
+        if buffers == 1 or self._counts_adds or not engine.binds_grad:
             self._hooks = one_buffer_mode.register_hooks(self.params, self._on_grad)
+        self._stray: str | None = None  # a parameter reached by a backward outside the contexts
         self._adds = 0  # autograd's adds into the bound .grad in the current context
         self._version = 0  # the bound buffer's version counter when the context began
         self._stale = False  # buffers hold a finished step and must be cleared before the next
@@ -269,6 +289,8 @@ class GradientSynthesizer:
         """Parameter ``index``'s post-accumulate-grad hook: inside a context, count autograd's
         add into the bound ``.grad``; in one-buffer mode's :meth:`retain`, combine it instead."""
         if self._active is None:
+            if self._stray is None:
+                self._stray = self.names[index]
             return
         if self._active == "retain" and self.buffers == 1:
             self._on_retain_grad(index)
@@ -324,6 +346,8 @@ class GradientSynthesizer:
 
     # ------------------------------------------------------------------ routing autograd
     def _bind(self, task: str | None) -> None:
+        if not self.engine.binds_grad:
+            return
         grads = self._grads[task] if task else [None] * len(self.params)
         for p, g in zip(self.params, grads):
             p.grad = g
@@ -370,6 +394,15 @@ class GradientSynthesizer:
         None; after a combine it is the parameter's view of g_final (or None after an
         optimizer's ``zero_grad``). Anything else came from a ``backward`` outside the contexts
         (or an assignment) and belongs to neither task: refused rather than guessed at."""
+        if not self.engine.binds_grad:
+            if self._stray is not None:
+                raise RuntimeError(
+                    f"A backward outside synth.forget() / synth.retain() reached "
+                    f"`{self._stray}`: its gradient is in the {self.engine.kind} engine's own "
+                    "storage and belongs to neither task. Run each backward inside a context; "
+                    "call synth.zero_grad() to discard this step."
+                )
+            return
         allowed = self._grads["retain"] if self._stale else [None] * len(self.params)
         for name, p, view in zip(self.names, self.params, allowed):
             grad = p.grad
@@ -384,6 +417,8 @@ class GradientSynthesizer:
     def _check_still_bound(self, task: str) -> None:
         """Every backward of the context added into the buffer: ``.grad`` is still our view
         (one-buffer retain: still empty, every g_r consumed by its hook)."""
+        if not self.engine.binds_grad:
+            return
         if task == "retain" and self.buffers == 1:
             for name, p in zip(self.names, self.params):
                 if p.grad is not None:
@@ -449,7 +484,7 @@ class GradientSynthesizer:
         self._adds, self._version = 0, self._task_buffer(task)._version
         completed = False
         try:
-            with self.engine.backward_context(task):
+            with self.engine.backward_context(task, self._task_buffer(task)):
                 yield
             completed = True
         finally:
@@ -457,6 +492,8 @@ class GradientSynthesizer:
                 if completed:
                     self._check_still_bound(task)
                     self._check_no_in_place_write(task)
+                    if not self.engine.binds_grad:  # the engine hands the gradients over
+                        self.engine.collect_(task, self._task_buffer(task), self.layout)
                 elif self._broken is None:  # the exception itself goes up as it is
                     # a backward may have stopped part-way: some gradients in, others not
                     self._broken = (
@@ -528,6 +565,7 @@ class GradientSynthesizer:
                 backend=self.backend, process_group=self.process_group, state=self.state_buffer,
                 inv_scale=inv_scale, found_inf=found_inf,
             )  # fmt: skip
+            self.engine.publish_(self.retain_buffer, self.layout)
             stats = self._finish_step(result[1] if self.stats_enabled else None)
         if scaled:
             self._scaler.record(optimizer)
@@ -565,6 +603,7 @@ class GradientSynthesizer:
         self._bind(None)
         self._stale = False
         self._broken = None
+        self._stray = None
         if self._scaler is not None:
             self._scaler.reset()
 

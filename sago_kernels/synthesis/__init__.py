@@ -3,19 +3,21 @@
 - ``params.py``: what the synthesizer takes as its parameters, checked;
 - ``engine.py``: the interface between the core and the engine that trains the model (where the
   gradients live, how they are reduced, how ``.grad`` reaches the buffers), and one module per
-  engine: ``local.py`` (one process, or parameters sharded by hand), ``ddp.py``, ``fsdp2.py``;
+  engine: ``local.py`` (one process, or parameters sharded by hand), ``ddp.py``, ``fsdp2.py``,
+  ``deepspeed.py`` (ZeRO stages 1-3);
 - ``one_buffer.py``: one-buffer mode's per-parameter combines inside the retain backward.
 """
 
 from __future__ import annotations
 
 from .ddp import DDPEngine
+from .deepspeed import DeepSpeedEngineAdapter
 from .engine import Engine
 from .fsdp2 import FSDP2Engine
 from .local import LocalEngine
 from .params import NamedParams
 
-ENGINES: tuple[type[Engine], ...] = (DDPEngine, FSDP2Engine)
+ENGINES: tuple[type[Engine], ...] = (DeepSpeedEngineAdapter, DDPEngine, FSDP2Engine)
 """The engines tried, in order, before the single-process one (:class:`LocalEngine`)."""
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from .engine import Engine
 from .params import NamedParams
 
@@ -43,5 +45,7 @@ class DDPEngine(Engine):
             data_parallel_group = model_or_params.process_group
         return cls(model_or_params, replica_group=data_parallel_group, shard_group=process_group)
 
-    def backward_context(self, task: str) -> contextlib.AbstractContextManager[None]:
+    def backward_context(
+        self, task: str, buffer: torch.Tensor
+    ) -> contextlib.AbstractContextManager[None]:
         return self._no_sync()

@@ -101,12 +101,16 @@ class Engine:
         """What each parameter's ``.grad`` is bound to while its gradient goes to ``views``."""
         return views
 
-    def backward_context(self, task: str) -> contextlib.AbstractContextManager[None]:
-        """Entered around the body of each ``synth.forget()`` / ``synth.retain()``."""
+    def backward_context(
+        self, task: str, buffer: torch.Tensor
+    ) -> contextlib.AbstractContextManager[None]:
+        """Entered around the body of each ``synth.forget()`` / ``synth.retain()``, whose
+        gradients go to ``buffer``."""
         return contextlib.nullcontext()
 
-    def collect_(self, task: str, buffer: torch.Tensor) -> None:
-        """Add the gradients of the context that ends into ``buffer`` (``binds_grad = False``)."""
+    def collect_(self, task: str, buffer: torch.Tensor, layout: GradLayout) -> None:
+        """Add the gradients of the context that ends into ``buffer`` (``binds_grad = False``);
+        called when the context's body completed."""
         raise NotImplementedError
 
     def reduce_buffers_(self, forget: torch.Tensor, retain: torch.Tensor) -> None:
@@ -126,6 +130,6 @@ class Engine:
             if not average:
                 buffer.mul_(1.0 / world)
 
-    def publish_(self, g_final: torch.Tensor) -> None:
+    def publish_(self, g_final: torch.Tensor, layout: GradLayout) -> None:
         """After the combine: hand g_final to the engine's optimizer step, if it does not read
         ``.grad``."""

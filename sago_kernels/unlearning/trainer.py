@@ -14,19 +14,20 @@ through the Trainer's own logging.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import torch
 import transformers
 
+from ..stats import FIELDS
+from ..synthesizer import GradientSynthesizer
 from .data import split_pair
 from .losses import (
     REFERENCE_FORMS, check_models, check_reference_apart, get_loss, run_loss, step_hparams,
 )  # fmt: skip
 from .references import CachedReference, Reference
-from ..stats import FIELDS
-from ..synthesizer import GradientSynthesizer
 
 SYNTHESIZER_STATE_NAME = "sago_synthesizer.pt"
 """The file, in each checkpoint folder, of the synthesizer's state across steps (if any)."""
@@ -65,6 +66,13 @@ class UnlearningTrainer(transformers.Trainer):
         buffers: 2 (default) or 1, the synthesizer's one-buffer mode (the combine inside the
             retain backward, N gradient elements less); it takes one retain backward per step,
             so it needs ``gradient_accumulation_steps=1``.
+
+    Under DeepSpeed (``TrainingArguments(deepspeed=...)`` or ``accelerate launch`` with a
+    DeepSpeed config; ZeRO stages 1-3), each micro-batch's forget and retain backward passes
+    run through the engine's ``backward`` inside the synthesizer's contexts, and on the last
+    micro-batch the combine writes g_final into DeepSpeed's gradient partition and the engine
+    steps on it (its own clipping, scheduler and checkpoints); see
+    ``sago_kernels/synthesis/deepspeed.py``.
     """
 
     def __init__(
@@ -109,9 +117,9 @@ class UnlearningTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         if self._distributed() and buffers == 1:
             raise ValueError(
-                "buffers=1 is not supported in multi-process runs (DDP or FSDP2): the combine "
-                "inside the backward would need each parameter's averaged retain gradient. Use "
-                "buffers=2."
+                "buffers=1 is not supported in multi-process runs (DDP, FSDP2 or DeepSpeed): the "
+                "combine inside the backward would need each parameter's averaged retain "
+                "gradient. Use buffers=2."
             )
         if buffers == 1 and self.args.gradient_accumulation_steps > 1:
             raise ValueError(
@@ -138,15 +146,10 @@ class UnlearningTrainer(transformers.Trainer):
         if scaler is not None:
             self._skip_unscale_after_combine()
         # Built on the model as the Trainer will train it: in one process that is the model now
-        # (so bad arguments raise here); under DDP or FSDP2 it is the model accelerate prepares
-        # at train() (wrapped, or sharded in place), so the synthesizer is built then, and its
-        # arguments are checked on a stand-in parameter now.
-        if self.is_deepspeed_enabled:
-            raise ValueError(
-                "UnlearningTrainer does not support DeepSpeed: its ZeRO gradients live in the "
-                "engine's own partitions, out of reach of the synthesizer's buffers (the README's "
-                "'Scaling out' says what an integration would take). Use DDP or FSDP2."
-            )
+        # (so bad arguments raise here); under DDP, FSDP2 or DeepSpeed it is the model
+        # accelerate prepares at train() (wrapped, sharded in place, or DeepSpeed's engine), so
+        # the synthesizer is built then, and its arguments are checked on a stand-in parameter
+        # now.
         if self._distributed():
             stand_in = [("stand_in.weight", torch.nn.Parameter(torch.zeros(1)))]
             GradientSynthesizer(stand_in, **self._synth_kwargs)
@@ -189,13 +192,14 @@ class UnlearningTrainer(transformers.Trainer):
         return CachedReference.compute(self.model, forget_sides, size=len(self.train_dataset))
 
     def _distributed(self) -> bool:
-        return self.args.world_size > 1 or self.is_fsdp_enabled
+        return self.args.world_size > 1 or self.is_fsdp_enabled or self.is_deepspeed_enabled
 
     def _synthesizer_for(self, model: torch.nn.Module) -> GradientSynthesizer:
         """The synthesizer of the model being trained, built on its first use under DDP (the
         DDP model: backward passes under ``no_sync``, one all-reduce per buffer at the combine,
-        instead of DDP's per-bucket ones) or FSDP2 (the sharded model: local shards, one
-        all-reduce of per-segment dots)."""
+        instead of DDP's per-bucket ones), FSDP2 (the sharded model: local shards, one
+        all-reduce of per-segment dots) or DeepSpeed (its engine: this rank's gradient
+        partition, the same all-reduce of dots)."""
         if self.synth is None:
             self.synth = GradientSynthesizer(model, **self._synth_kwargs)
         return self.synth
@@ -226,17 +230,24 @@ class UnlearningTrainer(transformers.Trainer):
         forget, retain = split_pair(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
         synth = self._synthesizer_for(model)
+        # accelerate's backward under DeepSpeed also steps the engine at the last micro-batch,
+        # before the combine: the engine's own backward instead (the scale is ours already)
+        backward = (
+            functools.partial(model.backward, scale_wrt_gas=False)
+            if self.is_deepspeed_enabled
+            else self.accelerator.backward
+        )
         with synth.forget(), self.compute_loss_context_manager():
             loss_f = run_loss(
                 self.forget_loss_name, model, forget, ref_model=self.ref_model, **self.loss_kwargs
             )
-            self.accelerator.backward(loss_f * scale)
+            backward(loss_f * scale)
         with synth.retain(), self.compute_loss_context_manager():
             loss_r = run_loss(
                 self.retain_loss_name, model, retain, ref_model=self.ref_model, forget=False,
                 **self.retain_loss_kwargs,
             )  # fmt: skip
-            self.accelerator.backward(loss_r * scale)
+            backward(loss_r * scale)
         self._window["forget_loss"].append(loss_f.detach())
         self._window["retain_loss"].append(loss_r.detach())
         if self.accelerator.sync_gradients:  # last micro-batch: the Trainer clips and steps next
@@ -244,13 +255,16 @@ class UnlearningTrainer(transformers.Trainer):
             stats = synth.combine_(optimizer=optimizer)
             self._unscaled_by_combine = optimizer is not None
             self._geometry.append(stats.table[-1])
+            if self.is_deepspeed_enabled:  # the engine clips and steps on g_final (the Trainer's
+                model.step()  # optimizer.step() is a no-op under DeepSpeed)
         return (loss_f.detach() + loss_r.detach()) * scale
 
     # The synthesizer's state across steps (GRU's moving average, a GradVac's φ̂) travels with
     # the optimizer's in every checkpoint, so `train(resume_from_checkpoint=...)` resumes it.
-    # Under FSDP2 each rank holds its shard of the state, saved by every rank to its own file.
+    # Under FSDP2 or DeepSpeed each rank holds its shard of the state, saved by every rank to its
+    # own file.
     def _synthesizer_state_path(self, folder: str, synth: GradientSynthesizer) -> str:
-        if not synth.fsdp2:
+        if not synth.engine.sharded:
             return os.path.join(folder, SYNTHESIZER_STATE_NAME)
         stem, ext = os.path.splitext(SYNTHESIZER_STATE_NAME)
         return os.path.join(folder, f"{stem}_rank{self.args.process_index}{ext}")
@@ -258,7 +272,7 @@ class UnlearningTrainer(transformers.Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         state = self.synth.state_dict() if self.synth is not None else {}
-        if state and (self.args.should_save or self.synth.fsdp2):
+        if state and (self.args.should_save or self.synth.engine.sharded):
             torch.save(state, self._synthesizer_state_path(output_dir, self.synth))
         if isinstance(self.ref_model, CachedReference) and self.args.should_save:
             torch.save(self.ref_model.state_dict(), os.path.join(output_dir, REFERENCE_CACHE_NAME))
