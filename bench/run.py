@@ -4,6 +4,8 @@
     python bench/run.py --device cuda --scale 1 --out bench_out     # the 7B layouts on a GPU
     python bench/run.py --layouts flat --flat 10000000 100000000 --peers native reference
                                                          # the native backend's CPU targets
+    python bench/run.py --scale 8 --layouts llama7b --peers native native_stats
+                                                         # its cost of the statistics (issue 30)
 
 For each layout × method × dtype × peer (see peers.py): the median time over several calls that
 rotate through distinct input buffers (so caches do not flatter), the effective bandwidth from
@@ -12,6 +14,10 @@ of a copy of the same bytes timed right after each call (the median of the per-c
 drifting bandwidth on a shared machine cancels out), the speed-up of the fused call over each peer,
 kernel launches per call (CUDA, from the profiler) and the extra memory each peer allocates
 beyond the two input buffers (CUDA: peak allocated; CPU: bytes allocated, from the profiler).
+On a CPU, ``native_stats`` is the native call with ``stats=True``: its row's ``stats_cost`` is
+its time relative to a copy over the plain native call's (what asking for the gradient geometry
+costs). The JSON records the commit, the command, the CPU model and flags, the native build's
+instruction set and the load average before and after.
 Prints a table; writes ``results.json`` and ``bandwidth.png`` to ``--out``.
 """
 
@@ -23,6 +29,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +57,23 @@ LAYOUTS = {
     "mistral7b": mistral_shapes,
     "many_tiny": lambda scale: many_tiny_shapes(4000 // max(1, scale // 4) if scale > 1 else 4000),
 }
+
+
+def make_native_stats(layout: sk.GradLayout, method: str):
+    """The native combine asking for the gradient geometry (``stats=True``), as the synthesizer
+    does every step unless ``stats=False``; a GRU method holds its own moving average."""
+    states: dict[torch.dtype, torch.Tensor] = {}
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        extra = {}
+        if METHODS[method].needs_state:
+            if retain.dtype not in states:  # allocated once, outside every later call
+                states[retain.dtype] = torch.zeros_like(retain)
+            extra["state"] = states[retain.dtype]
+        sk.combine_(retain, forget, layout=layout, method=method, backend="native", stats=True,
+                    **extra)  # fmt: skip
+
+    return run
 
 
 def layout_for(name: str, scale: int) -> sk.GradLayout:
@@ -216,8 +241,11 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                 peers = {}
                 if (device.type == "cuda" or args.interpret) and "fused" in args.peers:
                     peers["fused"] = (make_fused(layout, method, fused_backend), 0.0)
-                if device.type == "cpu" and "native" in args.peers and "native" in sk.backends():
+                native_here = device.type == "cpu" and "native" in sk.backends()
+                if native_here and "native" in args.peers:
                     peers["native"] = (make_fused(layout, method, "native"), 0.0)
+                if native_here and "native_stats" in args.peers:
+                    peers["native_stats"] = (make_native_stats(layout, method), 0.0)
                 if "reference" in args.peers:
                     peers["reference"] = (make_reference(layout, method), 0.0)
                 if "paper" in args.peers and not METHODS[method].weighting:
@@ -264,6 +292,16 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                         "launches": launches, "extra_bytes": extra,
                         "compile_s": round(compile_s, 2) or None,
                     })  # fmt: skip
+                    if name.startswith("native"):
+                        rows[-1]["isa"] = native_isa()
+                mine = (
+                    {r["peer"]: r for r in rows[-len(peers) :] if not r.get("oom")} if peers else {}
+                )
+                plain, with_stats = mine.get("native"), mine.get("native_stats")
+                if plain and with_stats:
+                    with_stats["stats_cost"] = (
+                        with_stats["copy_time_ratio"] / plain["copy_time_ratio"]
+                    )
                 lead = next((p for p in ("fused", "native") if p in times), next(iter(times), None))
                 done = [r for r in rows[-len(peers) :] if not r.get("oom")] if lead else []
                 for row in done:
@@ -280,7 +318,38 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     )
                 if out is not None:  # a time limit can cut a slow peer's compile short
                     save({**result, "complete": False}, out)
+    result["environment"]["load_after"] = list(os.getloadavg())
     return {**result, "complete": True}
+
+
+def native_isa() -> str | None:
+    """The instruction set the native combine runs with (``SAGO_NATIVE_ISA`` caps it)."""
+    from sago_kernels import native
+
+    return native.isa() if native.available() else None
+
+
+def _cpu() -> dict:
+    """The CPU's model and the flags that decide the native build's speed (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and line.strip())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def _commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        command = ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
 
 
 def environment(device: torch.device) -> dict:
@@ -289,7 +358,13 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "commit": _commit(), "command": [Path(sys.executable).name, *sys.argv],
+        "cpu_count": os.cpu_count(), "load_before": list(os.getloadavg()),
+        **_cpu(),
     }  # fmt: skip
+    if device.type == "cpu":
+        info["native_isa"] = native_isa()
+        info["SAGO_NATIVE_ISA"] = os.environ.get("SAGO_NATIVE_ISA")
     try:
         import triton
 
@@ -362,8 +437,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--peers",
         nargs="+",
-        default=["fused", "native", "reference", "paper", "compiled"],
-        choices=["fused", "native", "reference", "paper", "compiled", "torchjd"],
+        default=["fused", "native", "native_stats", "reference", "paper", "compiled"],
+        choices=["fused", "native", "native_stats", "reference", "paper", "compiled", "torchjd"],
     )
     p.add_argument(
         "--interpret",

@@ -1,13 +1,15 @@
 """The native CPU backend: what the shared fuzz tests cannot see.
 
 The fuzz and property tests already run every method against the float64 truth on this backend
-(it is in ``sk.backends()``). Here: results independent of the thread count and of the
-instruction set, the exact bf16/fp16 conversions, no memory in proportion to N, and the
-fallbacks when the library is missing.
+(it is in ``sk.backends()``). Here: results independent of the thread count, of the instruction
+set and of the caller's floating-point mode, the exact bf16/fp16 conversions, the block-wise
+float32 sums on buffers long enough to have many blocks and chunks, the fused gradient-scaler
+unscale, no memory in proportion to N, and the fallbacks when the library is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,11 +19,20 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BACKENDS
-from oracle import bits
+from oracle import (
+    U32,
+    assert_output_matches,
+    assert_stats_match,
+    bits,
+    gru_truth,
+    output_bound,
+    truth,
+)
 from strategies import fill_pair, state_for
 
 import sago_kernels as sk
-from sago_kernels import native
+from sago_kernels import gru, native
+from sago_kernels.stats import SEGMENT_SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif("native" not in BACKENDS, reason="the native library is not built")
@@ -146,6 +157,222 @@ def test_narrowing_rounds_like_torch(dtype, monkeypatch):
             f"{isa}: {x[bad][:5].tolist()} -> {got[bad][:5].tolist()}, "
             f"torch: {want[bad][:5].tolist()}"
         )
+
+
+def test_the_callers_flush_to_zero_mode_changes_no_bit():
+    """torch.set_flush_denormal(True) flushes subnormals in the calling thread only, which is
+    one of the library's threads: without resetting the mode per thread, the bits would depend
+    on which thread took which chunk, and subnormal results would be lost."""
+    layout = sk.GradLayout.from_sizes([4096, 333, 16], alignment=16)
+    g = torch.Generator().manual_seed(3)
+    # subnormal inputs, products and outputs
+    r = torch.randn(layout.numel, generator=g) * 1e-39
+    f = torch.randn(layout.numel, generator=g) * 1e-38
+    threads_before = torch.get_num_threads()
+    results = {}
+    try:
+        for flush in (False, True):
+            if not torch.set_flush_denormal(flush):
+                assert not flush
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for method in ("sum", "sago", "pcgrad"):
+                    with native.native_config(SMALL_CHUNKS):
+                        out, st = sk.combine_(r.clone(), f, layout=layout, method=method,
+                                              stats=True, backend="native")  # fmt: skip
+                    results[flush, threads, method] = bits(out).clone(), bits(st.table).clone()
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads_before)
+    for (flush, threads, method), (out, table) in results.items():
+        want_out, want_table = results[False, 1, method]
+        assert torch.equal(out, want_out), f"{method}: output, flush={flush}, {threads} threads"
+        assert torch.equal(table, want_table), f"{method}: statistics, flush={flush}"
+    assert (results[False, 1, "sum"][0] != 0).any(), "the sums should be subnormal, not zero"
+
+
+# --------------------------------------------------------------------------- the sums
+
+# Segments of many float32 blocks (16 rows of 16 lanes) and, at MANY_CHUNKS, many chunks, with
+# a segment one element short of and past a block, and tails.
+LONG = sk.GradLayout.from_sizes([5000, 257, 256, 255, 1, 33, 40_000], alignment=16)
+MANY_CHUNKS = native.NativeConfig(min_chunk_elems=1024, target_chunks=8)
+SUM_METHODS = ["sum", "sago", "sago_prefer_retain", "pcgrad", "pcgrad_global", "blur", "upgrad"]
+
+
+@pytest.mark.parametrize("config", [None, MANY_CHUNKS], ids=["default", "many-chunks"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", SUM_METHODS)
+def test_block_sums_stay_within_the_float32_bound(method, dtype, config):
+    """Dots and statistics summed in float32 per block of rows and in double across blocks
+    agree with the float64 truth within the order-free float32 bound (oracle.py), on
+    segments of many blocks and chunks, for every dtype (bf16 products are exact in float32)."""
+    m = sk.METHODS[method]
+    r, f = fill_pair(LONG, dtype, 11, False, "cpu")
+    context = contextlib.nullcontext() if config is None else native.native_config(config)
+    with context:
+        out, st = sk.combine_(r.clone(), f, layout=LONG, method=method, alpha=0.75, gamma=1.5,
+                              stats=True, backend="native")  # fmt: skip
+    ref64, _, _ = truth(r, f, LONG, m, 0.75, 1.5, 1e-10)
+    bound = output_bound(r, f, LONG, m, 0.75, 1.5, 1e-10)
+    assert_output_matches(out, ref64, bound, LONG, dtype, context=method)
+    assert_stats_match(st.table, r, f, out, LONG, context=method)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gru_block_sums_stay_within_the_float32_bound(dtype):
+    r, f = fill_pair(LONG, dtype, 12, False, "cpu")
+    state = state_for("gru", r)["state"]
+    m = sk.METHODS["gru"]
+    want, bound, want_state = gru_truth(r, f, state, LONG, m, 0.75, 1.5, 1e-10)
+    with native.native_config(MANY_CHUNKS):
+        out = sk.combine_(r.clone(), f, layout=LONG, method="gru", alpha=0.75, gamma=1.5,
+                          state=state, backend="native")  # fmt: skip
+    assert_output_matches(out, want, bound, LONG, dtype, context="gru")
+    assert torch.equal(bits(state), bits(want_state))
+
+
+def _raw_sums(r: torch.Tensor, f: torch.Tensor, layout: sk.GradLayout) -> torch.Tensor:
+    out = r.clone()
+    sums, _ = native.combine_native(
+        r, f, out, layout, sk.METHODS["sum"], 1.0, 1.0, 1e-10, SEGMENT_SUMS
+    )
+    return sums
+
+
+@pytest.mark.parametrize("values", ["constant", "random"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_sums_round_only_within_a_block(dtype, values):
+    """A bound much tighter than the order-free one: a lane sums 16 rows in float32, then the
+    block sums are added in double, so f·r, r·r and f·f are within 17·u of Σ|x·y| (bf16: the
+    products are exact, 16 roundings; float32: one more for the product). A float32 sum over a
+    whole 32768-element chunk fails it: with "constant", 1 + 2**-6 + 2**-14 added 2048 times per
+    lane loses its last bit on every add past 2**10 (ties to even)."""
+    n = 1 << 20
+    layout = sk.GradLayout.from_sizes([n])
+    if values == "constant":
+        r = torch.full((n,), 1 + 2**-7).to(dtype)  # r·r terms: 1 + 2**-6 + 2**-14, exact
+        f = torch.full((n,), -(1 + 2**-6)).to(dtype)
+    else:
+        g = torch.Generator().manual_seed(5)
+        r = torch.randn(n, generator=g).to(dtype)
+        f = (torch.randn(n, generator=g) - 0.5 * r.float()).to(dtype)
+    got = _raw_sums(r, f, layout)[0, :3]
+    r64, f64 = r.double(), f.double()
+    pairs = [(f64, r64), (r64, r64), (f64, f64)]
+    want = torch.stack([x @ y for x, y in pairs])
+    scale = torch.stack([x.abs() @ y.abs() for x, y in pairs])
+    tol = (native_block_rows() + 1) * U32 * 1.01 * scale
+    assert ((got - want).abs() <= tol).all(), (got, want, tol)
+
+
+def native_block_rows() -> int:
+    """kBlockRows in combine_kernels.cpp (rows a lane sums in float32)."""
+    return 16
+
+
+# --------------------------------------------------------------------------- fused unscale
+
+ALL = list(sk.METHODS)
+
+
+def _combine_native(r, f, method, *, state=None, **kwargs):
+    """``combine_native`` on a copy of ``r``: (output, statistics table, state after)."""
+    out = r.clone()
+    state = state.clone() if state is not None else None
+    with native.native_config(SMALL_CHUNKS):
+        table = native.combine_native(
+            r, f, out, LAYOUT, sk.METHODS[method], 0.75, 1.5, 1e-10, True, state=state, **kwargs
+        )
+    return out, table, state
+
+
+@pytest.mark.parametrize("specials", [False, True], ids=["finite", "specials"])
+@pytest.mark.parametrize("power", [0, 7, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ALL)
+def test_unscale_is_bitwise_the_combine_of_pre_divided_float32_buffers(
+    method, dtype, power, specials
+):
+    """inv_scale = 2**-k multiplies every f and r element as it is read: output (rounded once to
+    the buffer dtype), statistics and GRU's state are those of float32 buffers divided first."""
+    r, f = fill_pair(LAYOUT, dtype, 21 + power, specials, "cpu")
+    state = state_for(method, r).get("state")
+    inv_scale = torch.tensor([2.0**-power])
+    out, table, new_state = _combine_native(r, f, method, state=state, inv_scale=inv_scale)
+    r32, f32 = r.float() * inv_scale, f.float() * inv_scale
+    state32 = state.float() if state is not None else None
+    want, want_table, want_state = _combine_native(r32, f32, method, state=state32)
+    assert _same_values(out, want.to(dtype)), "output"
+    assert _same_values(table, want_table), "statistics"
+    if state is not None:
+        assert _same_values(new_state, want_state.to(dtype)), "state"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ALL)
+def test_unscale_by_one_is_the_unscaled_combine(method, dtype):
+    r, f = fill_pair(LAYOUT, dtype, 31, True, "cpu")
+    state = state_for(method, r).get("state")
+    plain = _combine_native(r, f, method, state=state)
+    one = _combine_native(r, f, method, state=state, inv_scale=torch.tensor([1.0]))
+    for got, want in zip(one, plain, strict=True):
+        if want is not None:
+            assert torch.equal(bits(got), bits(want))
+
+
+def test_unscale_scales_the_inputs_not_the_state_or_the_output():
+    """sum with γ = α = 1 and inv_scale = 1/4: g_final = (f + r)/4 exactly; GRU's average moves
+    by β·r/4 (the old average is not divided)."""
+    layout = sk.GradLayout.from_sizes([40], alignment=1)
+    r = torch.arange(40.0) - 20
+    f = torch.linspace(-3, 5, 40)
+    out = r.clone()
+    native.combine_native(r, f, out, layout, sk.METHODS["sum"], 1.0, 1.0, 1e-10, False,
+                          inv_scale=torch.tensor([0.25]))  # fmt: skip
+    assert torch.equal(out, (f + r) / 4)
+    m = sk.method_with("gru", beta=0.5)
+    state = torch.full((40,), 8.0)
+    native.combine_native(r, f, r.clone(), layout, m, 1.0, 1.0, 1e-10, False, state=state,
+                          inv_scale=torch.tensor([0.25]))  # fmt: skip
+    assert torch.equal(state, 0.5 * (r / 4) + 0.5 * 8.0)
+
+
+def test_gru_found_inf_marks_overflow_and_keeps_every_segment_state():
+    dots = torch.tensor([[1.0, 4.0, 9.0, -1.0, 2.0], [1.0, 4.0, 9.0, -1.0, 2.0]])
+    plain = gru.coefficients(dots, 1.0, 1.0, 1e-10, 1.0, False)
+    found = torch.zeros(1)
+    same = gru.coefficients(dots, 1.0, 1.0, 1e-10, 1.0, False, found_inf=found)
+    assert torch.equal(same, plain) and found.item() == 0.0
+    for column in (1, 2):  # r·r, f·f
+        bad = dots.clone()
+        bad[1, column] = float("inf")
+        found = torch.zeros(1)
+        address = found.data_ptr()
+        coef = gru.coefficients(bad, 1.0, 1.0, 1e-10, 1.0, False, found_inf=found)
+        assert found.item() == 1.0 and found.data_ptr() == address
+        assert torch.isnan(coef).all(), "a skipped step keeps every segment's state"
+    # set by an earlier call (another method's statistics, another bucket): kept, and obeyed
+    found = torch.ones(1)
+    assert torch.isnan(gru.coefficients(dots, 1.0, 1.0, 1e-10, 1.0, True, found_inf=found)).all()
+    assert found.item() == 1.0
+
+
+@pytest.mark.parametrize("method", ["gru", "gru_global"])
+def test_gru_unscale_with_an_inf_gradient_keeps_the_whole_state(method):
+    r, f = fill_pair(LAYOUT, torch.float32, 41, False, "cpu")
+    state = state_for(method, r)["state"]
+    first = LAYOUT.segments[0]
+    r[first.start] = float("inf")
+    found = torch.zeros(1)
+    _, _, kept = _combine_native(r, f, method, state=state, inv_scale=torch.tensor([0.5]),
+                                 found_inf=found)  # fmt: skip
+    assert found.item() == 1.0
+    assert torch.equal(bits(kept), bits(state)), "every segment keeps its state"
+    if method == "gru":  # without found_inf, only the segment with the inf keeps its state
+        _, _, moved = _combine_native(r, f, method, state=state, inv_scale=torch.tensor([0.5]))
+        assert torch.equal(moved[first.start : first.end], state[first.start : first.end])
+        assert not torch.equal(moved, state)
 
 
 # --------------------------------------------------------------------------- memory
