@@ -129,12 +129,24 @@ SAGO_INLINE VF widen_words(const uint16_t* p, VU (*to_bits)(VU)) {
 struct BFloat16 {
   using Word = uint16_t;
   SAGO_INLINE static VU bits(VU h) { return h << 16; }
+#if defined(__AVX512BW__)
+  // each word into the high half of its lane, the low half zeroed: one word permutation
+  SAGO_INLINE static VF widen(const uint16_t* p) {
+    const __m512i words =
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i to_high_halves = _mm512_set_epi16(
+        15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0,
+        1, 0, 0, 0);
+    return reinterpret_cast<VF>(
+        _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, to_high_halves, words));
+  }
+#else
   SAGO_INLINE static VF widen(const uint16_t* p) { return widen_words(p, bits); }
+#endif
   SAGO_INLINE static void narrow_portable(VF x, uint16_t* p) {
     VU u = reinterpret_cast<VU>(x);
     VU rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    // a signed compare: the magnitude fits in 31 bits (AVX2 has no unsigned compare)
-    VI nan = reinterpret_cast<VI>(u & 0x7FFFFFFFu) > 0x7F800000;
+    const VI nan = x != x;  // one unordered compare (not changed by denormals-are-zero)
     store_words(nan ? splat(0x7FC0u) : rounded, p);
   }
 #if defined(__AVX512BF16__)
@@ -280,14 +292,92 @@ SAGO_INLINE void flush(Sums<VF>& block, Sums<VD>& total) {
   }
 }
 
+// ------------------------------------------------------------------ gates on bits
+// Which lanes conflict (signs differ, neither ±0) and which hold a non-finite r or f, as the
+// README defines them on bits. AVX-512 decides them into mask registers with one instruction a
+// test; elsewhere they are vectors of -1/0. Integer tests either way, so the same lanes on
+// every instruction set.
+
+#if defined(__AVX512F__)
+typedef __mmask16 Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i r = reinterpret_cast<__m512i>(rb), f = reinterpret_cast<__m512i>(fb);
+  return _mm512_test_epi32_mask(r, magnitude) & _mm512_test_epi32_mask(f, magnitude) &
+         _mm512_movepi32_mask(_mm512_xor_si512(r, f));
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {  // NaN or ±inf: exponent all ones
+  constexpr int kNanOrInf = 0x01 | 0x08 | 0x10 | 0x80;
+  return _mm512_fpclass_ps_mask(reinterpret_cast<__m512>(r), kNanOrInf) |
+         _mm512_fpclass_ps_mask(reinterpret_cast<__m512>(f), kNanOrInf);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) {
+  return reinterpret_cast<VF>(
+      _mm512_mask_blend_ps(m, reinterpret_cast<__m512>(no), reinterpret_cast<__m512>(yes)));
+}
+SAGO_INLINE void count(VU& counts, Mask m) {  // +1 in the lanes of m
+  const __m512i c = reinterpret_cast<__m512i>(counts);
+  counts = reinterpret_cast<VU>(_mm512_mask_sub_epi32(c, m, c, _mm512_set1_epi32(-1)));
+}
+SAGO_INLINE Mask mask_of(VI lanes) { return _mm512_movepi32_mask(reinterpret_cast<__m512i>(lanes)); }
+#elif defined(__AVX2__)
+// A mask is the sign bit of each lane (the other bits are don't-care), which is what BLENDVPS
+// reads: the predicates become sign bits in fewer instructions than -1/0 lanes, since AVX2
+// compares integers only for equality and signed order.
+typedef VI Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  // signs differ (the sign of r ^ f) and neither is ±0: r != 0 as a float compare is exactly
+  // "magnitude bits non-zero" (NaN included) with denormals-are-zero off, as every chunk runs
+  const __m256 r = reinterpret_cast<__m256>(rb), f = reinterpret_cast<__m256>(fb);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 nonzero =
+      _mm256_and_ps(_mm256_cmp_ps(r, zero, _CMP_NEQ_UQ), _mm256_cmp_ps(f, zero, _CMP_NEQ_UQ));
+  return reinterpret_cast<VI>(_mm256_and_ps(_mm256_xor_ps(r, f), nonzero));
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {
+  // the larger magnitude's exponent is all ones iff adding one exponent unit carries into the
+  // sign bit
+  const VU magnitude_r = reinterpret_cast<VU>(r) & 0x7FFFFFFFu;
+  const VU magnitude_f = reinterpret_cast<VU>(f) & 0x7FFFFFFFu;
+  const __m256i larger = _mm256_max_epu32(reinterpret_cast<__m256i>(magnitude_r),
+                                          reinterpret_cast<__m256i>(magnitude_f));
+  return reinterpret_cast<VI>(reinterpret_cast<VU>(larger) + 0x00800000u);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) {
+  return reinterpret_cast<VF>(_mm256_blendv_ps(
+      reinterpret_cast<__m256>(no), reinterpret_cast<__m256>(yes), reinterpret_cast<__m256>(m)));
+}
+SAGO_INLINE void count(VU& counts, Mask m) { counts += reinterpret_cast<VU>(m) >> 31; }
+SAGO_INLINE Mask mask_of(VI lanes) { return lanes; }
+#else
+typedef VI Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  // "and not either-zero": fewer instructions than two "!= 0" tests where compares only test
+  // equality, as on AVX2
+  const VI either_zero = ((rb & 0x7FFFFFFFu) == 0u) | ((fb & 0x7FFFFFFFu) == 0u);
+  return (reinterpret_cast<VI>(rb ^ fb) < 0) & ~either_zero;
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {
+  const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
+  return ((rb & 0x7F800000u) == 0x7F800000u) | ((fb & 0x7F800000u) == 0x7F800000u);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) { return m ? yes : no; }
+SAGO_INLINE void count(VU& counts, Mask m) { counts -= reinterpret_cast<VU>(m); }  // -(-1)
+SAGO_INLINE Mask mask_of(VI lanes) { return lanes; }
+#endif
+
 // kWidth elements (one part of a row). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f
-// and conflicts; kDotsEma sums f·m' into o_f and m'·m' into oo. ``valid`` masks the lanes past
-// a chunk's end (all true for full rows). kStoreState: write m' into the state (kAffineEma).
-// kScaled: f and r are multiplied by inv_scale as they are read.
-template <class IO, int kMode, bool kInputSums, bool kOutputSums, bool kStoreState, bool kScaled>
+// and conflicts; kDotsEma sums f·m' into o_f and m'·m' into oo. kTail: ``valid`` marks the
+// lanes before a chunk's end (zero-padded past it); full rows need no mask. kStoreState: write
+// m' into the state (kAffineEma). kScaled: f and r are multiplied by inv_scale as they are read.
+template <class IO, int kMode, bool kInputSums, bool kOutputSums, bool kStoreState, bool kScaled,
+          bool kTail = false>
 SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
                       typename IO::Word* o_ptr, typename IO::Word* m_ptr, const Splats& w,
-                      Sums<VF>& s, VU& conflicts, VI valid) {
+                      Sums<VF>& s, VU& conflicts, VI valid = VI{}) {
   VF r = IO::widen(r_ptr);
   VF f = IO::widen(f_ptr);
   if constexpr (kScaled) {
@@ -306,11 +396,8 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     s.oo += m * m;
   }
   if (kMode == kDots || kMode == kDotsEma) return;
-  const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
-  // conflict: signs differ and neither is ±0, on bits ("and not either-zero": fewer
-  // instructions than two "!= 0" tests where compares only test equality, as on AVX2)
-  const VI either_zero = ((rb & 0x7FFFFFFFu) == 0u) | ((fb & 0x7FFFFFFFu) == 0u);
-  const VI conflict = (reinterpret_cast<VI>(rb ^ fb) < 0) & ~either_zero & valid;
+  // padding lanes hold ±0 (times inv_scale): never in conflict
+  const Mask conflict = conflicts_of(reinterpret_cast<VU>(r), reinterpret_cast<VU>(f));
   VF o;
   if (kMode == kSum) {
     o = w.gamma * f + w.alpha * r;
@@ -322,19 +409,18 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     const VF forget_part = w.gamma * f;
     const VF retain_part = w.alpha * r;
     const VF kept = kMode == kSago ? forget_part : forget_part + retain_part;
-    o = conflict ? retain_part : kept;
-    const VI non_finite =
-        ((rb & 0x7F800000u) == 0x7F800000u) | ((fb & 0x7F800000u) == 0x7F800000u);
-    o = non_finite ? quiet_nan() : o;
+    o = select(conflict, retain_part, kept);
+    o = select(non_finite_of(r, f), quiet_nan(), o);
   }
   IO::narrow(o, o_ptr);
   if (kStoreState) IO::narrow(m, m_ptr);
   if (kOutputSums) {
-    const VF ov = valid ? o : VF{};  // a NaN weight times a padding 0 must not count
+    // a NaN weight times a padding 0 must not count
+    const VF ov = kTail ? select(mask_of(valid), o, VF{}) : o;
     s.oo += ov * ov;
     s.o_r += ov * r;
     s.o_f += ov * f;
-    conflicts -= reinterpret_cast<VU>(conflict);  // -(-1) = +1
+    count(conflicts, conflict);
   }
 }
 
@@ -355,7 +441,6 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
   Sums<VF> block = {};  // one part's sums of the current block
   Sums<VD> total[kParts] = {};
   VU conflicts[kParts] = {};
-  const VI all = VI{} - 1;
   const Splats w = {splat(weights.a),     splat(weights.b),     splat(weights.c),
                     splat(weights.alpha), splat(weights.gamma), splat(weights.beta),
                     splat(weights.keep),  splat(weights.scale)};
@@ -372,7 +457,7 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
         const int64_t at = row + p * kWidth;
         part<IO, kMode, kInputSums, kOutputSums, kStoreState, kScaled>(
             r_ptr + at, f_ptr + at, o_ptr + at, is_ema(kMode) ? m_ptr + at : nullptr, w, block,
-            counted, all);
+            counted);
       }
       conflicts[p] = counted;
       flush<kFirst, kLast>(block, total[p]);
@@ -389,7 +474,7 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
       VI lane;
       for (int q = 0; q < kWidth; ++q) lane[q] = p * kWidth + q;
       const int at = p * kWidth;
-      part<IO, kMode, kInputSums, kOutputSums, kStoreState, kScaled>(
+      part<IO, kMode, kInputSums, kOutputSums, kStoreState, kScaled, true>(
           r_tail + at, f_tail + at, o_tail + at, m_tail + at, w, block, conflicts[p],
           lane < width);
       flush<kFirst, kLast>(block, total[p]);
