@@ -105,7 +105,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, args, device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""CPU timings: wall time, or the process's CPU time (all its threads; with ``--threads 1`` the
+call's own work, which other jobs on a shared machine do not stretch, while they do stretch the
+wall time of a call whose threads wait for a core)."""
+
+
+def _timed(fn, args, device: torch.device, clock=time.perf_counter) -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -113,13 +119,13 @@ def _timed(fn, args, device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    t = time.perf_counter()
+    t = clock()
     fn(*args)
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def median_seconds(
-    fn, inputs, reps: int, device: torch.device, copy=None
+    fn, inputs, reps: int, device: torch.device, copy=None, clock=time.perf_counter
 ) -> tuple[float, float | None]:
     """Median of ``reps`` calls, rotating through ``inputs``; warm-up excluded. A peer slower
     than half a second a call gets 3 calls (its median is still far from the fused one's).
@@ -130,16 +136,16 @@ def median_seconds(
     neighbours is what stays meaningful.
     """
     for r, f in inputs[:2]:
-        t = _timed(fn, (r, f), device)
+        t = _timed(fn, (r, f), device, clock)
         if copy is not None:
             copy()
     if t > 0.5:
         reps = min(reps, 3)
     times, ratios = [], []
     for i in range(reps):
-        times.append(_timed(fn, inputs[i % len(inputs)], device))
+        times.append(_timed(fn, inputs[i % len(inputs)], device, clock))
         if copy is not None:
-            ratios.append(times[-1] / _timed(copy, (), device))
+            ratios.append(times[-1] / _timed(copy, (), device, clock))
     return statistics.median(times), (statistics.median(ratios) if ratios else None)
 
 
@@ -171,12 +177,14 @@ def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device):
     return run
 
 
-def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+def copy_gbps(
+    numel: int, dtype: torch.dtype, device: torch.device, reps: int, clock=time.perf_counter
+) -> float:
     """Bandwidth of a plain device copy of the same element count (read N + write N; on CUDA
     of at most :func:`copy_cap_elems` elements, whose bandwidth is the same)."""
     src = torch.randn(copy_cap_elems(numel, dtype, device), device=device).to(dtype)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)[0]
+    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device, clock=clock)[0]
     return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
@@ -211,6 +219,9 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
     ``"complete": false`` until the end), so a run cut short by a time limit keeps its rows."""
     device = torch.device(args.device)
     dtypes = [getattr(torch, d) for d in args.dtypes]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
     rows = []
     result = {"rows": rows, "environment": environment(device), "args": vars(args)}
     fused_backend = None if device.type == "cuda" else "triton"
@@ -230,7 +241,7 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     sets = 1
             for _ in range(sets):
                 inputs.append(tuple(random_buffer(layout, dtype, g) for _ in range(2)))
-            roof = copy_gbps(layout.segment_numel, dtype, device, args.reps)
+            roof = copy_gbps(layout.segment_numel, dtype, device, args.reps, clock)
             print(
                 f"\n{layout_name} ({layout.num_segments} segments, "
                 f"{layout.segment_numel / 1e6:.1f}M elements), "
@@ -267,7 +278,9 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                 copy = same_bytes_copy(nbytes, dtype, device)
                 for name, (fn, compile_s) in list(peers.items()):
                     try:
-                        seconds, copy_ratio = median_seconds(fn, inputs, args.reps, device, copy)
+                        seconds, copy_ratio = median_seconds(
+                            fn, inputs, args.reps, device, copy, clock
+                        )
                         launches, extra = launches_and_memory(fn, *inputs[0], device)
                     except torch.OutOfMemoryError:
                         seconds = None
@@ -433,6 +446,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["float32", "bfloat16", "float16"],
     )
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=list(CLOCKS),
+        help="CPU timings: wall time or the process's CPU time (see CLOCKS)",
+    )
     p.add_argument("--sets", type=int, default=3, help="distinct input buffers to rotate through")
     p.add_argument(
         "--peers",

@@ -132,6 +132,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int32
         fn.argtypes = [ctypes.c_int32] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+    lib.sago_native_fma.restype = ctypes.c_int32
+    lib.sago_native_fma.argtypes = [ctypes.c_int32] + [ctypes.c_void_p] * 4 + [ctypes.c_int64]
     return lib, ""
 
 
@@ -395,6 +397,19 @@ def _convert(name: str, src: torch.Tensor, dtype: torch.dtype, out_dtype: torch.
 def widen(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """float32 values of bfloat16/float16 ``words`` (int16), exactly as the combine reads them."""
     return _convert("sago_native_widen", words.view(torch.int16), dtype, torch.float32)
+
+
+def fused_multiply_add(x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """acc + x·y in float32 rounded once, exactly as the combine's sums add their products."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native backend is not available: {unavailable_reason()}")
+    x, y, acc = (t.to(torch.float32).contiguous() for t in (x, y, acc))
+    out = torch.empty_like(x)
+    lib.sago_native_fma(
+        _wanted_isa(), x.data_ptr(), y.data_ptr(), acc.data_ptr(), out.data_ptr(), x.numel()
+    )
+    return out
 
 
 def narrow(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -10,10 +10,12 @@ unscale, no memory in proportion to N, and the fallbacks when the library is mis
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -373,6 +375,80 @@ def test_gru_unscale_with_an_inf_gradient_keeps_the_whole_state(method):
         _, _, moved = _combine_native(r, f, method, state=state, inv_scale=torch.tensor([0.5]))
         assert torch.equal(moved[first.start : first.end], state[first.start : first.end])
         assert not torch.equal(moved, state)
+
+
+# --------------------------------------------------------------------------- fused multiply-add
+
+
+def _float32_nearest(value: Fraction) -> float:
+    """An exact rational rounded to the nearest float32, ties to even (subnormals, overflow)."""
+    if value == 0:
+        return 0.0
+    sign, value = (-1.0 if value < 0 else 1.0), abs(value)
+    exponent = value.numerator.bit_length() - value.denominator.bit_length()
+    if Fraction(2) ** exponent > value:
+        exponent -= 1
+    quantum = Fraction(2) ** (max(exponent, -126) - 23)  # spacing of float32 around value
+    units, rest = divmod(value / quantum, 1)
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and units % 2 == 1):
+        units += 1
+    result = units * quantum
+    if result >= Fraction(2) ** 128:
+        return sign * math.inf
+    return sign * float(result)
+
+
+def _fma_cases() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """acc + x·y cases where a product rounded first, or a sum rounded to double first and then
+    to float, gives another result: exact products on a float32 midpoint with a tiny acc either
+    side (the double-rounding trap), cancellation, subnormal and overflowing results, random
+    bit patterns over every exponent."""
+    g = torch.Generator().manual_seed(7)
+    n = 4000
+    # x·y = 1 + 2**-24·k exactly for odd k: a float32 midpoint; acc tips it, or not
+    a = torch.randint(0, 2**11, (n,), generator=g) * 2 + 1
+    b = torch.randint(0, 2**11, (n,), generator=g) * 2 + 1
+    x = 1 + a.double() * 2.0**-12
+    y = 1 + b.double() * 2.0**-12
+    tiny = torch.tensor([2.0**-60, -(2.0**-60), 2.0**-80, 0.0]).repeat(n // 4)
+    scale = 2.0 ** torch.randint(-60, 60, (n,), generator=g).double()
+    midpoint = (x.float(), y.float() * scale.float(), (tiny * scale).float())
+    bits = torch.randint(-(2**31), 2**31 - 1, (3, n), generator=g).to(torch.int32)
+    noise = tuple(bits.view(torch.float32))
+    xs = torch.randn(n, generator=g) * 2.0 ** torch.randint(-70, 70, (n,), generator=g).float()
+    ys = torch.randn(n, generator=g) * 2.0 ** torch.randint(-70, 70, (n,), generator=g).float()
+    cancel = (xs, ys, -(xs.double() * ys.double()).float() * (1 + 2.0**-23))
+    sub = (torch.full((n,), 2.0**-70) * torch.randn(n, generator=g), torch.full((n,), 2.0**-60),
+           torch.randn(n, generator=g) * 2.0**-126)  # fmt: skip
+    big = (torch.full((n,), 3e19), torch.randn(n, generator=g) * 2e19, torch.randn(n, generator=g))
+    parts = [midpoint, noise, cancel, sub, big]
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+
+def test_fused_multiply_add_is_correctly_rounded_on_every_instruction_set(monkeypatch):
+    """The sums add each product with one rounding; the baseline build emulates it in double
+    (rounding to odd), the others have the instruction: all equal the exact result rounded."""
+    x, y, acc = _fma_cases()
+    finite = torch.isfinite(x) & torch.isfinite(y) & torch.isfinite(acc)
+    sample = torch.nonzero(finite).flatten()[::7]
+    want = torch.tensor(
+        [_float32_nearest(Fraction(x[i].item()) * Fraction(y[i].item()) + Fraction(acc[i].item()))
+         for i in sample.tolist()],
+        dtype=torch.float32,
+    )  # fmt: skip
+    results = {}
+    for isa in _runnable_isas():
+        monkeypatch.setenv("SAGO_NATIVE_ISA", isa)
+        results[isa] = native.fused_multiply_add(x, y, acc)
+        got = results[isa][sample]
+        bad = ~_same_bits_or_both_nan(got, want)
+        assert not bad.any(), (isa, x[sample][bad][:3], y[sample][bad][:3], acc[sample][bad][:3])
+    for isa, got in results.items():
+        assert _same_bits_or_both_nan(got, results["baseline"]).all(), isa
+
+
+def _same_bits_or_both_nan(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    return (bits(got) == bits(want)) | (torch.isnan(got) & torch.isnan(want))
 
 
 # --------------------------------------------------------------------------- memory

@@ -82,6 +82,67 @@ SAGO_INLINE VF splat(float x) { return VF{} + x; }
 
 SAGO_INLINE VF quiet_nan() { return reinterpret_cast<VF>(splat(0x7FC00000u)); }
 
+// ------------------------------------------------------------------ fused multiply-add
+// acc + x·y rounded once (IEEE fusedMultiplyAdd), for the sums only: one instruction where the
+// CPU has it; without it (x86-64 baseline, SSE2) the same result is built in double. The
+// product of two floats is exact in double; the sum p + acc rounded to nearest in double and
+// then to float could round twice, so it is rounded to odd instead (nearest, then one ulp
+// toward the exact sum where it was inexact and landed on an even significand), which a
+// rounding to float then turns into the correctly rounded result (Boldo & Melquiond, "Emulation
+// of FMA and correctly rounded sums: proved algorithms using rounding to odd", 2008).
+#if defined(__AVX512F__)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  return reinterpret_cast<VF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(x),
+                                              reinterpret_cast<__m512>(y),
+                                              reinterpret_cast<__m512>(acc)));
+}
+#elif defined(__FMA__)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  return reinterpret_cast<VF>(_mm256_fmadd_ps(reinterpret_cast<__m256>(x),
+                                              reinterpret_cast<__m256>(y),
+                                              reinterpret_cast<__m256>(acc)));
+}
+#elif defined(__x86_64__) || defined(__i386__)
+typedef double VD2 __attribute__((vector_size(16)));
+typedef int64_t VL2 __attribute__((vector_size(16)));
+
+SAGO_INLINE VD2 fma_round_to_odd(VD2 x, VD2 y, VD2 acc) {
+  const VD2 p = x * y;  // exact: 24 + 24 significant bits, exponents far inside double's
+  const VD2 s = p + acc;
+  const VD2 p_part = s - acc;  // TwoSum: s + e == p + acc exactly (e NaN when s is not finite)
+  const VD2 acc_part = s - p_part;
+  const VD2 e = (p - p_part) + (acc - acc_part);
+  const VL2 bits = reinterpret_cast<VL2>(s);
+  const VL2 inexact = (e < 0.0) | (e > 0.0);  // false for 0 and NaN
+  const VL2 even = (bits & 1) == 0;
+  const VL2 away = ~((e > 0.0) ^ (s > 0.0));  // e has s's sign: the odd neighbour is larger
+  const VL2 step = (away & 1) | (~away & -1);
+  return reinterpret_cast<VD2>(bits + (step & inexact & even));
+}
+
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  typedef float VF2 __attribute__((vector_size(8)));
+  VF result;
+  for (int half = 0; half < kWidth; half += 2) {
+    const VF2 xh = {x[half], x[half + 1]}, yh = {y[half], y[half + 1]};
+    const VF2 ah = {acc[half], acc[half + 1]};
+    const VD2 rounded = fma_round_to_odd(__builtin_convertvector(xh, VD2),
+                                         __builtin_convertvector(yh, VD2),
+                                         __builtin_convertvector(ah, VD2));
+    const VF2 out = __builtin_convertvector(rounded, VF2);  // round to nearest: to float
+    result[half] = out[0];
+    result[half + 1] = out[1];
+  }
+  return result;
+}
+#else  // other architectures: the C library's fmaf (one instruction on AArch64)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  VF result;
+  for (int q = 0; q < kWidth; ++q) result[q] = __builtin_fmaf(x[q], y[q], acc[q]);
+  return result;
+}
+#endif
+
 // ------------------------------------------------------------------ element formats
 // widen: buffer words -> float32 (exact); narrow: float32 -> words, round to nearest even,
 // NaN stays NaN (canonical quiet NaN, as torch's casts).
@@ -140,15 +201,41 @@ struct BFloat16 {
     return reinterpret_cast<VF>(
         _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, to_high_halves, words));
   }
+#elif defined(__AVX2__)
+  // the 16 bytes in both halves (a broadcast load), then each word into the high half of its
+  // lane with the low half zeroed: one byte shuffle instead of a widening and a shift
+  SAGO_INLINE static VF widen(const uint16_t* p) {
+    const __m256i words =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i to_high_halves =
+        _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,  //
+                         -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    return reinterpret_cast<VF>(_mm256_shuffle_epi8(words, to_high_halves));
+  }
 #else
   SAGO_INLINE static VF widen(const uint16_t* p) { return widen_words(p, bits); }
 #endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // NaN made canonical first, then rounded in place; the high halves gathered by one shuffle
+  SAGO_INLINE static void narrow_portable(VF x, uint16_t* p) {
+    const VF canonical = x != x ? quiet_nan() : x;  // 0x7FC00000 rounds to 0x7FC0
+    const VU u = reinterpret_cast<VU>(canonical);
+    const VU rounded = u + 0x7FFFu + ((u >> 16) & 1u);
+    const __m256i high_halves =
+        _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                         2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i packed = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(reinterpret_cast<__m256i>(rounded), high_halves), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+#else
   SAGO_INLINE static void narrow_portable(VF x, uint16_t* p) {
     VU u = reinterpret_cast<VU>(x);
     VU rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     const VI nan = x != x;  // one unordered compare (not changed by denormals-are-zero)
     store_words(nan ? splat(0x7FC0u) : rounded, p);
   }
+#endif
 #if defined(__AVX512BF16__)
   // The CPU's conversion (VCVTNEPS2BF16) rounds to nearest even as the portable code does, but
   // reads subnormal inputs as zero and keeps NaN payloads: a vector holding either (rare) takes
@@ -304,8 +391,9 @@ typedef __mmask16 Mask;
 SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
   const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i r = reinterpret_cast<__m512i>(rb), f = reinterpret_cast<__m512i>(fb);
-  return _mm512_test_epi32_mask(r, magnitude) & _mm512_test_epi32_mask(f, magnitude) &
-         _mm512_movepi32_mask(_mm512_xor_si512(r, f));
+  const Mask nonzero = _mm512_mask_test_epi32_mask(_mm512_test_epi32_mask(r, magnitude), f,
+                                                   magnitude);
+  return _mm512_mask_cmplt_epi32_mask(nonzero, _mm512_xor_si512(r, f), _mm512_setzero_si512());
 }
 SAGO_INLINE Mask non_finite_of(VF r, VF f) {  // NaN or ±inf: exponent all ones
   constexpr int kNanOrInf = 0x01 | 0x08 | 0x10 | 0x80;
@@ -385,15 +473,15 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     f = f * w.scale;
   }
   if (kInputSums) {
-    s.fr += f * r;
-    s.rr += r * r;
-    s.ff += f * f;
+    s.fr = fma(f, r, s.fr);
+    s.rr = fma(r, r, s.rr);
+    s.ff = fma(f, f, s.ff);
   }
   VF m = VF{};
   if constexpr (is_ema(kMode)) m = w.beta * r + w.keep * IO::widen(m_ptr);
   if constexpr (kMode == kDotsEma) {
-    s.o_f += f * m;
-    s.oo += m * m;
+    s.o_f = fma(f, m, s.o_f);
+    s.oo = fma(m, m, s.oo);
   }
   if (kMode == kDots || kMode == kDotsEma) return;
   // padding lanes hold ±0 (times inv_scale): never in conflict
@@ -417,9 +505,9 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
   if (kOutputSums) {
     // a NaN weight times a padding 0 must not count
     const VF ov = kTail ? select(mask_of(valid), o, VF{}) : o;
-    s.oo += ov * ov;
-    s.o_r += ov * r;
-    s.o_f += ov * f;
+    s.oo = fma(ov, ov, s.oo);
+    s.o_r = fma(ov, r, s.o_r);
+    s.o_f = fma(ov, f, s.o_f);
     count(conflicts, conflict);
   }
 }
@@ -820,6 +908,20 @@ int32_t combine(const SagoCombineArgs& args) {
     case SAGO_BFLOAT16: return combine.run<BFloat16>();
     case SAGO_FLOAT16: return combine.run<Float16>();
     default: return SAGO_BAD_DTYPE;
+  }
+}
+
+void fused_multiply_add(const float* x, const float* y, const float* acc, float* out,
+                        int64_t n) {
+  const IeeeArithmetic ieee;
+  for (int64_t i = 0; i < n; i += kWidth) {
+    const int width = static_cast<int>(n - i < kWidth ? n - i : kWidth);
+    float a[kWidth] = {}, b[kWidth] = {}, c[kWidth] = {}, result[kWidth];
+    std::memcpy(a, x + i, width * sizeof(float));
+    std::memcpy(b, y + i, width * sizeof(float));
+    std::memcpy(c, acc + i, width * sizeof(float));
+    Float32::narrow(fma(Float32::widen(a), Float32::widen(b), Float32::widen(c)), result);
+    std::memcpy(out + i, result, width * sizeof(float));
   }
 }
 

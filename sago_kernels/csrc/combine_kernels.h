@@ -9,6 +9,8 @@
   namespace isa {                                                                    \
   int32_t combine(const SagoCombineArgs& args);                                      \
   int32_t convert(int32_t dtype, const void* src, void* dst, int64_t n, bool widen); \
+  void fused_multiply_add(const float* x, const float* y, const float* acc,          \
+                          float* out, int64_t n);                                    \
   }
 
 SAGO_DECLARE_ISA(baseline)

@@ -21,6 +21,7 @@ namespace {
 struct Isa {
   int32_t (*combine)(const SagoCombineArgs&);
   int32_t (*convert)(int32_t, const void*, void*, int64_t, bool);
+  void (*fma)(const float*, const float*, const float*, float*, int64_t);
 };
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -45,7 +46,7 @@ bool cpu_has(int isa) {
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   if (isa == SAGO_ISA_AVX512_BF16) return avx512 && cpu_has_avx512_bf16();
   if (isa == SAGO_ISA_AVX512) return avx512;
-  if (isa == SAGO_ISA_AVX2) return __builtin_cpu_supports("avx2");
+  if (isa == SAGO_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   return isa == SAGO_ISA_BASELINE;
 }
@@ -55,23 +56,23 @@ int32_t pick(int32_t wanted, Isa* isa) {
   if (wanted < 0 || wanted > SAGO_ISA_AVX512_BF16) wanted = SAGO_ISA_AVX512_BF16;
 #ifdef SAGO_HAVE_AVX512BF16
   if (wanted >= SAGO_ISA_AVX512_BF16 && cpu_has(SAGO_ISA_AVX512_BF16)) {
-    *isa = {avx512bf16::combine, avx512bf16::convert};
+    *isa = {avx512bf16::combine, avx512bf16::convert, avx512bf16::fused_multiply_add};
     return SAGO_ISA_AVX512_BF16;
   }
 #endif
 #ifdef SAGO_HAVE_AVX512
   if (wanted >= SAGO_ISA_AVX512 && cpu_has(SAGO_ISA_AVX512)) {
-    *isa = {avx512::combine, avx512::convert};
+    *isa = {avx512::combine, avx512::convert, avx512::fused_multiply_add};
     return SAGO_ISA_AVX512;
   }
 #endif
 #ifdef SAGO_HAVE_AVX2
   if (wanted >= SAGO_ISA_AVX2 && cpu_has(SAGO_ISA_AVX2)) {
-    *isa = {avx2::combine, avx2::convert};
+    *isa = {avx2::combine, avx2::convert, avx2::fused_multiply_add};
     return SAGO_ISA_AVX2;
   }
 #endif
-  *isa = {baseline::combine, baseline::convert};
+  *isa = {baseline::combine, baseline::convert, baseline::fused_multiply_add};
   return SAGO_ISA_BASELINE;
 }
 
@@ -112,6 +113,14 @@ int32_t sago_native_narrow(int32_t isa, int32_t dtype, const float* src, uint16_
   Isa chosen;
   pick(isa, &chosen);
   return chosen.convert(dtype, src, dst, n, false);
+}
+
+int32_t sago_native_fma(int32_t isa, const float* x, const float* y, const float* acc,
+                        float* out, int64_t n) {
+  Isa chosen;
+  pick(isa, &chosen);
+  chosen.fma(x, y, acc, out, n);
+  return SAGO_OK;
 }
 
 }  // extern "C"

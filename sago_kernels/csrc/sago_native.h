@@ -130,6 +130,10 @@ SAGO_NATIVE_API int32_t sago_native_widen(int32_t isa, int32_t dtype, const uint
                                           float* dst, int64_t n);
 SAGO_NATIVE_API int32_t sago_native_narrow(int32_t isa, int32_t dtype, const float* src,
                                            uint16_t* dst, int64_t n);
+// The fused multiply-add the sums use, for tests: out = acc + x·y rounded once (the baseline
+// build emulates it; the others have the instruction).
+SAGO_NATIVE_API int32_t sago_native_fma(int32_t isa, const float* x, const float* y,
+                                        const float* acc, float* out, int64_t n);
 
 #ifdef __cplusplus
 }
