@@ -68,6 +68,7 @@ def coefficients(
     eps: float,
     retain_coef: float,
     whole: bool,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[S, 3]`` float32 (a, b, c) with g_final = a·f + b·r + c·m' in each segment.
 
@@ -75,6 +76,10 @@ def coefficients(
     ranks for sharded buffers. ``whole``: one set from the dots of all segments together
     (``gru_global``). Where f·m', m'·m', f·f or a coefficient is not finite, all three are NaN:
     the write pass makes the segment NaN and leaves its state as it was.
+
+    ``found_inf`` (a 1-element float32 tensor, a gradient scaler's): set to 1 in place (no host
+    sync) when any segment's r·r or f·f is not finite; while it is non-zero, from this call or
+    an earlier one, every coefficient is NaN, so a skipped step leaves the whole state as it was.
     """
     s = dots.shape[0]
     d = dots.to(torch.float32)
@@ -88,4 +93,8 @@ def coefficients(
     ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True)
     ok = ok & torch.isfinite(coef).all(-1, keepdim=True)
     coef = torch.where(ok, coef, torch.full_like(coef, float("nan")))
+    if found_inf is not None:
+        overflow = ~torch.isfinite(dots[:, 1:3].to(torch.float32)).all()
+        found_inf.copy_(torch.where(overflow, torch.ones_like(found_inf), found_inf))
+        coef = torch.where(found_inf != 0, torch.full_like(coef, float("nan")), coef)
     return coef.expand(s, 3).contiguous() if whole else coef
