@@ -257,10 +257,18 @@ def test_the_scaler_record_is_unscale_s_own():
     theirs = scaler._per_optimizer_states[id(twin_opt)]
     assert ours["stage"] is theirs["stage"] is OptState.UNSCALED
     assert list(ours["found_inf_per_device"]) == list(theirs["found_inf_per_device"])
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    with synth.forget():  # the next step, unscaled by hand before the combine: refused
+        scaler.scale(model(x).sum()).backward()
+    with synth.retain():
+        scaler.scale(model(x).square().sum()).backward()
+    scaler._per_optimizer_states[id(opt)]["stage"] = OptState.UNSCALED  # as unscale_(opt) leaves it
+    before = synth.retain_buffer.clone()
     with pytest.raises(RuntimeError, match="already unscaled"):
-        scaler._per_optimizer_states[id(opt)]["stage"] = OptState.UNSCALED
-        synth._stale = False  # as if new backward passes had run: the stage is what refuses
         synth.combine_(optimizer=opt)
+    assert torch.equal(synth.retain_buffer, before)  # refused before anything was written
 
 
 def test_scaler_misuse_is_refused():
