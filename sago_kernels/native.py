@@ -288,8 +288,8 @@ def combine_native(
     fused into the passes, every f and r element multiplied by it in float32 as it is read, so
     with a power of two the result is bitwise that of the pre-divided buffers. ``found_inf``
     (the same kind of tensor): GRU sets it when a segment's r·r or f·f is not finite and then
-    keeps every segment's state (``gru.coefficients``); for the other methods the caller
-    derives it from the statistics.
+    keeps every segment's state (``gru.coefficients``, ``weightings.coefficients``: GradVac's
+    φ̂); for the other methods the caller derives it from the statistics.
     """
     lib = library()
     if lib is None:
@@ -355,7 +355,8 @@ def combine_native(
         if method.weighting is not None:
             # rounded to float32 (±inf past its range) as the other backends' dots
             coef = weightings.coefficients(
-                dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global"
+                dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global",
+                found_inf,
             ).contiguous()
             args.seg_coef, args.phase = coef.data_ptr(), PHASE_WRITE_COEF
         _check(lib.sago_native_combine(ctypes.byref(args)))

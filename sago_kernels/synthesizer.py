@@ -41,6 +41,7 @@ from .synthesis import one_buffer as one_buffer_mode
 from .synthesis import select_engine
 from .synthesis import state as step_state
 from .synthesis.params import common_dtype_and_device, given_params, split_trainable
+from .synthesis.scaler import ScalerLink
 
 
 class GradientSynthesizer:
@@ -150,6 +151,7 @@ class GradientSynthesizer:
         data_parallel_group: object | None = None,
         process_group: object | None = None,
         buffers: int = 2,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         # Everything is checked before anything is allocated or bound (and so before any
         # backward pass: a bad argument never costs a forward/backward).
@@ -198,12 +200,22 @@ class GradientSynthesizer:
                 f"Found `type(backend) = {type(backend).__name__}`."
             )
         dtype, device = common_dtype_and_device(trainable)
+        scaler = None
+        if grad_scaler is not None:
+            if engine.kind == "deepspeed":
+                raise ValueError(
+                    "Parameter `grad_scaler` is for torch's GradScaler; a DeepSpeed engine scales "
+                    "its loss itself (and its fp16 loss scaling is refused here: use bf16). Drop "
+                    "`grad_scaler`."
+                )
+            scaler = ScalerLink(grad_scaler, dtype, device, [p for _, p in trainable])
         layout = engine.layout(trainable, granularity, alignment)
         if backend is not None:
             resolve_backend(backend, device)  # unknown or unavailable here: raise now
         engine.check_groups()
 
         self.engine = engine
+        self._scaler = scaler
         self.method, self.alpha, self.gamma, self.eps = method, alpha, gamma, eps
         self._method = resolved
         self.stats_enabled, self.backend = stats, backend
@@ -310,7 +322,7 @@ class GradientSynthesizer:
         sees every per-parameter combine."""
         if retain is None:
             retain = self.params[index].grad
-        self._one_buffer.combine_slot(index, retain)
+        self._one_buffer.combine_slot(index, retain, *self._scaler_tensors())
 
     def _check_one_buffer_order(self, task: str) -> None:
         if not self._one_buffer.any_combined():  # no retain backward yet this step
@@ -501,11 +513,24 @@ class GradientSynthesizer:
         return self._task("retain")
 
     # ------------------------------------------------------------------ the step
-    def combine_(self) -> CombineStats | None:
+    def _scaler_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """This step's (inv_scale, found_inf) with an enabled grad_scaler, else (None, None)."""
+        if self._scaler is None or not self._scaler.enabled:
+            return None, None
+        return self._scaler.step_tensors()
+
+    def combine_(self, optimizer: torch.optim.Optimizer | None = None) -> CombineStats | None:
         """g_final into the retain buffer; each ``param.grad`` becomes its view of it.
 
         Returns the step's gradient geometry (device tensors) when ``stats`` is on, also kept
         in :attr:`history`.
+
+        With a ``grad_scaler`` (fp16 mixed precision), pass the ``optimizer`` that
+        ``scaler.step`` will step: the combine unscales the gradients as it reads them (no
+        ``scaler.unscale_`` pass; g_final, the statistics and any state are of unscaled
+        gradients), and records in the scaler what ``unscale_`` would have, so
+        ``scaler.step(optimizer)`` skips a step holding an inf or NaN (a stateful method then
+        keeps its state) and ``scaler.update()`` backs off. Clip g_final after it, as usual.
         """
         if self._active is not None:
             raise RuntimeError(
@@ -521,16 +546,30 @@ class GradientSynthesizer:
             )
         self._check_trainable(walk_module=True)
         self._check_no_stray_grads()
+        scaled = self._scaler is not None and self._scaler.enabled
+        if scaled:
+            self._scaler.check_optimizer(optimizer)
+        elif optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "Parameter `optimizer` should be a torch optimizer (it is used with a "
+                f"grad_scaler). Found `{type(optimizer).__name__}`."
+            )
         if self.buffers == 1:
-            return self._finish_one_buffer()
-        self.engine.reduce_buffers_(self.forget_buffer, self.retain_buffer)
-        result = combine_(
-            self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
-            alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
-            backend=self.backend, process_group=self.process_group, state=self.state_buffer,
-        )  # fmt: skip
-        self.engine.publish_(self.retain_buffer, self.layout)
-        return self._finish_step(result[1] if self.stats_enabled else None)
+            stats = self._finish_one_buffer()
+        else:
+            self.engine.reduce_buffers_(self.forget_buffer, self.retain_buffer)
+            inv_scale, found_inf = self._scaler_tensors()
+            result = combine_(
+                self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
+                alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
+                backend=self.backend, process_group=self.process_group, state=self.state_buffer,
+                inv_scale=inv_scale, found_inf=found_inf,
+            )  # fmt: skip
+            self.engine.publish_(self.retain_buffer, self.layout)
+            stats = self._finish_step(result[1] if self.stats_enabled else None)
+        if scaled:
+            self._scaler.record(optimizer)
+        return stats
 
     def _finish_step(self, stats: CombineStats | None) -> CombineStats | None:
         self._bind("retain")
@@ -565,6 +604,8 @@ class GradientSynthesizer:
         self._stale = False
         self._broken = None
         self._stray = None
+        if self._scaler is not None:
+            self._scaler.reset()
 
     # ------------------------------------------------------------------ checkpoints
     def _stateful_weighting(self) -> object | None:

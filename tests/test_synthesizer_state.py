@@ -188,7 +188,7 @@ def test_a_state_saved_on_another_layout_is_refused_before_anything_is_written()
         (dict(beta=math.nan), ValueError, "`beta`"),
         (dict(eps=-1.0), ValueError, "`eps`"),
         (dict(eps=math.inf), ValueError, "`eps`"),
-        (dict(beta="0.5"), ValueError, "`beta`"),
+        (dict(beta="0.5"), TypeError, "`beta`"),  # a type error, as check_scalar says it
         (dict(phi_hat=torch.tensor([0.1, math.nan, 0.2, 0.3], dtype=torch.float64)), ValueError,
          "cosines"),
         (dict(phi_hat=torch.tensor([0.1, 1.5, 0.2, 0.3], dtype=torch.float64)), ValueError,

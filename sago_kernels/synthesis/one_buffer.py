@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from .._validation import mark_written
-from ..combine import _checked_combine
+from .._checked import checked_combine, record_non_finite
 from ..dispatch import resolve_backend
 from ..layout import GradLayout
 from ..methods import Method
@@ -119,25 +119,35 @@ class OneBuffer:
     def any_combined(self) -> bool:
         return any(self.combined)
 
-    def combine_slot(self, index: int, retain: torch.Tensor) -> None:
+    def combine_slot(
+        self,
+        index: int,
+        retain: torch.Tensor,
+        inv_scale: torch.Tensor | None = None,
+        found_inf: torch.Tensor | None = None,
+    ) -> None:
         """Combine parameter ``index``: its g_r with its g_f in the buffer, g_final written over
-        g_f; its statistics row kept for :meth:`finish`."""
+        g_f; its statistics row kept for :meth:`finish`. ``inv_scale``/``found_inf``: a loss
+        scaler's (``combine_``'s arguments), the same tensors for every parameter of a step."""
         forget = self.flat[index]
         if retain.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)):
             retain = retain.to_dense()  # dense, as buffers=2 accumulates it into its buffer
         retain = retain.reshape(-1)
-        want = SEGMENT_SUMS if self.stats else False
+        want = SEGMENT_SUMS if self.stats or found_inf is not None else False
         layout = self.slot_layouts[index]
         if self.fits(retain, forget):
+            scaler = {} if inv_scale is None else {"inv_scale": inv_scale, "found_inf": found_inf}
             sums = self.run(
                 retain, forget, forget, layout, self.method, self.alpha, self.gamma,
-                self.eps, want,
+                self.eps, want, **scaler,
             )  # fmt: skip
             mark_written(forget)
+            if found_inf is not None:
+                record_non_finite(found_inf, sums, SEGMENT_SUMS)
         else:
-            _, sums = _checked_combine(
+            _, sums = checked_combine(
                 retain, forget, layout, self.method_arg, self.alpha, self.gamma, self.eps,
-                forget, want, self.backend, None, None,
+                forget, want, self.backend, None, None, inv_scale, found_inf,
             )  # fmt: skip
         if self.stats:  # the whole step's table is built once, at combine_()
             self.sums[index], self.conflicts[index] = sums

@@ -14,8 +14,8 @@ with ``AutoModelForCausalLM``/``AutoTokenizer``. Here:
   with); :data:`QA_TEMPLATE` is the plain ``Question: …\\nAnswer: …`` layout of TOFU's original
   code, for tokenizers without one (``--template plain``);
 - LoRA (``--lora-rank``): adapters on every linear map of the blocks, the reference model the
-  same network with its adapters off (:class:`AdaptersOff`: no second copy of a 7B model), and
-  :func:`save_model` writing merged weights that any harness reads without ``peft``.
+  same network with its adapters off (``references.AdaptersOff``: no second copy of a 7B
+  model), and :func:`save_model` writing merged weights that any harness reads without ``peft``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from .sources import PlainTemplate, SourceError
 
 __all__ = [
     "QA_TEMPLATE",
-    "AdaptersOff",
     "ChatTemplate",
     "HFTokenizer",
     "attach_lora",
@@ -276,19 +275,6 @@ def detach_lora(peft_model: torch.nn.Module) -> torch.nn.Module:
     """The base model back, its adapters removed without merging (the base weights were never
     written, so the next run starts from the same checkpoint)."""
     return peft_model.unload()
-
-
-class AdaptersOff(torch.nn.Module):
-    """The reference model of a LoRA run (NPO's, RMU's): the same network with its adapters
-    disabled, i.e. the checkpoint as given, at no extra memory."""
-
-    def __init__(self, peft_model: torch.nn.Module) -> None:
-        super().__init__()
-        self.peft_model = peft_model
-
-    def forward(self, **kwargs: Any) -> Any:
-        with self.peft_model.disable_adapter():
-            return self.peft_model(**kwargs)
 
 
 def merged_state_dict(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -289,7 +289,8 @@ def unlearn(target, data: BenchmarkData, evaluator, reference, loss, method, see
     geometry (:data:`GEOMETRY`)."""
     lora = getattr(args, "lora_rank", 0)
     if lora:  # adapters on the target itself, removed after the run; the reference: adapters off
-        from .checkpoints import AdaptersOff, attach_lora, detach_lora
+        from .checkpoints import attach_lora, detach_lora
+        from .references import AdaptersOff
 
         model = attach_lora(target, lora).train()
         ref_model = AdaptersOff(model)

@@ -24,10 +24,17 @@ import transformers
 from ..stats import FIELDS
 from ..synthesizer import GradientSynthesizer
 from .data import split_pair
-from .losses import check_models, get_loss, run_loss, step_hparams
+from .losses import (
+    REFERENCE_FORMS, check_models, check_reference_apart, get_loss, run_loss, step_hparams,
+)  # fmt: skip
+from .references import CachedReference, Reference
 
 SYNTHESIZER_STATE_NAME = "sago_synthesizer.pt"
 """The file, in each checkpoint folder, of the synthesizer's state across steps (if any)."""
+
+REFERENCE_CACHE_NAME = "sago_reference_cache.pt"
+"""The file, in each checkpoint folder, of a cached reference (NPO's log p_ref(x) per forget
+example): a resumed run reads it, since the model it was computed from no longer exists."""
 
 LOGGED_GEOMETRY = (
     "cos_fr",
@@ -47,8 +54,12 @@ class UnlearningTrainer(transformers.Trainer):
         method, alpha, gamma, eps, granularity, backend: the combine (see ``sk.combine_``).
         forget_loss: ``"ga"``, ``"npo"``, ``"simnpo"`` or ``"rmu"``; retain_loss: ``"nll"``,
             ``"kl"`` or ``"rmu"``.
-        ref_model: frozen reference model, needed by NPO, KL and RMU's retain term (kept in eval
-            mode, no grad).
+        ref_model: the reference of NPO, KL and RMU's retain term: a frozen copy of the model
+            (kept in eval mode, no grad); ``AdaptersOff(model)`` for a peft model (its base, no
+            copy); for NPO a ``CachedReference``, or ``"cache"``: computed here from the model
+            as it is given, in one no-grad pass over the forget set (batches of
+            ``per_device_train_batch_size``, in order), then no reference model is held; it
+            travels with every checkpoint (``sago_kernels.unlearning.references``).
         loss_kwargs: hyperparameters of the forget loss (e.g. ``{"beta": 0.1}``, ``{"layer": 8}``).
         retain_loss_kwargs: hyperparameters of the retain loss; RMU's retain ``layer`` defaults to
             the forget loss's ``layer``.
@@ -75,7 +86,7 @@ class UnlearningTrainer(transformers.Trainer):
         backend: str | None = None,
         forget_loss: str = "npo",
         retain_loss: str = "nll",
-        ref_model: torch.nn.Module | None = None,
+        ref_model: Reference | str | None = None,
         loss_kwargs: dict[str, float | int] | None = None,
         retain_loss_kwargs: dict[str, float | int] | None = None,
         buffers: int = 2,
@@ -84,13 +95,25 @@ class UnlearningTrainer(transformers.Trainer):
         # the losses are checked before the Trainer is built, not at the first training step
         for name, forget in ((forget_loss, True), (retain_loss, False)):
             if get_loss(name, forget=forget).needs_reference and ref_model is None:
-                raise ValueError(f"{name!r} needs `ref_model` (a frozen copy of the model).")
+                raise ValueError(
+                    f"{name!r} needs `ref_model`: {REFERENCE_FORMS}, or \"cache\" (computed "
+                    "by the Trainer from the model before training)."
+                )
         f_loss, r_loss = get_loss(forget_loss, forget=True), get_loss(retain_loss, forget=False)
+        cache_here = isinstance(ref_model, str)
+        if cache_here and ref_model != "cache":
+            raise ValueError(
+                f"Parameter `ref_model` should be {REFERENCE_FORMS}, or \"cache\". Found "
+                f"`ref_model = {ref_model!r}`."
+            )
         f_hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, retain_loss_kwargs)
         model = kwargs.get("model", args[0] if args else None)
+        # "cache": checked as the cache it will be (NPO only), before any forward
+        checked_ref = CachedReference(torch.zeros(1)) if cache_here else ref_model
         if model is not None:  # RMU: the model gives hidden states and has the layer
-            check_models(f_loss, f_hparams, model, ref_model)
-            check_models(r_loss, r_hparams, model, ref_model)
+            check_models(f_loss, f_hparams, model, checked_ref)
+            check_models(r_loss, r_hparams, model, checked_ref)
+            check_reference_apart(model, ref_model)  # before the reference is frozen
         super().__init__(*args, **kwargs)
         if self._distributed() and buffers == 1:
             raise ValueError(
@@ -107,14 +130,21 @@ class UnlearningTrainer(transformers.Trainer):
             )
         self.forget_loss_name, self.retain_loss_name = forget_loss, retain_loss
         self.loss_kwargs, self.retain_loss_kwargs = f_hparams, r_hparams
+        if cache_here:
+            ref_model = self._reference_cache()
         self.ref_model = ref_model
-        if ref_model is not None:
+        if isinstance(ref_model, torch.nn.Module):
             ref_model.eval().requires_grad_(False)
             ref_model.to(self.args.device)
+        # fp16 mixed precision: the combine unscales in its own pass (no scaler.unscale_ pass)
+        scaler = self.accelerator.scaler
         self._synth_kwargs = dict(
             method=method, alpha=alpha, gamma=gamma, eps=eps, granularity=granularity,
-            backend=backend, stats=True, buffers=buffers,
+            backend=backend, stats=True, buffers=buffers, grad_scaler=scaler,
         )  # fmt: skip
+        self._unscaled_by_combine = False
+        if scaler is not None:
+            self._skip_unscale_after_combine()
         # Built on the model as the Trainer will train it: in one process that is the model now
         # (so bad arguments raise here); under DDP, FSDP2 or DeepSpeed it is the model
         # accelerate prepares at train() (wrapped, sharded in place, or DeepSpeed's engine), so
@@ -128,6 +158,38 @@ class UnlearningTrainer(transformers.Trainer):
             self.synth = GradientSynthesizer(self.model, **self._synth_kwargs)
         self._window: dict[str, list[torch.Tensor]] = {"forget_loss": [], "retain_loss": []}
         self._geometry: list[torch.Tensor] = []
+
+    def _skip_unscale_after_combine(self) -> None:
+        """The Trainer clips (and measures) the gradient norm through
+        ``accelerator.clip_grad_norm_``, which calls ``scaler.unscale_``; after a combine that
+        unscaled the gradients itself, that call would raise (unscale_ twice in a step), so it
+        is skipped for that step."""
+        unscale_gradients = self.accelerator.unscale_gradients
+
+        def unscale_unless_combined(optimizer=None):
+            if not self._unscaled_by_combine:
+                unscale_gradients(optimizer)
+
+        self.accelerator.unscale_gradients = unscale_unless_combined
+
+    def _scaled_optimizer(self, synth: GradientSynthesizer) -> torch.optim.Optimizer | None:
+        """The optimizer the scaler steps, when the synthesizer unscales for a scaler; else
+        None (the synthesizer unwraps accelerate's wrapper)."""
+        if synth._scaler is None or not synth._scaler.enabled:
+            return None
+        return self.optimizer
+
+    def _reference_cache(self) -> CachedReference:
+        """NPO's reference from the model as it is now: one no-grad pass over the forget side
+        of the training data, in order, in batches of ``per_device_train_batch_size``."""
+        if self.train_dataset is None:
+            raise ValueError('ref_model="cache" needs `train_dataset` (the forget set to cache).')
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator, shuffle=False,
+        )  # fmt: skip
+        forget_sides = (split_pair(self._prepare_inputs(batch))[0] for batch in loader)
+        return CachedReference.compute(self.model, forget_sides, size=len(self.train_dataset))
 
     def _distributed(self) -> bool:
         return self.args.world_size > 1 or self.is_fsdp_enabled or self.is_deepspeed_enabled
@@ -163,6 +225,7 @@ class UnlearningTrainer(transformers.Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
+        self._unscaled_by_combine = False
         inputs = self._prepare_inputs(inputs)
         forget, retain = split_pair(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
@@ -188,7 +251,9 @@ class UnlearningTrainer(transformers.Trainer):
         self._window["forget_loss"].append(loss_f.detach())
         self._window["retain_loss"].append(loss_r.detach())
         if self.accelerator.sync_gradients:  # last micro-batch: the Trainer clips and steps next
-            stats = synth.combine_()
+            optimizer = self._scaled_optimizer(synth)
+            stats = synth.combine_(optimizer=optimizer)
+            self._unscaled_by_combine = optimizer is not None
             self._geometry.append(stats.table[-1])
             if self.is_deepspeed_enabled:  # the engine clips and steps on g_final (the Trainer's
                 model.step()  # optimizer.step() is a no-op under DeepSpeed)
@@ -209,11 +274,18 @@ class UnlearningTrainer(transformers.Trainer):
         state = self.synth.state_dict() if self.synth is not None else {}
         if state and (self.args.should_save or self.synth.engine.sharded):
             torch.save(state, self._synthesizer_state_path(output_dir, self.synth))
+        if isinstance(self.ref_model, CachedReference) and self.args.should_save:
+            torch.save(self.ref_model.state_dict(), os.path.join(output_dir, REFERENCE_CACHE_NAME))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
+        cached = os.path.join(checkpoint, REFERENCE_CACHE_NAME)
+        if isinstance(self.ref_model, CachedReference) and os.path.isfile(cached):
+            # the checkpoint's cache was computed from the model before unlearning began
+            state = torch.load(cached, map_location="cpu", weights_only=True)
+            self.ref_model = CachedReference.from_state_dict(state)
         synth = self._synthesizer_for(self.model_wrapped)
         path = self._synthesizer_state_path(checkpoint, synth)
         if os.path.isfile(path):
