@@ -3,18 +3,19 @@
     python bench/native_report.py --before DIR... --after DIR... [--before-label TEXT]
 
 Each DIR holds the ``results.json`` of one ``bench/run.py --peers native native_stats`` run (one
-instruction set, as ``SAGO_NATIVE_ISA`` chose it, and one or more dtypes). Prints a Markdown
-section for ``bench/RESULTS.md``: the machine, threads, clock and load the JSONs recorded, the
-targets of issue 30 judged on every row (met only when every expected row is there and within
-its bound), then every row. "×copy" is a call's time over that of a copy of the same bytes run
-right after it (the median of the per-call ratios); "stats cost" is the ``native_stats`` row's
-×copy over the plain row's.
+instruction set, as ``SAGO_NATIVE_ISA`` chose it, and one or more dtypes); repeated runs of the
+same case are combined by their median. Prints a Markdown section for ``bench/RESULTS.md``: the
+machine, threads, clock and load the JSONs recorded, the targets of issue 30 judged on every row
+(met only when every expected row is there and within its bound), then every row. "×copy" is a
+call's time over that of a copy of the same bytes run right after it (the median of the per-call
+ratios); "stats cost" is the ``native_stats`` row's ×copy over the plain row's, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 BOUND = 1.3  # issue 30: ≤ 1.3× the copy roofline, statistics ≤ 1.3× the method without them
@@ -27,9 +28,13 @@ def family(isa: str | None) -> str:
     return "AVX-512" if isa.startswith("avx512") else {"avx2": "AVX2"}.get(isa, isa)
 
 
+KEYS = ("copy_time_ratio", "stats_cost")
+
+
 def load(dirs: list[str]) -> tuple[dict, list[dict]]:
-    """Rows keyed by (build, dtype, method, peer), and the runs' environments."""
-    rows, envs = {}, []
+    """Rows keyed by (build, dtype, method, peer), each value the median over the runs that
+    measured it (with ``runs``, their number), and the runs' environments."""
+    runs, envs = {}, []
     for d in dirs:
         result = json.loads((Path(d) / "results.json").read_text())
         env = dict(result["environment"], args=result["args"], complete=result.get("complete"))
@@ -37,7 +42,16 @@ def load(dirs: list[str]) -> tuple[dict, list[dict]]:
         for r in result["rows"]:
             if r.get("oom") or not r["peer"].startswith("native"):
                 continue
-            rows[(family(r.get("isa")), r["dtype"], r["method"], r["peer"])] = r
+            runs.setdefault((family(r.get("isa")), r["dtype"], r["method"], r["peer"]), []).append(
+                r
+            )
+    rows = {}
+    for key, measured in runs.items():
+        rows[key] = {"runs": len(measured)}
+        for name in KEYS:
+            values = [r[name] for r in measured if r.get(name) is not None]
+            if values:
+                rows[key][name] = statistics.median(values)
     return rows, envs
 
 
@@ -45,18 +59,35 @@ def _span(values: list[float]) -> str:
     return f"{min(values):.1f}–{max(values):.1f}" if values else "?"
 
 
+def _without_out(command: list[str]) -> list[str]:
+    """A command line without its ``--out`` folder (one line for all the repeats)."""
+    kept, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word == "--out":
+            skip = True
+        else:
+            kept.append(word)
+    return kept
+
+
 def describe(label: str, envs: list[dict]) -> list[str]:
     first = envs[0]
+    repeats = len(envs) // max(
+        1, len({(e.get("native_isa"), tuple(e["args"]["dtypes"])) for e in envs})
+    )
     loads = [
         x for e in envs for x in (e.get("load_before", [None])[0], e.get("load_after", [None])[0])
     ]
     loads = [x for x in loads if x is not None]
     commits = sorted({str(e.get("commit")) for e in envs})
     isas = sorted({str(e.get("native_isa")) for e in envs})
-    commands = sorted({" ".join(e.get("command", [])) for e in envs})
+    commands = sorted({" ".join(_without_out(e.get("command", []))) for e in envs})
     dates = sorted(str(e.get("date")) for e in envs)
     return [
         f"- **{label}**: commit {', '.join(commits)}; builds {', '.join(isas)}; "
+        f"{repeats} run(s) of each case, medians; "
         f"{first['args'].get('threads') or first.get('threads')} thread(s), "
         f"{first['args'].get('clock', 'wall')} clock; 1-minute load {_span(loads)} "
         f"(before and after each run); {dates[0]} to {dates[-1]}; "

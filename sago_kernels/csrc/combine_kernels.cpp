@@ -11,15 +11,17 @@
 // lane, adds its lanes in lane order into its own row, and rows are added per segment in chunk
 // order afterwards. So outputs and statistics are bitwise the same with 1 thread or 64.
 //
-// Sums (dots and statistics): each product is one float32 multiplication, added into a float32
-// sum per lane over a block of kBlockRows rows; each block's lane sums are then added in double.
-// A product of two bfloat16/float16 values is exact in float32 (8 + 8 significant bits), so for
-// them only the block sums round; for float32 inputs each product rounds once more. Both stay
-// well inside the order-free float32 bound of the README (n·u·Σ|x_i·y_i|) and cost a
-// multiply and an add per product in registers, where double products cost two conversions and
-// twice the vector width: the sums now ride along the memory traffic instead of doubling the
-// pass's time. Overflow follows the one rule (r·r or f·f not finite in float32: see
-// affine_weights), which a float32 product overflowing cannot escape (Cauchy-Schwarz).
+// Sums (dots and statistics): each product is added into a float32 sum per lane by a fused
+// multiply-add (one rounding), over a block of kBlockRows rows; each block's lane sums are then
+// added in double. So a lane's error is at most kBlockRows roundings of its block's terms, well
+// inside the order-free float32 bound of the README (n·u·Σ|x_i·y_i|), for bfloat16 (whose
+// products, 8 + 8 significant bits, are exact in float32 anyway) as for float32. In registers
+// that is one instruction a product, where double products cost two conversions and twice the
+// vector width: the sums ride along the memory traffic instead of doubling the pass's time.
+// Overflow follows the one rule (r·r or f·f not finite in float32: see affine_weights), which a
+// float32 product overflowing cannot escape (Cauchy-Schwarz). The CPU's bfloat16 dot product
+// (VDPBF16PS) is not used: it flushes subnormal inputs and results to zero, which would lose
+// more than the README's underflow allowance and could not give the same bits elsewhere.
 //
 // g_final is float32 arithmetic without contraction (-ffp-contract=off): γ·f + α·r rounds
 // exactly as the reference does. Sign gates and finiteness are decided on bits. A block is
@@ -408,7 +410,9 @@ SAGO_INLINE void count(VU& counts, Mask m) {  // +1 in the lanes of m
   const __m512i c = reinterpret_cast<__m512i>(counts);
   counts = reinterpret_cast<VU>(_mm512_mask_sub_epi32(c, m, c, _mm512_set1_epi32(-1)));
 }
-SAGO_INLINE Mask mask_of(VI lanes) { return _mm512_movepi32_mask(reinterpret_cast<__m512i>(lanes)); }
+SAGO_INLINE Mask mask_of(VI lanes) {
+  return _mm512_movepi32_mask(reinterpret_cast<__m512i>(lanes));
+}
 #elif defined(__AVX2__)
 // A mask is the sign bit of each lane (the other bits are don't-care), which is what BLENDVPS
 // reads: the predicates become sign bits in fewer instructions than -1/0 lanes, since AVX2
@@ -790,7 +794,7 @@ class Combine {
     {
       const IeeeArithmetic ieee;  // in every thread of the region
 #ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's end is the one barrier
 #endif
       for (int64_t c = 0; c < chunks; ++c) body(c, gates);
     }
