@@ -209,6 +209,10 @@ def test_checkpoints_carry_the_gru_average_and_resume_it(tmp_path):
     assert torch.equal(resumed.synth.state_buffer, straight.synth.state_buffer)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (checkpoint / "sago_synthesizer.pt").unlink()  # a checkpoint without the average: refused,
+    lost = _InOrder(model=_model(seed=1), args=_args(tmp_path / "c", **args), **kw)
+    with pytest.raises(FileNotFoundError, match="keeps a state across steps"):  # not from zero
+        lost.train(resume_from_checkpoint=str(checkpoint))
 
 
 class _CPUScaler(_InOrder):

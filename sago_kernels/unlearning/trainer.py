@@ -291,6 +291,13 @@ class UnlearningTrainer(transformers.Trainer):
         if os.path.isfile(path):
             device = synth.retain_buffer.device
             synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        elif synth.keeps_state:  # resuming from zero would be another run, silently
+            raise FileNotFoundError(
+                f"The checkpoint {checkpoint} has no {os.path.basename(path)}, but method "
+                f"{synth.method!r} keeps a state across steps (GRU's average, a GradVac's φ̂), "
+                "which a resumed run must continue from: resume from a checkpoint this Trainer "
+                "saved with the same method."
+            )
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean forget/retain losses and gradient geometry since the last log."""
