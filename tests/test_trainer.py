@@ -233,7 +233,8 @@ def test_trainer_with_a_loss_scaler_steps_as_fp32(tmp_path, buffers):
     combine's)."""
     data = PairedDataset(_examples(8, 1), _examples(12, 2), seed=3)
     kw = dict(train_dataset=data, data_collator=PairedCollator(pad_token_id=0), method="pcgrad",
-              forget_loss="npo", ref_model="cache", buffers=buffers, backend="reference")  # fmt: skip
+              forget_loss="npo", ref_model="cache", buffers=buffers,
+              backend="reference")  # fmt: skip
     args = dict(max_grad_norm=1.0, optim="adamw_torch", learning_rate=1e-2)
     plain = _InOrder(model=_model(), args=_args(tmp_path / "a", **args), **kw)
     plain.train()
