@@ -1,11 +1,12 @@
 """A ``transformers.Trainer`` that unlearns with Algorithm 1 and the fused combine.
 
 Each micro-batch is a pair (see :class:`~sago_kernels.unlearning.data.PairedCollator`): the
-forget loss is back-propagated into the forget buffer, the retain loss into the retain buffer. On the last
-micro-batch of an accumulation window the two are combined in place, before the Trainer clips
-and steps, so gradient accumulation, any optimizer and scheduler, mixed precision and gradient
-clipping behave as they do for ordinary training. Losses and the gradient geometry are logged
-through the Trainer's own logging.
+forget loss is back-propagated into the forget buffer, the retain loss into the retain buffer.
+On the last micro-batch of an accumulation window the two are combined in place, before the
+Trainer clips and steps, so gradient accumulation, any optimizer and scheduler, mixed precision
+(fp16: the combine unscales for the GradScaler) and gradient clipping behave as they do for
+ordinary training. Losses and the gradient geometry are logged through the Trainer's own
+logging.
 
     trainer = UnlearningTrainer(model=model, args=args, train_dataset=PairedDataset(f, r),
                                 data_collator=PairedCollator(pad_id), method="sago",
