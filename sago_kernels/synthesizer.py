@@ -627,6 +627,8 @@ class GradientSynthesizer:
         state: dict[str, object] = {}
         if self.state_buffer is not None:
             state["ema"] = self.state_buffer.detach().clone()
+            ema = self._method.ema
+            state["ema_params"] = {"beta": ema.beta, "retain_coef": ema.retain_coef}
         weighting = self._stateful_weighting()
         if weighting is not None:
             state["weighting"] = weighting.state_dict()
@@ -641,7 +643,8 @@ class GradientSynthesizer:
         weighting's state (its own checks, and one entry per segment)."""
         weighting = self._stateful_weighting()
         step_state.check(
-            state, self.layout, self.state_buffer, weighting is not None, repr(self.method)
+            state, self.layout, self.state_buffer, weighting is not None, repr(self.method),
+            self._method.ema,
         )
         weighting_state = state.get("weighting")
         if weighting_state is not None:  # checks its own state before it writes any of it
@@ -652,6 +655,12 @@ class GradientSynthesizer:
             self.state_buffer.copy_(ema)
 
     # ------------------------------------------------------------------ inspection
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the method keeps a state across steps (GRU's average, a GradVac's φ̂): what
+        a checkpoint must carry for a resumed run to continue the same run."""
+        return self.state_buffer is not None or self._stateful_weighting() is not None
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the flat buffers (``buffers``, plus GRU's state): everything per-step

@@ -171,6 +171,9 @@ def test_a_state_saved_on_another_layout_is_refused_before_anything_is_written()
         ({**good, "ema": good["ema"].clone().fill_(math.nan)}, ValueError, "finite"),
         ({**good, "ema": good["ema"].to(torch.int64)}, TypeError, "floating-point"),
         ({**good, "weighting": {}}, ValueError, "keeps no weighting state"),
+        ({k: v for k, v in good.items() if k != "ema_params"}, ValueError, '"ema_params"'),
+        ({**good, "ema_params": {"beta": 0.5, "retain_coef": 1.0}}, ValueError,
+         "made with beta = 0.5.*beta = 0.8"),
     ):
         before = synth.state_buffer.clone()
         with pytest.raises(error, match=match):

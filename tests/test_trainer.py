@@ -209,6 +209,10 @@ def test_checkpoints_carry_the_gru_average_and_resume_it(tmp_path):
     assert torch.equal(resumed.synth.state_buffer, straight.synth.state_buffer)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (checkpoint / "sago_synthesizer.pt").unlink()  # a checkpoint without the average: refused,
+    lost = _InOrder(model=_model(seed=1), args=_args(tmp_path / "c", **args), **kw)
+    with pytest.raises(FileNotFoundError, match="keeps a state across steps"):  # not from zero
+        lost.train(resume_from_checkpoint=str(checkpoint))
 
 
 class _CPUScaler(_InOrder):
@@ -229,7 +233,8 @@ def test_trainer_with_a_loss_scaler_steps_as_fp32(tmp_path, buffers):
     combine's)."""
     data = PairedDataset(_examples(8, 1), _examples(12, 2), seed=3)
     kw = dict(train_dataset=data, data_collator=PairedCollator(pad_token_id=0), method="pcgrad",
-              forget_loss="npo", ref_model="cache", buffers=buffers, backend="reference")  # fmt: skip
+              forget_loss="npo", ref_model="cache", buffers=buffers,
+              backend="reference")  # fmt: skip
     args = dict(max_grad_norm=1.0, optim="adamw_torch", learning_rate=1e-2)
     plain = _InOrder(model=_model(), args=_args(tmp_path / "a", **args), **kw)
     plain.train()

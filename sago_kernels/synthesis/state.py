@@ -10,7 +10,7 @@ import torch
 
 from ..layout import GradLayout
 
-KEYS = ("ema", "weighting", "layout")
+KEYS = ("ema", "ema_params", "weighting", "layout")
 
 
 def layout_signature(layout: GradLayout) -> dict[str, list]:
@@ -57,8 +57,11 @@ def check(
     ema_buffer: torch.Tensor | None,
     has_weighting: bool,
     method: str,
+    ema_params: object | None = None,
 ) -> None:
-    """Refuse a state that does not fit, before anything is written."""
+    """Refuse a state that does not fit, before anything is written. ``ema_params``: the
+    method's GRU parameters, which the saved average must have been made with (an average
+    of β = 0.8 continued at β = 0.9 is neither run)."""
     if not isinstance(state, Mapping):
         raise TypeError(f"Parameter `state` should be a mapping. Found `{type(state).__name__}`.")
     unknown = set(state) - set(KEYS)
@@ -90,6 +93,20 @@ def check(
                 "(a segment whose step is not finite keeps its average). Found non-finite "
                 "values; the state is corrupt."
             )
+        saved = state.get("ema_params")
+        want = {"beta": ema_params.beta, "retain_coef": ema_params.retain_coef}
+        if not isinstance(saved, Mapping) or set(saved) != set(want):
+            raise ValueError(
+                'The state\'s moving average should come with its "ema_params" (GRU\'s beta and '
+                f"retain_coef, as `synth.state_dict()` records them). Found {saved!r}."
+            )
+        for name, value in want.items():
+            if saved[name] != value:
+                raise ValueError(
+                    f"The state's moving average was made with {name} = {saved[name]!r}; this "
+                    f"synthesizer's method has {name} = {value!r}. Build it with the run's "
+                    f"parameters (sk.method_with(..., {name}={saved[name]!r}))."
+                )
     weighting = state.get("weighting")
     if (weighting is None) == has_weighting:
         has = "has" if weighting is not None else "lacks"

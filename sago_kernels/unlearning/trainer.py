@@ -1,11 +1,12 @@
 """A ``transformers.Trainer`` that unlearns with Algorithm 1 and the fused combine.
 
-Each micro-batch is a pair (see :class:`~sago_kernels.unlearning.data.PairedCollator`): the forget loss is
-back-propagated into the forget buffer, the retain loss into the retain buffer. On the last
-micro-batch of an accumulation window the two are combined in place, before the Trainer clips
-and steps, so gradient accumulation, any optimizer and scheduler, mixed precision and gradient
-clipping behave as they do for ordinary training. Losses and the gradient geometry are logged
-through the Trainer's own logging.
+Each micro-batch is a pair (see :class:`~sago_kernels.unlearning.data.PairedCollator`): the
+forget loss is back-propagated into the forget buffer, the retain loss into the retain buffer.
+On the last micro-batch of an accumulation window the two are combined in place, before the
+Trainer clips and steps, so gradient accumulation, any optimizer and scheduler, mixed precision
+(fp16: the combine unscales for the GradScaler) and gradient clipping behave as they do for
+ordinary training. Losses and the gradient geometry are logged through the Trainer's own
+logging.
 
     trainer = UnlearningTrainer(model=model, args=args, train_dataset=PairedDataset(f, r),
                                 data_collator=PairedCollator(pad_id), method="sago",
@@ -291,6 +292,13 @@ class UnlearningTrainer(transformers.Trainer):
         if os.path.isfile(path):
             device = synth.retain_buffer.device
             synth.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        elif synth.keeps_state:  # resuming from zero would be another run, silently
+            raise FileNotFoundError(
+                f"The checkpoint {checkpoint} has no {os.path.basename(path)}, but method "
+                f"{synth.method!r} keeps a state across steps (GRU's average, a GradVac's φ̂), "
+                "which a resumed run must continue from: resume from a checkpoint this Trainer "
+                "saved with the same method."
+            )
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean forget/retain losses and gradient geometry since the last log."""
