@@ -175,3 +175,72 @@ def test_one_buffer_mode_combines_every_parameter_as_the_oracle(
         assert_output_matches(got, want, seg, torch.float32, context=f"{method}/{name}")
     packed = sk.GradLayout.from_sizes(sizes, alignment=1)
     assert_stats_match(stats.table, r, f, out, packed, context=method)
+
+
+# --------------------------------------------------------------------------- gru.py, reference.py
+
+
+def test_gru_coefficients_are_float32_whatever_the_dots_dtype():
+    """``gru.coefficients`` computes in float32, as every backend's dots are (documented)."""
+    from sago_kernels import gru
+
+    dots = torch.tensor([[1.0, 2.0, 3.0, -1.0 / 3.0, 0.1]], dtype=torch.float64)
+    got = gru.coefficients(dots, 0.7, 1.3, 1e-10, 1.0, whole=False)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, gru.coefficients(dots.float(), 0.7, 1.3, 1e-10, 1.0, whole=False))
+    fm, mm = torch.tensor(-1.0 / 3.0), torch.tensor(0.1)  # float32, as documented
+    want = torch.stack([torch.tensor(1.3), torch.tensor(0.7), -1.3 * (fm / (mm + 1e-10))])
+    assert torch.equal(got[0], want)
+
+
+@pytest.mark.parametrize("n", [3 * 4096 + 17, 256 * 4096 + 3 * 4096 + 5])
+def test_fixed_order_dots_of_many_blocks_and_chunks_are_exact_on_integers(n):
+    """Dots longer than a block (4096) and than a chunk (2**20), on small integers: every partial
+    sum is an integer below 2**24, so any correct order gives the exact dot, and a block dropped,
+    counted twice or misplaced shows (the fuzz's segments are all shorter than a block)."""
+    from sago_kernels.reference import fixed_order_dots
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randint(-3, 4, (n,), generator=g).float()
+    y = torch.randint(0, 3, (n,), generator=g).float()
+    pairs = [(0, 1), (1, 1), (0, 0), (1, 0)]
+    got = fixed_order_dots([x, y], pairs)
+    vecs = [x.long(), y.long()]
+    want = [int(vecs[i] @ vecs[j]) for i, j in pairs]
+    assert got.dtype == torch.float32 and got.tolist() == want
+
+
+# --------------------------------------------------------------------------- stats.py
+
+
+def test_combine_stats_fields_dict_and_text_table():
+    """``CombineStats``: each field is its column (the segments' rows, then the total row), the
+    dict is the total row, and the text table has one line per segment (by name, or index when
+    unnamed), at most ``max_rows`` of them, then the total."""
+    from sago_kernels.stats import FIELDS, CombineStats
+
+    table = torch.arange(32, dtype=torch.float32).reshape(4, 8) / 7
+    stats = CombineStats.from_table("sago", table)
+    assert stats.method == "sago" and stats.table is table
+    for j, name in enumerate(FIELDS):
+        assert torch.equal(getattr(stats.per_segment, name), table[:-1, j]), name
+        assert torch.equal(getattr(stats.total, name), table[-1, j]), name
+    assert stats.to_dict() == dict(zip(FIELDS, table[-1].tolist()))
+
+    def row(label, values, width):
+        return f"{label:<{width}}" + "".join(f"{x:>18.6g}" for x in values.tolist())
+
+    head = "".join(f"{f:>18}" for f in FIELDS)
+    width = len("head.weight") + 2
+    lines = stats.format(names=["embed", None, "head.weight"], max_rows=2).splitlines()
+    assert lines == [
+        f"{'segment':<{width}}" + head,
+        row("embed", table[0], width),
+        row("1", table[1], width),
+        "... 1 more segments",
+        row("total", table[3], width),
+    ]
+    lines = stats.format().splitlines()
+    assert lines == [f"{'segment':<7}" + head] + [
+        row(label, table[i], 7) for i, label in enumerate(["0", "1", "2", "total"])
+    ]

@@ -285,14 +285,22 @@ def test_state_is_required_exactly_for_gru():
     [
         ({"beta": 0.0}, ValueError, "in \\(0, 1\\]"),
         ({"beta": 1.5}, ValueError, "in \\(0, 1\\]"),
-        ({"beta": "high"}, TypeError, "beta"),
-        ({"retain_coef": math.inf}, ValueError, "retain_coef"),
+        ({"beta": "high"}, TypeError, "Parameter `beta` should be a finite Python float"),
+        ({"retain_coef": math.inf}, ValueError, "Parameter `retain_coef` should be finite"),
         ({"momentum": 0.9}, TypeError, "does not take"),
     ],
 )
 def test_gru_parameters_are_checked(params, error, match):
     with pytest.raises(error, match=match):
         sk.method_with("gru", **params)
+
+
+def test_gru_parameters_are_stored_as_floats():
+    """An int or numpy β and κ are kept as the Python floats every backend rounds (and the
+    formula and repr show)."""
+    params = sk.method_with("gru", beta=1, retain_coef=np.float64(0.5)).ema
+    assert type(params.beta) is float and type(params.retain_coef) is float
+    assert repr(params) == "EMAParams(beta=1.0, retain_coef=0.5)"
 
 
 def test_gru_is_refused_where_a_state_cannot_travel():
