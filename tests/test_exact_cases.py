@@ -84,6 +84,20 @@ def test_gru_moving_average_weighs_the_new_gradient_by_beta(backend, device, bet
     torch.testing.assert_close(out.double().cpu(), f64 - c * m64 + r64, rtol=1e-6, atol=1e-6)
 
 
+def test_gru_segment_whose_f_dot_f_overflows_is_nan_and_keeps_its_state(backend, device):
+    """f·f is one of the three dots that must be finite (README, GRU) even where f·m' is: with
+    m' = 0, f·m' = 0 while f·f overflows float32. The segment is NaN and keeps its state; the
+    other segment is combined. Fails on a finiteness check that skips f·f."""
+    layout = sk.GradLayout.from_sizes([2, 2], alignment=1)
+    f = torch.tensor([3e19, -3e19, 1.0, 2.0], device=device)
+    r = torch.tensor([0.0, 0.0, 1.0, -1.0], device=device)
+    state = torch.zeros(4, device=device)
+    out = _combine(backend, r.clone(), f, "gru", layout=layout, state=state)
+    assert torch.isnan(out[:2]).all() and torch.isfinite(out[2:]).all()
+    assert torch.equal(state[:2], torch.zeros(2, device=device))
+    assert torch.equal(state[2:].cpu(), torch.tensor(0.8, dtype=torch.float32) * r[2:].cpu())
+
+
 # --------------------------------------------------------------------------- one-buffer mode
 
 
