@@ -56,6 +56,26 @@ backend is the fastest to run them through (the others are judged against the or
 full suite); without the ``torch.compile`` and thread-count tests (seconds each, and they test
 the custom op and the summation order, not these modules' arithmetic)."""
 
+WEIGHTING_TESTS = [
+    "test_projections_lie_in_the_dual_cone",
+    "test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows",
+    "test_config_has_equal_cosine_with_both_rows",
+    "test_degenerate_gramians_give_finite_weights",
+    "test_parameters_reach_the_weighting",
+    "test_global_scope_is_one_gramian_over_all_segments",
+    "test_a_user_weighting_runs_on_every_backend",
+    "test_a_weighting_of_the_wrong_shape_is_refused_before_the_write",
+    "test_built_in_methods_list_their_formulas",
+    "test_gradvac_state_is_checkpointed_reset_and_not_poisoned",
+    "test_every_backend_agrees_with_torchjd",
+    "test_gradvac_follows_torchjd_over_a_run_on_every_backend",
+    "test_a_torchjd_weighting_runs_as_it_is",
+]
+"""``tests/test_weightings.py``'s tests, the fast property checks before the TorchJD parity
+(``-x`` stops at the first failure, so the fast ones kill most mutants). TorchJD's Nash-MTL and
+CAGrad (convex solvers, seconds each) are left to the independent checks of
+``tests/test_exact_cases.py`` in a mutant's run; the full suite runs both."""
+
 MODULES: dict[str, tuple[list[str], str]] = {
     "sago_kernels/reference.py": (
         ["tests/test_exact_cases.py", "tests/test_combine_fuzz.py", "tests/test_gru.py",
@@ -63,8 +83,12 @@ MODULES: dict[str, tuple[list[str], str]] = {
         ON_REFERENCE,
     ),
     "sago_kernels/weightings.py": (
-        ["tests/test_weightings.py", "tests/test_combine_fuzz.py"],
-        ON_REFERENCE,
+        [
+            "tests/test_exact_cases.py",
+            *(f"tests/test_weightings.py::{t}" for t in WEIGHTING_TESTS),
+            "tests/test_combine_fuzz.py",
+        ],
+        ON_REFERENCE + " and not (torchjd and (nash_mtl or cagrad))",
     ),
     "sago_kernels/stats.py": (
         ["tests/test_combine_fuzz.py", "tests/test_properties.py", "tests/test_synthesizer.py"],
@@ -415,10 +439,15 @@ def report() -> str:
         tests = ", ".join(Path(t).name for t in r["tests"]) + (
             f" `-k '{r['k']}'`" if r["k"] else ""
         )
+        wall = f"{r['wall_s']:.0f} s ({r['load_before'][0]:.1f})"
+        for again in r.get("reruns", []):
+            wall += f"; {again['mutants']} survivors again: {again['wall_s']:.0f} s"
+            wall += f" ({again['load_before'][0]:.1f})"
+        commit = r["commit"] + (f", tests {r['tests_commit']}" if "tests_commit" in r else "")
         lines.append(
-            f"| `{module}` | {r['commit']} | {r['mutants']} | {r['killed']} | {r['equivalent']} | "
+            f"| `{module}` | {commit} | {r['mutants']} | {r['killed']} | {r['equivalent']} | "
             f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {r['score']:.1%} | "
-            f"{r['wall_s']:.0f} s ({r['load_before'][0]:.1f}) | {tests} |"
+            f"{wall} | {tests} |"
         )
     lines += ["", "Equivalent mutants (no test can tell them from the original), by module:", ""]
     for module in MODULES:

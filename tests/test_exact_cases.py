@@ -245,3 +245,70 @@ def test_combine_stats_fields_dict_and_text_table():
     assert lines == [f"{'segment':<7}" + head] + [
         row(label, table[i], 7) for i, label in enumerate(["0", "1", "2", "total"])
     ]
+
+
+# --------------------------------------------------------------------------- weightings.py
+
+
+def _rows(seed: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` pairs of rows (u, v) in R^5 of every regime (conflicting, aligned, unequal norms),
+    and their Gramians, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    v[::3] = -0.7 * u[::3] + 0.3 * v[::3]  # conflicting
+    v[1::3] = 4.0 * u[1::3] + v[1::3]  # aligned, unequal norms
+    gram = torch.stack(
+        [
+            torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+            torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1),
+        ],
+        -2,
+    )
+    return u, v, gram
+
+
+def test_nash_mtl_weights_solve_the_bargaining_equation_in_every_regime():
+    """Nash-MTL's weights solve G·w = 1/w (the Nash bargaining solution for two tasks), found
+    here by its defining equation rather than TorchJD's iterations (which reach it only for
+    aligned rows of similar norms); with ``max_norm`` the combination is scaled to that norm
+    when longer. An independent check of the closed form."""
+    from sago_kernels import weightings
+
+    _, _, gram = _rows(5)
+    exists = (gram[:, 0, 1] + (gram[:, 0, 0] * gram[:, 1, 1]).sqrt()) > 1e-9
+    w = weightings.nash_mtl(max_norm=0.0)(gram)[exists]
+    g = gram[exists]
+    gw_w = (g @ w[..., None])[..., 0] * w
+    torch.testing.assert_close(gw_w, torch.ones_like(w), rtol=1e-9, atol=0)
+    norm = (w[:, None, :] @ g @ w[..., None])[:, 0, 0].sqrt()  # √2: wᵀGw = Σ w_i·(1/w_i)
+    for max_norm in (1.0, 2.0):  # scaled down to 1; left as it is under 2
+        capped = weightings.nash_mtl(max_norm=max_norm)(gram)[exists]
+        scale = (norm / max_norm).clamp_min(1.0)[:, None]
+        torch.testing.assert_close(capped, w / scale, rtol=1e-12, atol=0)
+
+
+def test_cagrad_weights_minimise_its_objective_over_the_simplex():
+    """CAGrad(c): (t, 1 − t) minimises g₀·g_w + c·|g₀|·|g_w| over the simplex (g₀ the mean row,
+    g_w = t·u + (1 − t)·v), and w = ½ + c·|g₀|·(t, 1 − t)/|g_w|. The objective is convex in t:
+    found here by a bounded scalar minimiser (scipy), not the closed form."""
+    from scipy.optimize import minimize_scalar
+
+    from sago_kernels import weightings
+
+    u, v, gram = _rows(6)
+    for c in (0.5, 0.2):
+        got = weightings.cagrad(c=c)(gram)
+        for i in range(u.shape[0]):
+            g0 = (u[i] + v[i]) / 2
+            c_g0 = c * float(g0.norm())
+
+            def objective(t, i=i, g0=g0, c_g0=c_g0):
+                gw = t * u[i] + (1 - t) * v[i]
+                return float(g0 @ gw) + c_g0 * float(gw.norm())
+
+            t = minimize_scalar(objective, bounds=(0.0, 1.0), method="bounded",
+                                options={"xatol": 1e-12}).x  # fmt: skip
+            gw = float((t * u[i] + (1 - t) * v[i]).norm())
+            want = torch.tensor([0.5 + c_g0 * t / gw, 0.5 + c_g0 * (1 - t) / gw])
+            torch.testing.assert_close(got[i], want.double(), rtol=1e-5, atol=1e-5)
