@@ -312,3 +312,78 @@ def test_cagrad_weights_minimise_its_objective_over_the_simplex():
             gw = float((t * u[i] + (1 - t) * v[i]).norm())
             want = torch.tensor([0.5 + c_g0 * t / gw, 0.5 + c_g0 * (1 - t) / gw])
             torch.testing.assert_close(got[i], want.double(), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- reference.py, sharded
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "pcgrad_global", "blur", "mgda", "gru", "gru_global"])
+def test_reference_sharded_over_two_simulated_ranks_is_the_whole_combine(method):
+    """``reference.combine(..., reduce=)``, the path of sharded gradients, in one process: each
+    of two "ranks" holds one half of every segment, and its ``reduce`` adds the other rank's
+    local table (recorded in a first pass). The halves put together must be the oracle's combine
+    of the whole segments; each rank's sums are its own."""
+    from oracle import gru_truth, segment_mask
+
+    from sago_kernels import reference
+
+    m = sk.METHODS[method]
+    sizes = [6, 5, 0, 9, 1]
+    halves = [[n // 2 for n in sizes], [n - n // 2 for n in sizes]]
+    whole = sk.GradLayout.from_sizes(sizes, alignment=1)
+    g = torch.Generator().manual_seed(3)
+    r, f = torch.randn(whole.numel, generator=g), torch.randn(whole.numel, generator=g)
+    f[6:11] = -2 * r[6:11]  # a conflicting segment
+    state = torch.randn(whole.numel, generator=g)
+    parts, cursor = [[], []], 0
+    for n, a in zip(sizes, halves[0]):
+        parts[0].append(torch.arange(cursor, cursor + a))
+        parts[1].append(torch.arange(cursor + a, cursor + n))
+        cursor += n
+    index = [torch.cat(p) for p in parts]
+    layouts = [sk.GradLayout.from_sizes(h, alignment=1) for h in halves]
+
+    def run(rank, reduce):
+        st = state[index[rank]].clone()
+        extra = {"ema": m.ema, "state": st} if m.needs_state else {}
+        out, sums, _ = reference.combine(
+            r[index[rank]], f[index[rank]], layouts[rank], m.reference, m.scope,
+            alpha=0.7, gamma=1.3, eps=1e-10, reduce=reduce, weighting=m.weighting, **extra,
+        )  # fmt: skip
+        return out, sums, st
+
+    recorded = [[], []]
+    for rank in (0, 1):
+        run(rank, lambda t, rank=rank: recorded[rank].append(t.clone()))
+    got, got_state = torch.empty(whole.numel), torch.empty(whole.numel)
+    for rank in (0, 1):
+        calls = iter(recorded[1 - rank])
+        out, sums, st = run(rank, lambda t, calls=calls: t.add_(next(calls)))
+        got[index[rank]], got_state[index[rank]] = out, st
+        own = reference.combine(
+            r[index[rank]], f[index[rank]], layouts[rank], sk.METHODS["sum"].reference, "element",
+            alpha=0.7, gamma=1.3, eps=1e-10,
+        )[1]  # fmt: skip
+        assert torch.equal(sums[:, :3], own[:, :3]), "a rank's sums are its own"
+    if m.needs_state:
+        want = gru_truth(r, f, state, whole, m, 0.7, 1.3, 1e-10)
+        assert torch.equal(bits(got_state), bits(want.state))
+    else:
+        want = truth(r, f, whole, m, 0.7, 1.3, 1e-10)
+    assert segment_mask(whole).all()
+    assert_output_matches(got, want, whole, torch.float32, context=method)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conflict_mask_is_the_sign_rule_in_either_width(dtype):
+    """Both non-zero, sign bits differ (README): ±0 never, subnormals always, in float32 and in
+    float64 (its bits are read through a same-width integer view)."""
+    from oracle import conflicts
+
+    from sago_kernels.reference import conflict_mask
+
+    tiny = torch.finfo(dtype).smallest_normal / 4  # a subnormal
+    f = torch.tensor([1.0, -1.0, 0.0, -0.0, tiny, -tiny, 2.0, -3.0, 0.0], dtype=dtype)
+    r = torch.tensor([-2.0, 3.0, -1.0, 1.0, -tiny, tiny, 5.0, -0.0, -0.0], dtype=dtype)
+    want = torch.tensor([True, True, False, False, True, True, False, False, False])
+    assert torch.equal(conflict_mask(f, r), want) and torch.equal(conflicts(f, r), want)
