@@ -17,7 +17,7 @@ rewrites the section of ``bench/RESULTS.md`` between its markers from that file.
 survivors are each either killed by a test or listed in :data:`EQUIVALENT` with why no test
 can kill them; the score is killed / (mutants − equivalent).
 
-Two settings differ from mutmut's defaults, and why:
+Settings that differ from mutmut's and pytest's defaults, and why:
 - Every mutant runs the module's whole test selection (``-x``: it stops at the first
   failure), not only the tests mutmut saw calling the mutated function. The method registry
   runs its factories at import time (``METHODS``, the weightings' closures), before any test,
@@ -25,6 +25,10 @@ Two settings differ from mutmut's defaults, and why:
   mutants "no tests" or let them survive untested. The workers are forked from a server that
   has imported torch, numpy, hypothesis and pytest but not ``sago_kernels``, so each mutant
   imports the package afresh, its own mutant active at import time too.
+- Hypothesis runs the ci profile's examples without shrinking a failure (a failing example
+  already kills the mutant; shrinking it costs seconds to minutes), and pytest runs without
+  plugin autoloading and without the plugins that call ``gc.collect()`` at exit (seconds each
+  with torch loaded): :data:`FAST_PYTEST`.
 - Error-message text is not mutated (:data:`NOT_MUTATED`): the tests check messages by key
   phrases (``pytest.raises(match=...)``), which mutmut's string mutant ("XX" + text + "XX")
   always still contains. The checks that raise them are mutated like any other code.
@@ -134,6 +138,20 @@ FAST_PYTEST = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "
 loaded) and with no plugin autoloading (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``; hypothesis runs
 without its plugin): each mutant's pytest session costs its tests, not pytest's start-up."""
 
+HYPOTHESIS_PROFILE = """
+
+# Added by bench/mutation.py to its scratch copy: the ci profile without shrinking (a failing
+# example already kills the mutant; shrinking it can take minutes).
+from hypothesis import Phase  # noqa: E402
+
+settings.register_profile(
+    "mutation", parent=settings.get_profile("ci"),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+settings.load_profile("mutation")
+"""
+"""Appended to the scratch copy's ``tests/conftest.py``: hypothesis without its shrink phase."""
+
 PRELOAD = [
     "torch", "torch._dynamo", "numpy", "scipy.stats", "hypothesis", "pytest", "faker", "triton",
     "transformers", "torchjd.aggregation",
@@ -205,6 +223,8 @@ def _scratch(module: str, tests: list[str], k_expr: str, work: Path) -> Path:
     shutil.copytree(ROOT / "sago_kernels", here / "sago_kernels", ignore=ignore)
     shutil.copytree(ROOT / "tests", here / "tests", ignore=ignore)
     (here / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
+    with open(here / "tests" / "conftest.py", "a") as conftest:  # the scratch copy's only
+        conftest.write(HYPOTHESIS_PROFILE)
     pytest_args = [*FAST_PYTEST] + (["-k", k_expr] if k_expr else [])
     lines = [
         "[mutmut]",
@@ -219,7 +239,8 @@ def _scratch(module: str, tests: list[str], k_expr: str, work: Path) -> Path:
         "process_isolation = forkserver",
         "forkserver_warmup = import",
         "preload_modules_file = preload.txt",
-        "timeout_constant = 30.0",
+        "timeout_constant = 10.0",
+        "timeout_multiplier = 5.0",
         "use_git_change_detection = false",
     ]
     (here / "setup.cfg").write_text("\n".join(lines) + "\n")
