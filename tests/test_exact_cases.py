@@ -296,7 +296,7 @@ def test_cagrad_weights_minimise_its_objective_over_the_simplex():
 
     from sago_kernels import weightings
 
-    u, v, gram = _rows(6)
+    u, v, gram = _rows(6, n=12)
     for c in (0.5, 0.2):
         got = weightings.cagrad(c=c)(gram)
         for i in range(u.shape[0]):
