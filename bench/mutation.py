@@ -153,8 +153,8 @@ settings.load_profile("mutation")
 """Appended to the scratch copy's ``tests/conftest.py``: hypothesis without its shrink phase."""
 
 PRELOAD = [
-    "torch", "torch._dynamo", "numpy", "scipy.stats", "scipy.optimize", "hypothesis", "pytest", "faker", "triton",
-    "transformers", "torchjd.aggregation",
+    "torch", "torch._dynamo", "numpy", "scipy.stats", "scipy.optimize", "hypothesis", "pytest",
+    "faker", "triton", "transformers", "torchjd.aggregation",
 ]  # fmt: skip
 """Imported once by the fork server; ``sago_kernels`` deliberately not (module docstring)."""
 
