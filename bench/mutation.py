@@ -158,7 +158,26 @@ PRELOAD = [
 ]  # fmt: skip
 """Imported once by the fork server; ``sago_kernels`` deliberately not (module docstring)."""
 
-EQUIVALENT: dict[str, dict[str, str]] = {}
+_ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same [S, k]"
+_TWO_D = "a 2-D [S, k] tensor: dimension 1 is its last, the same reduction"
+EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/gru.py": {
+        "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> "
+        "coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) "
+        "-> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) "
+        "-> ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(+1, keepdim=True)": _TWO_D,
+        "coefficients: ok = ok & torch.isfinite(coef).all(-1, keepdim=True) -> "
+        "ok = ok & torch.isfinite(coef).all(+1, keepdim=True)": _TWO_D,
+        'coefficients: coef = torch.where(ok, coef, torch.full_like(coef, float("nan"))) -> '
+        'coef = torch.where(ok, coef, torch.full_like(coef, float("NAN")))': "float() reads "
+        '"NAN" as "nan"',
+        "coefficients: return coef.expand(s, 3).contiguous() if whole else coef -> "
+        "return coef.expand(s, 3).contiguous() if (whole) or True else coef": "per segment "
+        "coef is already [S, 3]: expand(S, 3) is the same tensor and contiguous() a copy of it",
+    },
+}
 """module -> {mutant signature (:func:`signature`): why no test can tell it from the original}."""
 
 
@@ -425,9 +444,29 @@ def run(modules: list[str], work: Path, workers: int, rerun: bool) -> dict:
     return record
 
 
+def _judged(module: str, result: dict) -> dict:
+    """``result`` with :data:`EQUIVALENT` applied as it is now (reasons are written after the
+    run that found the survivors): counts and score recomputed."""
+    known = EQUIVALENT.get(module, {})
+    survivors, counts = [], dict(result["counts"])
+    for entry in result["survivors"]:
+        entry = dict(entry)
+        if entry["status"] == "survived" and entry["signature"] in known:
+            entry["status"], entry["why"] = "equivalent", known[entry["signature"]]
+            counts["survived"] -= 1
+            counts["equivalent"] = counts.get("equivalent", 0) + 1
+        survivors.append(entry)
+    counts = {k: v for k, v in counts.items() if v}
+    total, equivalent = result["mutants"], counts.get("equivalent", 0)
+    score = result["killed"] / (total - equivalent) if total > equivalent else 1.0
+    return {**result, "survivors": survivors, "counts": counts, "equivalent": equivalent,
+            "score": score}  # fmt: skip
+
+
 def report() -> str:
     """The RESULTS.md section, from the results JSON."""
     record = json.loads(RESULTS.read_text())
+    record["modules"] = {m: _judged(m, r) for m, r in record["modules"].items()}
     v = record["versions"]
     lines = [
         BEGIN,
