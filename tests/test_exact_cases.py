@@ -387,3 +387,80 @@ def test_conflict_mask_is_the_sign_rule_in_either_width(dtype):
     r = torch.tensor([-2.0, 3.0, -1.0, 1.0, -tiny, tiny, 5.0, -0.0, -0.0], dtype=dtype)
     want = torch.tensor([True, True, False, False, True, True, False, False, False])
     assert torch.equal(conflict_mask(f, r), want) and torch.equal(conflicts(f, r), want)
+
+
+# --------------------------------------------------------------------------- methods.py
+
+
+def test_method_registry_entries_are_what_their_names_say():
+    """Every field of the registry's entries, and of ``method_with``/``weighting_method``/
+    ``get_method``'s methods: names, formulas (shown in ``sk.METHODS``), scopes, kernel codes,
+    reference functions, weightings and GRU parameters."""
+    import importlib
+
+    from sago_kernels import reference, weightings
+    from sago_kernels.gru import EMAParams
+
+    methods = importlib.import_module("sago_kernels.methods")  # sk.methods is the function
+
+    codes = {name: (m.scope, m.code) for name, m in sk.METHODS.items()}
+    assert codes["sum"] == ("element", 0) and codes["sago"] == ("element", 1)
+    assert codes["sago_prefer_retain"] == ("element", 2) and codes["pcgrad"] == ("segment", 0)
+    assert codes["pcgrad_global"] == ("global", 0) and codes["blur"] == ("global", 1)
+    assert codes["gru"] == ("segment", 3) and codes["gru_global"] == ("global", 3)
+    assert all(codes[name] == ("segment", 2) for name in weightings.BUILT_IN)
+    assert sk.METHODS["sago"].reference is reference.sago
+    assert sk.METHODS["blur"].reference is reference.blur
+    assert [m.is_projection for m in map(sk.METHODS.get, ["sum", "pcgrad", "gru", "mgda"])] == [
+        False, True, True, True,
+    ]  # fmt: skip
+    assert [m.needs_state for m in map(sk.METHODS.get, ["sago", "pcgrad", "gru", "mgda"])] == [
+        False, False, True, False,
+    ]  # fmt: skip
+    assert methods.methods() == list(sk.METHODS) and "gru_global" in sk.METHODS
+
+    gru = sk.method_with("gru_global", beta=0.9, retain_coef=0.0)
+    assert gru.name == "gru_global(beta=0.9, retain_coef=0.0)" and gru.scope == "global"
+    assert gru.formula == (
+        "global: m ← β·r + (1 − β)·m (state), c = min(f·m, 0)/(m·m + eps); γ·(f − c·m) + κ·α·r "
+        "(β = 0.9, κ = 0.0)"
+    )
+    assert gru.code == 3 and gru.reference is reference.gru and gru.ema == EMAParams(0.9, 0.0)
+    assert repr(gru) == f"Method({gru.name!r}: {gru.formula})"
+    assert sk.METHODS["gru"].formula.startswith("per segment: m ← β·r")
+    assert sk.METHODS["gru"].formula.endswith("(β = 0.8, κ = 1.0)")
+    assert sk.method_with("gru", beta=0.5).scope == "segment"
+
+    cagrad = sk.method_with("cagrad", c=0.2)
+    assert cagrad.name == "cagrad(c=0.2)" and cagrad.scope == "segment" and cagrad.code == 2
+    assert cagrad.formula == "per segment, w = " + weightings.BUILT_IN["cagrad"][1]
+    upgrad = sk.method_with("upgrad", pref=(0.3, 0.7), norm_eps=0.0)
+    assert upgrad.name == "upgrad(pref=(0.3, 0.7), norm_eps=0.0)"
+
+    def halves(g):
+        return torch.full(g.shape[:-1], 0.5, dtype=g.dtype)
+
+    class Halves:
+        def __call__(self, g):
+            return halves(g)
+
+    mine = methods.weighting_method(halves)
+    assert (mine.name, mine.scope, mine.code, mine.weighting) == ("halves", "segment", 2, halves)
+    assert mine.formula == "w_0·γ·f + w_1·α·r, w = weighting(Gramian of (γ·f, α·r))"
+    assert methods.weighting_method(Halves()).name == "Halves"
+    named = methods.weighting_method(halves, "mean", "½·(u + v)", scope="global")
+    assert (named.name, named.formula, named.scope) == ("mean", "½·(u + v)", "global")
+    r, f = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 4.0])
+    assert torch.equal(named.reference(r, f, alpha=1.0, gamma=1.0, eps=0.0), 0.5 * f + 0.5 * r)
+
+    assert methods.get_method("sago") is sk.METHODS["sago"] and methods.get_method(gru) is gru
+    assert methods.get_method(halves).weighting is halves
+    for bad in ("halves", 3, None):
+        with pytest.raises(ValueError, match="Parameter `method` should be one of"):
+            methods.get_method(bad)
+    with pytest.raises(ValueError, match="the methods with parameters"):
+        sk.method_with("pcgrad", eps=1.0)
+    with pytest.raises(TypeError, match="Parameter `weighting` should be a callable"):
+        methods.weighting_method("mgda")
+    with pytest.raises(ValueError, match="Parameter `scope` should be 'segment' or 'global'"):
+        methods.weighting_method(halves, scope="element")
