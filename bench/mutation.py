@@ -440,8 +440,7 @@ def run(modules: list[str], work: Path, workers: int, rerun: bool) -> dict:
             f"{result['wall_s']} s (load {result['load_before'][0]})",
             flush=True,
         )
-        if not rerun:
-            record["command"] = "nice -n 10 python bench/mutation.py run " + " ".join(sys.argv[2:])
+        result["command"] = "nice -n 10 python bench/mutation.py " + " ".join(sys.argv[1:])
         record.update(
             machine=_machine(),
             versions={
@@ -491,7 +490,8 @@ def report() -> str:
         "says why each setting. The command, after `pip install mutmut==3.8.1` (a development "
         "tool: no extra of the package needs it):",
         "",
-        f"    {record['command']}",
+        "    nice -n 10 python bench/mutation.py run [MODULE ...]   # all of MODULES by default",
+        "    python bench/mutation.py report                        # this section, from the JSON",
         "",
         "Score: killed / (mutants − equivalent); a mutant that makes the package fail to import "
         "or a test time out counts as killed (mutmut reports these as timeouts).",

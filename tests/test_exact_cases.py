@@ -7,6 +7,7 @@ Expected values come from ``oracle.py`` or are written out here; none from ``sag
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -464,3 +465,46 @@ def test_method_registry_entries_are_what_their_names_say():
         methods.weighting_method("mgda")
     with pytest.raises(ValueError, match="Parameter `scope` should be 'segment' or 'global'"):
         methods.weighting_method(halves, scope="element")
+
+
+def test_geometry_table_from_sums_and_the_overflow_rule():
+    """``geometry_table`` against the oracle's float64 geometry on hand-made sums (zero vectors,
+    an o·o rounded below 0, an empty segment), and the rule for overflowing norms: the fields
+    built on a dot whose vector's norm is not finite are NaN, the others kept (README)."""
+    from oracle import geometry64
+
+    from sago_kernels.stats import geometry_table
+
+    sums = torch.tensor(
+        [
+            [-2.0, 30.0, 4.0, 9.0, 6.0, -3.0],  # ordinary
+            [0.0, 0.0, 4.0, 4.0, 0.0, 4.0],  # r = 0: cosines with r are 0
+            [0.0, 0.0, 0.0, -1e-30, 0.0, 0.0],  # all zero, o·o rounded below 0
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # an empty segment
+        ]
+    )
+    counts, numels = torch.tensor([3, 0, 0, 0]), torch.tensor([8, 5, 2, 0])
+    got = geometry_table(sums, counts, numels)
+    totals = torch.cat([sums, sums.sum(0, keepdim=True)]).double()
+    want = geometry64(totals, counts, numels)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
+
+    inf = math.inf
+    rows = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 1.0, 1.0, 1.0],
+            [1.0, inf, 3.0, 1.0, 1.0, 1.0],  # r·r overflowed
+            [1.0, 2.0, inf, 1.0, 1.0, 1.0],  # f·f overflowed
+            [1.0, 2.0, 3.0, inf, 1.0, 1.0],  # o·o overflowed
+        ]
+    )
+    table = geometry_table(rows, torch.zeros(4, dtype=torch.int64), torch.full((4,), 4))
+    nan = torch.isnan(table[:4])
+    # columns: dot_fr, norm_r, norm_f, norm_out, cos_fr, cos_out_r, cos_out_f, fraction
+    assert nan.tolist() == [
+        [False, False, False, False, False, False, False, False],
+        [True, False, False, False, True, True, False, False],
+        [True, False, False, False, True, False, True, False],
+        [False, False, False, False, False, True, True, False],
+    ]
+    assert torch.isinf(table[1, 1]) and torch.isinf(table[3, 3]) and table[1, 7] == 0
