@@ -246,6 +246,7 @@ def test_combine_stats_fields_dict_and_text_table():
     assert lines == [f"{'segment':<7}" + head] + [
         row(label, table[i], 7) for i, label in enumerate(["0", "1", "2", "total"])
     ]
+    assert stats.format(max_rows=3) == stats.format()  # exactly max_rows segments: all shown
 
 
 # --------------------------------------------------------------------------- weightings.py
