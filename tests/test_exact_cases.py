@@ -247,6 +247,8 @@ def test_combine_stats_fields_dict_and_text_table():
         row(label, table[i], 7) for i, label in enumerate(["0", "1", "2", "total"])
     ]
     assert stats.format(max_rows=3) == stats.format()  # exactly max_rows segments: all shown
+    many = CombineStats.from_table("sum", torch.zeros(22, 8)).format().splitlines()
+    assert len(many) == 23 and many[-2] == "... 1 more segments"  # 20 rows by default
 
 
 # --------------------------------------------------------------------------- weightings.py
