@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from oracle import assert_output_matches, assert_stats_match, bits, truth
+from oracle import assert_output_matches, assert_stats_match, bits, gru_truth, truth
 
 import sago_kernels as sk
 
@@ -327,8 +327,6 @@ def test_reference_sharded_over_two_simulated_ranks_is_the_whole_combine(method)
     of two "ranks" holds one half of every segment, and its ``reduce`` adds the other rank's
     local table (recorded in a first pass). The halves put together must be the oracle's combine
     of the whole segments; each rank's sums are its own."""
-    from oracle import gru_truth
-
     from sago_kernels import reference
 
     m = sk.METHODS[method]
@@ -510,3 +508,34 @@ def test_geometry_table_from_sums_and_the_overflow_rule():
         [False, False, False, False, False, True, True, False],
     ]
     assert torch.isinf(table[1, 1]) and torch.isinf(table[3, 3]) and table[1, 7] == 0
+
+
+@pytest.mark.parametrize("case", ["conflicting", "aligned", "zero_retain", "non_finite"])
+def test_per_segment_reference_functions_match_the_oracle(case):
+    """Each method's ``Method.reference`` on one segment, as the paper's formula reads (the
+    reference backend itself runs GRU and the weightings through their batched steps): the
+    oracle's output, and for GRU the new average (or the old one where the segment is NaN)."""
+    g = torch.Generator().manual_seed(9)
+    r, f, m = (torch.randn(7, generator=g) for _ in range(3))
+    if case == "conflicting":
+        f = -1.5 * r + 0.2 * f
+    elif case == "aligned":
+        f = 2.0 * r + 0.1 * f
+    elif case == "zero_retain":
+        r, m = torch.zeros(7), torch.zeros(7)
+    else:
+        f[2] = math.inf
+    layout = sk.GradLayout.single(7)
+    eps = 0.0 if case == "zero_retain" else 1e-10
+    for name in ("pcgrad", "blur", "mgda", "gru"):
+        method = sk.method_with("gru", beta=0.7, retain_coef=0.5) if name == "gru" else None
+        method = method or sk.METHODS[name]
+        kw = dict(alpha=0.6, gamma=1.4, eps=eps)
+        if name == "gru":
+            out, m_new = method.reference(r, f, m, beta=0.7, retain_coef=0.5, **kw)
+            want = gru_truth(r, f, m, layout, method, 0.6, 1.4, eps)
+            assert torch.equal(bits(m_new), bits(want.state)), case
+        else:
+            out = method.reference(r, f, **kw)
+            want = truth(r, f, layout, method, 0.6, 1.4, eps)
+        assert_output_matches(out, want, layout, torch.float32, context=f"{name}/{case}")
