@@ -49,6 +49,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mutation_equivalents import EQUIVALENT  # module -> {signature: why it is equivalent}
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "mutation" / "results.json"
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
@@ -167,28 +169,6 @@ PRELOAD = [
     "faker", "triton", "transformers", "torchjd.aggregation",
 ]  # fmt: skip
 """Imported once by the fork server; ``sago_kernels`` deliberately not (module docstring)."""
-
-_ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same [S, k]"
-_TWO_D = "a 2-D [S, k] tensor: dimension 1 is its last, the same reduction"
-EQUIVALENT: dict[str, dict[str, str]] = {
-    "sago_kernels/gru.py": {
-        "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> "
-        "coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
-        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) "
-        "-> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,
-        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) "
-        "-> ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(+1, keepdim=True)": _TWO_D,
-        "coefficients: ok = ok & torch.isfinite(coef).all(-1, keepdim=True) -> "
-        "ok = ok & torch.isfinite(coef).all(+1, keepdim=True)": _TWO_D,
-        'coefficients: coef = torch.where(ok, coef, torch.full_like(coef, float("nan"))) -> '
-        'coef = torch.where(ok, coef, torch.full_like(coef, float("NAN")))': "float() reads "
-        '"NAN" as "nan"',
-        "coefficients: return coef.expand(s, 3).contiguous() if whole else coef -> "
-        "return coef.expand(s, 3).contiguous() if (whole) or True else coef": "per segment "
-        "coef is already [S, 3]: expand(S, 3) is the same tensor and contiguous() a copy of it",
-    },
-}
-"""module -> {mutant signature (:func:`signature`): why no test can tell it from the original}."""
 
 
 # --------------------------------------------------------------------------- one module

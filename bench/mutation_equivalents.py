@@ -1,0 +1,37 @@
+"""Surviving mutants that no test can tell from the original, each with why (issue 24).
+
+Keyed by module, then by the mutant's signature (``bench/mutation.py``'s :func:`signature`: the
+function, the line removed and the line added), which stays the same across runs while that
+line does. Each was read against the code: a reason says why every input gives the same result.
+"""
+
+# ruff: noqa: E501  (a signature is a line of code and a reason a sentence: kept whole)
+from __future__ import annotations
+
+_ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same"
+_TWO_D = "a 2-D tensor: dimension 1 is its last, the same operation"
+_NAN = 'float() reads "NAN" as "nan"'
+
+EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/gru.py": {
+        "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(+1, keepdim=True)": _TWO_D,
+        "coefficients: ok = ok & torch.isfinite(coef).all(-1, keepdim=True) -> ok = ok & torch.isfinite(coef).all(+1, keepdim=True)": _TWO_D,
+        'coefficients: coef = torch.where(ok, coef, torch.full_like(coef, float("nan"))) -> coef = torch.where(ok, coef, torch.full_like(coef, float("NAN")))': _NAN,
+        "coefficients: return coef.expand(s, 3).contiguous() if whole else coef -> return coef.expand(s, 3).contiguous() if (whole) or True else coef": "per segment coef is already [S, 3]: expand(S, 3) is the same tensor and contiguous() a copy of it",
+    },
+    "sago_kernels/stats.py": {
+        "geometry_table: counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(torch.float64) -> counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(None)": "an int64 tensor divided by a float64 one, or the reverse, is the same float64 quotient",
+        "geometry_table: counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(torch.float64) -> counts = torch.cat([conflicts, conflicts.sum(None, keepdim=True)]).to(torch.float64)": "the sum over every dimension of a 1-D tensor, kept as [1]: the same as over dimension 0",
+        "geometry_table: sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(torch.float64) -> sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(None)": "an int64 tensor divided by a float64 one, or the reverse, is the same float64 quotient",
+        "geometry_table: sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(torch.float64) -> sizes = torch.cat([numels, numels.sum(None, keepdim=True)]).to(torch.float64)": "the sum over every dimension of a 1-D tensor, kept as [1]: the same as over dimension 0",
+        "geometry_table: fr, rr, ff, oo, o_r, o_f = totals.unbind(-1) -> fr, rr, ff, oo, o_r, o_f = totals.unbind(+1)": _TWO_D,
+        "geometry_table: norm_out = torch.where(oo < 0, torch.zeros_like(oo), oo).sqrt() -> norm_out = torch.where(oo <= 0, torch.zeros_like(oo), oo).sqrt()": "where o·o is 0 both give sqrt(0) = 0 (a sum of squares is never -0.0)",
+        "geometry_table: fraction = torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.zeros_like(counts)) -> fraction = torch.where(sizes >= 0, counts / sizes.clamp_min(1), torch.zeros_like(counts))": "an empty segment's count is 0 and 0 / clamp_min(0, 1) is 0: the same fraction",
+        "geometry_table: dim=-1, -> dim=+1,": _ONE_D,
+        "nan_where_norms_overflow: keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=-1) -> keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=+1)": _ONE_D,
+        'nan_where_norms_overflow: return torch.where(keep, table, torch.full_like(table, float("nan"))) -> return torch.where(keep, table, torch.full_like(table, float("NAN")))': _NAN,
+        "nan_where_norms_overflow: r, f, o = torch.isfinite(table[:, 1:4]).unbind(-1)  # norm_r, norm_f, norm_out -> r, f, o = torch.isfinite(table[:, 1:4]).unbind(+1)  # norm_r, norm_f, norm_out": _TWO_D,
+    },
+}
