@@ -5,7 +5,7 @@ of the package or of its tests) plants one small change at a time in a module (a
 comparison, a constant, a call argument) and runs that module's fast tests against it; a
 mutant the tests do not fail on *survived*. Each module runs on a scratch copy of the package and
 the tests (the repository's top level stays as it is: mutmut's config, ``setup.cfg``, is
-written there), one module after the other (two mutants at a time, niced):
+written there), one module after the other (``--workers`` mutants at a time, niced):
 
     pip install mutmut==3.8.1               # into the environment that runs the tests
     nice -n 10 python bench/mutation.py run  # every module of MODULES; or name some
@@ -465,10 +465,11 @@ def report() -> str:
         f"{v['pytest']}, Python {v['python']}; {record['machine']['cpu']}, "
         f"{record['machine']['cores']} cores shared with other work (the load is the 1-minute "
         "average when the module started). Each module on a scratch copy of the package and "
-        "the tests, its mutants tested two at a time, each against the module's fast tests "
-        "(the reference backend where a test takes a backend) with `-x`; `bench/mutation.py` "
-        "says why each setting. The command, after `pip install mutmut==3.8.1` (a development "
-        "tool: no extra of the package needs it):",
+        "the tests, its mutants tested several at a time (the workers column), each against "
+        "the module's fast tests with `-x` (the files below, with the `-k` expression of "
+        "`MODULES` in `bench/mutation.py`: the reference backend where a test takes a "
+        "backend); `bench/mutation.py` says why each setting. The command, after "
+        "`pip install mutmut==3.8.1` (a development tool: no extra of the package needs it):",
         "",
         "    nice -n 10 python bench/mutation.py run [MODULE ...]   # all of MODULES by default",
         "    python bench/mutation.py report                        # this section, from the JSON",
@@ -477,18 +478,16 @@ def report() -> str:
         "or a test time out counts as killed (mutmut reports these as timeouts).",
         "",
         "| module | commit | mutants | killed | equivalent | survived | no tests | score | "
-        "wall time (load) | tests |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "wall time (load) | workers | tests |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for module in MODULES:
         r = record["modules"].get(module)
         if r is None:
-            lines.append(f"| `{module}` | not run | | | | | | | | |")
+            lines.append(f"| `{module}` | not run | | | | | | | | | |")
             continue
         c = r["counts"]
-        tests = ", ".join(Path(t).name for t in r["tests"]) + (
-            f" `-k '{r['k']}'`" if r["k"] else ""
-        )
+        tests = ", ".join(dict.fromkeys(Path(t.split("::")[0]).name for t in r["tests"]))
         wall = f"{r['wall_s']:.0f} s ({r['load_before'][0]:.1f})"
         for again in r.get("reruns", []):
             wall += f"; {again['mutants']} survivors again: {again['wall_s']:.0f} s"
@@ -497,7 +496,7 @@ def report() -> str:
         lines.append(
             f"| `{module}` | {commit} | {r['mutants']} | {r['killed']} | {r['equivalent']} | "
             f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {r['score']:.1%} | "
-            f"{wall} | {tests} |"
+            f"{wall} | {r.get('workers', 2)} | {tests} |"
         )
     lines += ["", "Equivalent mutants (no test can tell them from the original), by module:", ""]
     for module in MODULES:
@@ -533,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     p_run = sub.add_parser("run", help="mutate modules and record the results JSON")
     p_run.add_argument("modules", nargs="*", help=f"default: all of {list(MODULES)}")
     p_run.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sago-mutation")
-    p_run.add_argument("--workers", type=int, default=2, help="mutants tested at once (default 2)")
+    p_run.add_argument("--workers", type=int, default=4, help="mutants tested at once (default 4)")
     p_run.add_argument(
         "--survivors",
         action="store_true",
