@@ -195,7 +195,7 @@ def test_gru_coefficients_are_float32_whatever_the_dots_dtype():
     assert torch.equal(got[0], want)
 
 
-@pytest.mark.parametrize("n", [3 * 4096 + 17, 256 * 4096 + 3 * 4096 + 5])
+@pytest.mark.parametrize("n", [4096 + 5, 3 * 4096 + 17, 256 * 4096 + 3 * 4096 + 5])
 def test_fixed_order_dots_of_many_blocks_and_chunks_are_exact_on_integers(n):
     """Dots longer than a block (4096) and than a chunk (2**20), on small integers: every partial
     sum is an integer below 2**24, so any correct order gives the exact dot, and a block dropped,
@@ -210,6 +210,9 @@ def test_fixed_order_dots_of_many_blocks_and_chunks_are_exact_on_integers(n):
     vecs = [x.long(), y.long()]
     want = [int(vecs[i] @ vecs[j]) for i, j in pairs]
     assert got.dtype == torch.float32 and got.tolist() == want
+    empty = torch.zeros(0, dtype=torch.float64)
+    none = fixed_order_dots([empty, empty], pairs)
+    assert none.dtype == torch.float64 and none.tolist() == [0.0] * 4
 
 
 # --------------------------------------------------------------------------- stats.py
