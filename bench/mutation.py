@@ -248,8 +248,8 @@ def _scratch(module: str, tests: list[str], k_expr: str, work: Path) -> Path:
         "process_isolation = forkserver",
         "forkserver_warmup = import",
         "preload_modules_file = preload.txt",
-        "timeout_constant = 5.0",
-        "timeout_multiplier = 3.0",
+        "timeout_constant = 2.0",
+        "timeout_multiplier = 2.0",
         "use_git_change_detection = false",
     ]
     (here / "setup.cfg").write_text("\n".join(lines) + "\n")
