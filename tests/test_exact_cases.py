@@ -213,6 +213,11 @@ def test_fixed_order_dots_of_many_blocks_and_chunks_are_exact_on_integers(n):
     empty = torch.zeros(0, dtype=torch.float64)
     none = fixed_order_dots([empty, empty], pairs)
     assert none.dtype == torch.float64 and none.tolist() == [0.0] * 4
+    # float64 vectors are multiplied and summed in float64 (a float32 product would be ~1e-8 off)
+    x64, y64 = x.double() / 3, y.double() / 7
+    wide = fixed_order_dots([x64, y64], [(0, 1)])
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, (x64 * y64).sum()[None], rtol=1e-13, atol=0)
 
 
 # --------------------------------------------------------------------------- stats.py
