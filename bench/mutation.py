@@ -217,7 +217,7 @@ finally:
         for name, code in data.exit_code_by_key.items():
             status = status_by_exit_code[code]
             entry = {"status": status}
-            if status not in ("killed", "timeout"):
+            if status not in ("killed", "timeout", "not checked"):
                 entry["diff"] = get_diff_for_mutant(name, path=path)
             out[name] = entry
     json.dump(out, open(sys.argv[1], "w"), indent=1)
@@ -316,12 +316,15 @@ def _summary(module: str, mutants: dict) -> dict:
     total = len(mutants)
     equivalent = counts.get("equivalent", 0)
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    checked = total - counts.get("not checked", 0)
+    survivors = [s for s in survivors if s["status"] != "not checked"]
     return {
         "mutants": total,
+        "checked": checked,
         "counts": counts,
         "killed": killed,
         "equivalent": equivalent,
-        "score": killed / (total - equivalent) if total > equivalent else 1.0,
+        "score": killed / (checked - equivalent) if checked > equivalent else 1.0,
         "survivors": survivors,
         "status": {name: entry["status"] for name, entry in mutants.items()},
     }
@@ -438,7 +441,11 @@ def _judged(module: str, result: dict) -> dict:
     run that found the survivors): counts and score recomputed."""
     known = EQUIVALENT.get(module, {})
     survivors, counts = [], dict(result["counts"])
+    if "status" in result:  # mutants a stopped run did not reach are not counted
+        result = {**result, "checked": sum(v != "not checked" for v in result["status"].values())}
     for entry in result["survivors"]:
+        if entry["status"] == "not checked":
+            continue
         entry = dict(entry)
         if entry["status"] == "survived" and entry["signature"] in known:
             entry["status"], entry["why"] = "equivalent", known[entry["signature"]]
@@ -446,8 +453,9 @@ def _judged(module: str, result: dict) -> dict:
             counts["equivalent"] = counts.get("equivalent", 0) + 1
         survivors.append(entry)
     counts = {k: v for k, v in counts.items() if v}
-    total, equivalent = result["mutants"], counts.get("equivalent", 0)
-    score = result["killed"] / (total - equivalent) if total > equivalent else 1.0
+    checked = result.get("checked", result["mutants"])
+    equivalent = counts.get("equivalent", 0)
+    score = result["killed"] / (checked - equivalent) if checked > equivalent else 1.0
     return {**result, "survivors": survivors, "counts": counts, "equivalent": equivalent,
             "score": score}  # fmt: skip
 
@@ -474,8 +482,8 @@ def report() -> str:
         "    nice -n 10 python bench/mutation.py run [MODULE ...]   # all of MODULES by default",
         "    python bench/mutation.py report                        # this section, from the JSON",
         "",
-        "Score: killed / (mutants − equivalent); a mutant that makes the package fail to import "
-        "or a test time out counts as killed (mutmut reports these as timeouts).",
+        "Score: killed / (mutants tested − equivalent); a mutant that makes the package fail to "
+        "import or a test time out counts as killed (mutmut reports these as timeouts).",
         "",
         "| module | commit | mutants | killed | equivalent | survived | no tests | score | "
         "wall time (load) | workers | tests |",
@@ -493,8 +501,11 @@ def report() -> str:
             wall += f"; {again['mutants']} survivors again: {again['wall_s']:.0f} s"
             wall += f" ({again['load_before'][0]:.1f})"
         commit = r["commit"] + (f", tests {r['tests_commit']}" if "tests_commit" in r else "")
+        mutants = str(r["mutants"])
+        if r.get("checked", r["mutants"]) < r["mutants"]:
+            mutants += f" ({r['checked']} tested: the run was stopped)"
         lines.append(
-            f"| `{module}` | {commit} | {r['mutants']} | {r['killed']} | {r['equivalent']} | "
+            f"| `{module}` | {commit} | {mutants} | {r['killed']} | {r['equivalent']} | "
             f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {r['score']:.1%} | "
             f"{wall} | {r.get('workers', 2)} | {tests} |"
         )
