@@ -357,7 +357,7 @@ def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> di
     for target in (here / "tests", here / "mutants" / "tests"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__"))
-    names = [s["name"] for s in previous["survivors"]]
+    names = [s["name"] for s in previous["survivors"] if s["status"] == "survived"]
     load_before = os.getloadavg()
     mutants, wall, cpu, code = _mutmut(here, workers, names)
     result = {**previous, **_summary(module, mutants)}
