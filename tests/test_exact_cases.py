@@ -213,6 +213,10 @@ def test_fixed_order_dots_of_many_blocks_and_chunks_are_exact_on_integers(n):
     empty = torch.zeros(0, dtype=torch.float64)
     none = fixed_order_dots([empty, empty], pairs)
     assert none.dtype == torch.float64 and none.tolist() == [0.0] * 4
+    # the block sums are added in float64: 2**24 + 1 + 1 is 2**24 + 2, where float32 adds to 2**24
+    ones = torch.zeros(3 * 4096)
+    ones[:4096], ones[4096], ones[2 * 4096] = 64.0, 1.0, 1.0
+    assert fixed_order_dots([ones], [(0, 0)]).tolist() == [2.0**24 + 2]
     # float64 vectors are multiplied and summed in float64 (a float32 product would be ~1e-8 off)
     x64, y64 = x.double() / 3, y.double() / 7
     wide = fixed_order_dots([x64, y64], [(0, 1)])
