@@ -551,3 +551,25 @@ def test_per_segment_reference_functions_match_the_oracle(case):
             out = method.reference(r, f, **kw)
             want = truth(r, f, layout, method, 0.6, 1.4, eps)
         assert_output_matches(out, want, layout, torch.float32, context=f"{name}/{case}")
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "blur"])
+def test_projection_nan_rules_dot_by_dot(backend, device, method):
+    """Each of the README's NaN rules on its own (the fuzz's magnitudes never overflow): a
+    segment is NaN in full when r·r overflows, or f·f does, though f·r stays finite; or when the
+    effective weight (α − γ·c for PCGrad, γ − α·c for BLUR) is not finite; and it is not NaN
+    where that weight is finite though α + γ·c (γ + α·c) would not be."""
+    inf_rr = ([3e19, -3e19], [1e-20, 1e-20])  # (r, f): r·r overflows, f·r = 0
+    inf_ff = ([1e-20, 1e-20], [3e19, -3e19])  # f·f overflows, f·r = 0
+    cases = [(inf_rr, 1.0, 1.0, 1e-10, True), (inf_ff, 1.0, 1.0, 1e-10, True)]
+    if method == "pcgrad":  # c = d/n = -1e40 overflows; then a weight that cancels to 0
+        cases += [(([1e-22, 0.0], [-1e18, 1.0]), 1.0, 1.0, 0.0, True)]
+        cases += [(([1e-20, 0.0], [-2e18, 0.0]), -2e38, 1.0, 0.0, False)]
+    else:  # c = d/m = -1e40 overflows; then γ − α·c = 0 with α·c = -2e38
+        cases += [(([-1e18, 1.0], [1e-22, 0.0]), 1.0, 1.0, 0.0, True)]
+        cases += [(([-2e18, 0.0], [1e-20, 0.0]), 1.0, -2e38, 0.0, False)]
+    for (r, f), alpha, gamma, eps, nan in cases:
+        r, f = torch.tensor(r, device=device), torch.tensor(f, device=device)
+        out = _combine(backend, r.clone(), f, method, alpha=alpha, gamma=gamma, eps=eps)
+        context = f"{method} r={r.tolist()} f={f.tolist()} α={alpha} γ={gamma}"
+        assert torch.isnan(out).all() if nan else torch.isfinite(out).all(), (context, out)
