@@ -205,7 +205,8 @@ def collect_then_select_everything(*args, **kwargs):
 
 mm.collect_or_load_stats = collect_then_select_everything
 try:
-    mm.cli(["run", "--max-children", sys.argv[2], *sys.argv[3:]], standalone_mode=False)
+    if sys.argv[2] != "collect":
+        mm.cli(["run", "--max-children", sys.argv[2], *sys.argv[3:]], standalone_mode=False)
 finally:
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
@@ -350,6 +351,25 @@ def run_module(module: str, work: Path, workers: int) -> dict:
     }
 
 
+def collect_stopped(module: str, work: Path) -> dict:
+    """The results of a run of ``module`` that was stopped by hand (its scratch copy holds what
+    mutmut tested): recorded with the mutants it did not reach as "not checked"."""
+    tests, k_expr = MODULES[module]
+    here = work / Path(module).stem
+    started = (here / "setup.cfg").stat().st_mtime
+    mutants, _, cpu, code = _mutmut(here, 1, ["collect"])
+    return {
+        "module": module,
+        "tests": [t for t in tests if (ROOT / t).exists()],
+        "k": k_expr,
+        **_summary(module, mutants),
+        "wall_s": round(time.time() - started, 1),
+        "cpu_s": None,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "exit_code": "stopped by hand",
+    }
+
+
 def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> dict:
     """The survivors of the last run of ``module`` again, against the tests as they are now
     (copied into its scratch copy): the tests written to kill them."""
@@ -357,7 +377,13 @@ def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> di
     for target in (here / "tests", here / "mutants" / "tests"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__"))
-    names = [s["name"] for s in previous["survivors"] if s["status"] == "survived"]
+        with open(target / "conftest.py", "a") as conftest:
+            conftest.write(HYPOTHESIS_PROFILE)
+    known = EQUIVALENT.get(module, {})
+    names = [
+        s["name"] for s in previous["survivors"]
+        if s["status"] == "survived" and s["signature"] not in known
+    ]  # fmt: skip
     load_before = os.getloadavg()
     mutants, wall, cpu, code = _mutmut(here, workers, names)
     result = {**previous, **_summary(module, mutants)}
@@ -402,14 +428,19 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def run(modules: list[str], work: Path, workers: int, rerun: bool) -> dict:
+def run(modules: list[str], work: Path, workers: int, rerun: bool, collect: bool = False) -> dict:
     record = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"modules": {}}
     for module in modules:
         if not (ROOT / module).exists():
             print(f"skipping {module}: not in this tree", flush=True)
             continue
         print(f"mutating {module} ...", flush=True)
-        if rerun:
+        if collect:
+            result = collect_stopped(module, work)
+            result["commit"] = _commit()
+            result["workers"] = workers
+            result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        elif rerun:
             result = rerun_survivors(module, work, workers, record["modules"][module])
             result["tests_commit"] = _commit()
         else:
@@ -545,6 +576,11 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sago-mutation")
     p_run.add_argument("--workers", type=int, default=4, help="mutants tested at once (default 4)")
     p_run.add_argument(
+        "--collect",
+        action="store_true",
+        help="record a run stopped by hand from its scratch copy (the rest as not checked)",
+    )
+    p_run.add_argument(
         "--survivors",
         action="store_true",
         help="rerun only the last run's survivors of each module, against the current tests",
@@ -555,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [m for m in args.modules if m not in MODULES]
         if unknown:
             parser.error(f"unknown modules {unknown}; known: {list(MODULES)}")
-        run(args.modules or list(MODULES), args.work, args.workers, args.survivors)
+        run(args.modules or list(MODULES), args.work, args.workers, args.survivors, args.collect)
     else:
         write_report()
 

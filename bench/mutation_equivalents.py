@@ -34,4 +34,15 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'nan_where_norms_overflow: return torch.where(keep, table, torch.full_like(table, float("nan"))) -> return torch.where(keep, table, torch.full_like(table, float("NAN")))': _NAN,
         "nan_where_norms_overflow: r, f, o = torch.isfinite(table[:, 1:4]).unbind(-1)  # norm_r, norm_f, norm_out -> r, f, o = torch.isfinite(table[:, 1:4]).unbind(+1)  # norm_r, norm_f, norm_out": _TWO_D,
     },
+    "sago_kernels/reference.py": {
+        "_block_sums: parts.append(x[:, full:].sum(-1, keepdim=True)) -> parts.append(x[:, full:].sum(+1, keepdim=True))": _TWO_D,
+        "blur: return _nan_unless_finite(out, d, n, m, gamma - alpha * c) -> return _nan_unless_finite(out, n, m, gamma - alpha * c)": "f·r is dropped from the finiteness check: with r·r and f·f finite, every partial sum of f·r is bounded by √(r·r·f·f) (Cauchy–Schwarz), so f·r is finite too (segment_dots)",
+        "fixed_order_dots: dtype, device = vectors[0].dtype, vectors[0].device -> dtype, device = vectors[1].dtype, vectors[0].device": "fixed_order_dots takes vectors of one dtype and device (every caller passes segments of the same buffers), so vectors[1] has vectors[0]'s",
+        "fixed_order_dots: return (left * torch.stack([vectors[j] for _, j in pairs])).sum(-1) -> return (left * torch.stack([vectors[j] for _, j in pairs])).sum(+1)": _TWO_D,
+        "fixed_order_dots: products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device) -> products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=None)": "on the CPU, device=None is the vectors' device; on CUDA the product buffer would land on the CPU and the mul into it fail: a GPU run kills it, a CPU-only run cannot",
+        "fixed_order_dots: products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device) -> products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, )": "on the CPU, device=None is the vectors' device; on CUDA the product buffer would land on the CPU and the mul into it fail: a GPU run kills it, a CPU-only run cannot",
+        "fixed_order_dots: dtype, device = vectors[0].dtype, vectors[0].device -> dtype, device = vectors[0].dtype, vectors[1].device": "fixed_order_dots takes vectors of one dtype and device (every caller passes segments of the same buffers), so vectors[1] has vectors[0]'s",
+        "pcgrad: return _nan_unless_finite(out, d, n, m, alpha - gamma * c) -> return _nan_unless_finite(out, n, m, alpha - gamma * c)": "f·r is dropped from the finiteness check: with r·r and f·f finite, every partial sum of f·r is bounded by √(r·r·f·f) (Cauchy–Schwarz), so f·r is finite too (segment_dots)",
+        'poison_non_finite: return torch.where(finite, out, torch.full_like(out, float("nan"))) -> return torch.where(finite, out, torch.full_like(out, float("NAN")))': _NAN,
+    },
 }
