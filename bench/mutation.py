@@ -370,6 +370,21 @@ def collect_stopped(module: str, work: Path) -> dict:
     }
 
 
+def resume(module: str, work: Path, workers: int, previous: dict) -> dict:
+    """The mutants a stopped run of ``module`` did not reach, in its scratch copy (with the tests
+    as they were last copied there); the rest keep their results."""
+    here = work / Path(module).stem
+    load_before = os.getloadavg()
+    mutants, wall, cpu, code = _mutmut(here, workers, [])
+    result = {**previous, **_summary(module, mutants), "exit_code": code}
+    result["resumed"] = [
+        *previous.get("resumed", []),
+        {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+         "load_before": [round(x, 2) for x in load_before]},
+    ]  # fmt: skip
+    return result
+
+
 def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> dict:
     """The survivors of the last run of ``module`` again, against the tests as they are now
     (copied into its scratch copy): the tests written to kill them."""
@@ -428,7 +443,14 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def run(modules: list[str], work: Path, workers: int, rerun: bool, collect: bool = False) -> dict:
+def run(
+    modules: list[str],
+    work: Path,
+    workers: int,
+    rerun: bool,
+    collect: bool = False,
+    resuming: bool = False,
+) -> dict:
     record = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"modules": {}}
     for module in modules:
         if not (ROOT / module).exists():
@@ -440,6 +462,8 @@ def run(modules: list[str], work: Path, workers: int, rerun: bool, collect: bool
             result["commit"] = _commit()
             result["workers"] = workers
             result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        elif resuming:
+            result = resume(module, work, workers, record["modules"][module])
         elif rerun:
             result = rerun_survivors(module, work, workers, record["modules"][module])
             result["tests_commit"] = _commit()
@@ -576,6 +600,11 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sago-mutation")
     p_run.add_argument("--workers", type=int, default=4, help="mutants tested at once (default 4)")
     p_run.add_argument(
+        "--resume",
+        action="store_true",
+        help="test the mutants a stopped run did not reach, in its scratch copy",
+    )
+    p_run.add_argument(
         "--collect",
         action="store_true",
         help="record a run stopped by hand from its scratch copy (the rest as not checked)",
@@ -591,7 +620,14 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [m for m in args.modules if m not in MODULES]
         if unknown:
             parser.error(f"unknown modules {unknown}; known: {list(MODULES)}")
-        run(args.modules or list(MODULES), args.work, args.workers, args.survivors, args.collect)
+        run(
+            args.modules or list(MODULES),
+            args.work,
+            args.workers,
+            args.survivors,
+            args.collect,
+            args.resume,
+        )
     else:
         write_report()
 
