@@ -564,6 +564,16 @@ def report() -> str:
             f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {r['score']:.1%} | "
             f"{wall} | {r.get('workers', 2)} | {tests} |"
         )
+    done = [r for m, r in record["modules"].items() if m in MODULES]
+    missing = [f"`{m}`" for m in MODULES if m not in record["modules"]]
+    tested = sum(r.get("checked", r["mutants"]) for r in done)
+    wall = sum(r["wall_s"] for r in done)
+    lines += [
+        "",
+        f"{tested} mutants tested in {wall / 60:.0f} min of wall time "
+        f"({tested / max(wall, 1) * 60:.1f} a minute on the shared machine). "
+        + (f"Not run yet: {', '.join(missing)}; the same command runs them." if missing else ""),
+    ]
     lines += ["", "Equivalent mutants (no test can tell them from the original), by module:", ""]
     for module in MODULES:
         r = record["modules"].get(module)
