@@ -573,3 +573,22 @@ def test_projection_nan_rules_dot_by_dot(backend, device, method):
         out = _combine(backend, r.clone(), f, method, alpha=alpha, gamma=gamma, eps=eps)
         context = f"{method} r={r.tolist()} f={f.tolist()} α={alpha} γ={gamma}"
         assert torch.isnan(out).all() if nan else torch.isfinite(out).all(), (context, out)
+
+
+def test_a_global_weighting_is_one_gramian_over_all_segments(backend, device):
+    """``scope="global"``: one set of weights from the dots of all segments together, against
+    the oracle (which groups the segments itself); per segment the weights differ."""
+    from sago_kernels import weightings
+
+    layout = sk.GradLayout.from_sizes([5, 0, 7, 3], alignment=1)
+    g = torch.Generator().manual_seed(4)
+    r, f = torch.randn(layout.numel, generator=g), torch.randn(layout.numel, generator=g)
+    f[:5] = -2 * r[:5]
+    r, f = r.to(device), f.to(device)
+    want = {}
+    for scope in ("global", "segment"):
+        method = sk.weighting_method(weightings.mgda(), "mgda_" + scope, scope=scope)
+        out = _combine(backend, r.clone(), f, method, layout=layout, alpha=0.5, gamma=2.0)
+        want[scope] = truth(r, f, layout, method, 0.5, 2.0, 1e-10)
+        assert_output_matches(out, want[scope], layout, torch.float32, context=scope)
+    assert not torch.allclose(want["global"].out, want["segment"].out), "the scopes must differ"
