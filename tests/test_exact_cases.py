@@ -333,7 +333,9 @@ def test_cagrad_weights_minimise_its_objective_over_the_simplex():
 # --------------------------------------------------------------------------- reference.py, sharded
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "pcgrad_global", "blur", "mgda", "gru", "gru_global"])
+@pytest.mark.parametrize(
+    "method", ["sago", "pcgrad", "pcgrad_global", "blur", "mgda", "gru", "gru_global"]
+)
 def test_reference_sharded_over_two_simulated_ranks_is_the_whole_combine(method):
     """``reference.combine(..., reduce=)``, the path of sharded gradients, in one process: each
     of two "ranks" holds one half of every segment, and its ``reduce`` adds the other rank's
