@@ -552,6 +552,10 @@ def report() -> str:
         c = r["counts"]
         tests = ", ".join(dict.fromkeys(Path(t.split("::")[0]).name for t in r["tests"]))
         wall = f"{r['wall_s']:.0f} s ({r['load_before'][0]:.1f})"
+        for again in r.get("resumed", []):
+            wall += (
+                f"; resumed after a stop: {again['wall_s']:.0f} s ({again['load_before'][0]:.1f})"
+            )
         for again in r.get("reruns", []):
             wall += f"; {again['mutants']} survivors again: {again['wall_s']:.0f} s"
             wall += f" ({again['load_before'][0]:.1f})"
@@ -567,7 +571,7 @@ def report() -> str:
     done = [r for m, r in record["modules"].items() if m in MODULES]
     missing = [f"`{m}`" for m in MODULES if m not in record["modules"]]
     tested = sum(r.get("checked", r["mutants"]) for r in done)
-    wall = sum(r["wall_s"] for r in done)
+    wall = sum(r["wall_s"] + sum(x["wall_s"] for x in r.get("resumed", [])) for r in done)
     lines += [
         "",
         f"{tested} mutants tested in {wall / 60:.0f} min of wall time "
