@@ -4,6 +4,7 @@
     python bench/step.py                                  # CPU: ~100M parameters, float32
     python bench/step.py --size tiny --steps 2            # CPU: a smoke test, seconds
     python bench/step.py --suite reference --methods sago # NPO's reference forms (issue 29)
+    python bench/step.py --report OUT/step.json           # saved runs as markdown tables
 
 A step is: forget loss backward, retain loss backward, combine, AdamW (fused). Four ways to
 take it (``--variants``), for each of ``--methods``:
@@ -588,8 +589,16 @@ def step_targets(rows: list[dict], methods: list[str]) -> list[dict]:
 
 # ---------------------------------------------------------------- the run
 def machine() -> dict:
+    """What a result needs beside its numbers: date, commit, command, versions, CPU (and GPU)."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                          text=True)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     info = {
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "commit": (done.stdout.strip() or "unknown") + (" (modified)" if dirty else ""),
+        "command": "python bench/step.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "cpu": platform.processor(),
     }  # fmt: skip
@@ -632,6 +641,39 @@ def format_row(row: dict) -> str:
     d = row.get("peak_minus_floor_grads")
     floor = f"  floor {d:+.3f} grad" if d is not None and row["variant"] != "summed" else ""
     return f"  {name:<30}step {row['step_ms']:8.1f} ms {spread:<30} {combine}  {memory}{floor}"
+
+
+def report(paths: list[str]) -> str:
+    """Markdown of saved runs (``step.json``): each case's numbers, then its targets, under the
+    run's command, commit, machine and load. What ``bench/RESULTS.md`` shows of a step run."""
+    out = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        m = result["machine"]
+        load = "–".join(f"{result[k][0]:.1f}" for k in ("load_before", "load_after") if k in result)
+        out += [
+            f"`{m.get('command', 'python bench/step.py')}` at commit {m.get('commit', 'unknown')}, "
+            f"{m['date']}; {m['cpu']}, {m['cpus']} cores, load {load}; torch {m['torch']}, "
+            f"{result['params']:,} parameters, one gradient "
+            f"{result['grad_bytes'] / 2**20:.0f} MiB.",
+            "",
+            "| case | checkpointing | step ms (CPU ms) | peak RSS MiB | growth MiB |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in result["rows"]:
+            if "error" in r:
+                out.append(f"| {r['variant']} | {r['checkpointing']} | {r['error']} | | |")
+                continue
+            cpu = f" ({r['step_cpu_ms']:.0f})" if r.get("step_cpu_ms") is not None else ""
+            peak = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else (
+                f"{r['peak_gib'] * 1024:.0f} (CUDA)" if r.get("peak_gib") is not None else "")
+            growth = f"{r['growth_mib']:.0f}" if r.get("growth_mib") is not None else ""
+            out.append(f"| {r['variant']} | {'on' if r['checkpointing'] else 'off'} | "
+                       f"{r['step_ms']:.0f}{cpu} | {peak} | {growth} |")  # fmt: skip
+        out += ["", "| target | status | numbers |", "| --- | --- | --- |"]
+        out += [f"| {t['target']} | {t['status']} | {t['numbers']} |" for t in result["targets"]]
+        out.append("")
+    return "\n".join(out)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -714,6 +756,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads in each CPU case (default: this process's count)")
     p.add_argument("--out", default="bench_out")
+    p.add_argument("--report", nargs="+", metavar="STEP_JSON",
+                   help="print saved runs (step.json) as markdown tables, and run nothing")
     p.add_argument("--case", help="internal: run this one case here and write --case-json")
     p.add_argument("--case-json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -729,7 +773,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.case:
+    if arguments.report:
+        print(report(arguments.report))
+    elif arguments.case:
         Path(arguments.case_json).write_text(json.dumps(run_case(arguments)))
     else:
         run(arguments)
