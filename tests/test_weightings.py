@@ -317,3 +317,120 @@ def test_bad_weighting_parameters_are_refused_when_the_method_is_made(name, para
 def test_gradvac_refuses_non_finite_or_out_of_range_parameters(beta, eps):
     with pytest.raises(ValueError, match="`beta`|`eps`"):
         sk.GradVac(beta=beta, eps=eps)
+
+
+# --------------------------------------------------------------------------- the O(segments) step
+# Exact expected values, written out (mutation testing of weightings.py, issue 24).
+
+
+def test_weight_dtype_is_float64_except_on_mps():
+    assert weightings.weight_dtype(torch.device("cpu")) == torch.float64
+    assert weightings.weight_dtype(torch.device("meta")) == torch.float64
+    assert weightings.weight_dtype(torch.device("mps")) == torch.float32  # no float64 there
+
+
+def test_gramians_are_of_the_scaled_rows_with_the_off_diagonal_clamped():
+    """G = [[γ²·f·f, γα·f·r], [γα·f·r, α²·r·r]], f·r clamped to ±√(uu·vv) (Cauchy–Schwarz) also
+    where uu·vv < 1 (a clamp to a bound of at least 1 passed the other tests)."""
+    dots = torch.tensor(
+        [[0.5, 1.0, 0.0], [3.0, 1.0, 4.0], [-3.0, 1.0, 4.0], [0.25, 0.0625, 0.0625],
+         [0.375, 1.0, 1.0]],
+    )  # fmt: skip  (f·r, r·r, f·f), float32 as from the backends
+    got = weightings.gramians(dots, alpha=2.0, gamma=0.5)
+    uu = torch.tensor([0.0, 1.0, 1.0, 0.015625, 0.25])
+    vv = torch.tensor([4.0, 4.0, 4.0, 0.25, 4.0])
+    uv = torch.tensor([0.0, 2.0, -2.0, 0.0625, 0.375])
+    want = torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], -2).double()
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+
+
+def _ones(g: torch.Tensor) -> torch.Tensor:
+    return torch.ones(g.shape[0], 2, dtype=g.dtype, device=g.device)
+
+
+def test_coefficients_scale_the_weights_by_gamma_and_alpha_in_the_dots_dtype():
+    """(a, b) = (γ·w_0, α·w_1), multiplied in float64 and rounded once to the dots' dtype: with
+    float64 dots exactly (0.7, 0.1), not float32's 0.699999988; with float32 dots, float32."""
+    dots = torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    coef = weightings.coefficients(dots, _ones, alpha=0.1, gamma=0.7, whole=False)
+    assert coef.dtype == torch.float64
+    assert torch.equal(coef, torch.tensor([[0.7, 0.1], [0.7, 0.1]], dtype=torch.float64))
+    coef32 = weightings.coefficients(dots.float(), _ones, alpha=0.1, gamma=0.7, whole=False)
+    assert coef32.dtype == torch.float32
+    assert torch.equal(coef32, torch.tensor([[0.7, 0.1], [0.7, 0.1]], dtype=torch.float32))
+
+
+def test_a_scaler_flag_turns_every_segments_dots_into_nan():
+    """``skip_if_non_finite``: a non-finite r·r or f·f in any segment, or a flag set by an
+    earlier combine of the step, makes every segment's dots NaN and sets the flag to 1 (never
+    more); f·r is not looked at (finite norms bound it); a clean step leaves both alone."""
+    dots = torch.tensor([[-1.0, 2.0, 3.0], [0.5, 1.0, 1.0]])
+    for flag_before, column, bad in [(0.0, None, False), (0.0, 1, True), (0.0, 2, True),
+                                     (0.0, 0, False), (1.0, None, True)]:  # fmt: skip
+        found_inf = torch.tensor([flag_before])
+        given = dots.clone()
+        if column is not None:
+            given[1, column] = float("inf")
+        got = weightings.skip_if_non_finite(given, found_inf)
+        assert found_inf.dtype == torch.float32 and found_inf.shape == (1,)
+        assert found_inf.item() == (1.0 if bad else 0.0), (flag_before, column)
+        if bad:
+            assert got.shape == dots.shape and torch.isnan(got).all(), (flag_before, column)
+        else:
+            assert torch.equal(got, given), (flag_before, column)
+    # coefficients take the flag: NaN weights where the step is skipped, else as without it
+    found_inf = torch.zeros(1)
+    coef = weightings.coefficients(dots, _ones, 1.0, 1.0, whole=False, found_inf=found_inf)
+    assert torch.equal(coef, weightings.coefficients(dots, _ones, 1.0, 1.0, whole=False))
+    assert found_inf.item() == 0.0
+    overflowing = dots.clone()
+    overflowing[0, 2] = float("inf")
+    coef = weightings.coefficients(overflowing, _ones, 1.0, 1.0, whole=False, found_inf=found_inf)
+    assert torch.isnan(coef).all() and found_inf.item() == 1.0
+
+
+def test_affine_segment_takes_the_whole_segments_dots_when_given():
+    """A rank holding a shard of a segment passes the whole segment's dots: the weights come
+    from those, not from the shard; (a, b) are exact in float64 for float64 gradients whatever
+    the dtype of the given dots."""
+    g = torch.Generator().manual_seed(12)
+    r = torch.randn(7, generator=g, dtype=torch.float64)
+    f = torch.randn(7, generator=g, dtype=torch.float64)
+
+    def diagonal(gram: torch.Tensor) -> torch.Tensor:  # w = (u·u, v·v)
+        return torch.stack([gram[:, 0, 0], gram[:, 1, 1]], -1)
+
+    dots = (torch.tensor(0.0), torch.tensor(4.0), torch.tensor(9.0))  # float32, as reduced
+    got = weightings.affine_segment(r, f, alpha=2.0, gamma=0.5, eps=0.0, weighting=diagonal,
+                                    dots=dots)  # fmt: skip
+    a, b = 0.5 * (0.25 * 9.0), 2.0 * (4.0 * 4.0)  # γ·γ²·f·f, α·α²·r·r
+    assert got.dtype == torch.float64 and torch.equal(got, a * f + b * r)
+    got = weightings.affine_segment(r, f, alpha=0.1, gamma=0.7, eps=0.0, weighting=_ones,
+                                    dots=dots)  # fmt: skip
+    assert torch.equal(got, 0.7 * f + 0.1 * r)
+    own = weightings.affine_segment(r, f, alpha=2.0, gamma=0.5, eps=0.0, weighting=diagonal)
+    rr, ff = float(r @ r), float(f @ f)
+    torch.testing.assert_close(own, 0.5 * 0.25 * ff * f + 2.0 * 4.0 * rr * r, rtol=1e-12, atol=0)
+
+
+def test_torchjd_weighting_adapter_names_and_shapes():
+    adapted = sk.torchjd_weighting(aggregation.UPGradWeighting())
+    assert adapted.__name__ == "torchjd_UPGradWeighting"
+    empty = adapted(torch.zeros(0, 2, 2, dtype=torch.float64))
+    assert empty.shape == (0, 2) and empty.dtype == torch.float64
+    with pytest.raises(TypeError, match="`weighting` should be a TorchJD Weighting"):
+        sk.torchjd_weighting(3)
+
+
+def test_weighting_parameters_at_their_bounds_are_accepted_and_messages_say_the_range():
+    assert sk.GradVac(beta=1.0).beta == 1.0 and sk.GradVac(beta=0, eps=0).eps == 0.0
+    assert isinstance(sk.GradVac(beta=1).beta, float)
+    for name, params in [("cagrad", dict(c=0.0)), ("upgrad", dict(pref=(0.0, 1.0), reg_eps=0)),
+                         ("nash_mtl", dict(max_norm=0))]:  # fmt: skip
+        sk.method_with(name, **params)
+    with pytest.raises(ValueError, match=r"`c` should be >= 0 and finite\. Found `c = -1"):
+        sk.method_with("cagrad", c=-1)
+    with pytest.raises(ValueError, match=r"`beta` should be in \[0, 1\] and finite"):
+        sk.GradVac(beta=1.5)
+    with pytest.raises(TypeError, match="`c`"):
+        sk.method_with("cagrad", c=True)  # a bool is not a number here
