@@ -107,6 +107,40 @@ def test_answer_probability_normalised_by_hand():
     close(M.answer_probability_normalised(model, correct, wrong), [pc / (pc + pw + 1e-10)])
 
 
+def test_choice_loglikelihoods_and_accuracy_by_hand():
+    model = LookupLM()
+    prompts = [[0, 1], [3], [5, 5]]
+    options = [[[2], [3, 4], [5]], [[4, 5], [0]], [[0, 1], [0], [2, 2]]]
+    lls = M.choice_loglikelihoods(model, prompts, options)
+    for prompt, opts, got in zip(prompts, options, lls):
+        want = []
+        for option in opts:
+            ids = [*prompt, *option]
+            want.append(sum(lp(ids[t - 1], ids[t]) for t in range(len(prompt), len(ids))))
+        close(got, want)
+    best = [int(ll.argmax()) for ll in lls]
+    # the right answer where it is the likeliest option, a wrong one elsewhere
+    answers = [best[0], (best[1] + 1) % 2, best[2]]
+    acc = M.choice_accuracy(model, prompts, options, answers)
+    assert acc.dtype == torch.float64 and acc.tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "prompts, options, answers, match",
+    [
+        ([[0]], [[[1]]], [0], "at least two options"),
+        ([[]], [[[1], [2]]], [0], "is empty"),
+        ([[0]], [[[1], []]], [0], r"options\[0\]\[1\]` is empty"),
+        ([[0]], [[[1], [2]]], [2], r"answers\[0\]` should be an option index in \[0, 2\)"),
+        ([[0]], [[[1], [2]]], [0, 1], "one index per question"),
+        ([[0], [1]], [[[1], [2]]], [0], "one entry per question"),
+    ],
+)
+def test_choice_accuracy_refuses_bad_input(prompts, options, answers, match):
+    with pytest.raises(ValueError, match=match):
+        M.choice_accuracy(LookupLM(), prompts, options, answers)
+
+
 def test_truth_ratio_by_hand():
     model = LookupLM()
     para = [answer([0, 1, 2], 1), answer([4, 5, 0, 1], 2)]

@@ -363,6 +363,75 @@ def truth_ratio_score(tr: torch.Tensor | Sequence[float], *, forget: bool) -> fl
     return float((1.0 - x).clamp_min(0.0).mean())
 
 
+# --------------------------------------------------------------------------- multiple choice
+
+
+def choice_loglikelihoods(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    options: Sequence[Sequence[Sequence[int]]],
+    *,
+    batch_size: int = 64,
+    pad_id: int = 0,
+) -> list[torch.Tensor]:
+    """Σ log p of each option's tokens after its question's prompt, one float64 tensor per
+    question: what lm-evaluation-harness compares for WMDP's and MMLU's multiple choice
+    (``loglikelihood`` requests, ``acc``)."""
+    if isinstance(prompts, Mapping) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("Parameter `prompts` should be a non-empty list of token-id lists.")
+    if not isinstance(options, Sequence) or len(options) != len(prompts):
+        raise ValueError(
+            "Parameters `options` and `prompts` should have one entry per question each. Found "
+            f"{len(options) if isinstance(options, Sequence) else type(options).__name__} and "
+            f"{len(prompts)}."
+        )
+    examples: list[dict[str, list[int]]] = []
+    groups: list[slice] = []
+    for i, (prompt, opts) in enumerate(zip(prompts, options)):
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ValueError(f"`prompts[{i}]` is empty: an option needs a prompt to follow.")
+        if not isinstance(opts, Sequence) or len(opts) < 2:
+            raise ValueError(f"`options[{i}]` should hold at least two options. Found {opts!r}.")
+        start = len(examples)
+        for j, option in enumerate(opts):
+            option = [int(t) for t in option]
+            if not option:
+                raise ValueError(f"`options[{i}][{j}]` is empty: there is nothing to score.")
+            examples.append(
+                {"input_ids": prompt + option, "labels": [IGNORE_INDEX] * len(prompt) + option}
+            )
+        groups.append(slice(start, len(examples)))
+    sums, _ = answer_logprobs(model, examples, batch_size=batch_size, pad_id=pad_id)
+    return [sums[g] for g in groups]
+
+
+def choice_accuracy(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    options: Sequence[Sequence[Sequence[int]]],
+    answers: Sequence[int],
+    **kw: Any,
+) -> torch.Tensor:
+    """1.0 where the option of highest log-likelihood (:func:`choice_loglikelihoods`) is the
+    right one, else 0.0, per question, ``[n]`` float64: lm-evaluation-harness's ``acc`` of
+    WMDP and MMLU (the first maximum on a tie). Chance is 1 / (number of options)."""
+    lls = choice_loglikelihoods(model, prompts, options, **_kw(kw))
+    if len(answers) != len(lls):
+        raise ValueError(
+            f"Parameter `answers` should hold one index per question. Found {len(answers)} "
+            f"for {len(lls)} questions."
+        )
+    out = []
+    for i, (ll, answer) in enumerate(zip(lls, answers)):
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(ll):
+            raise ValueError(
+                f"`answers[{i}]` should be an option index in [0, {len(ll)}). Found {answer!r}."
+            )
+        out.append(float(int(ll.argmax()) == answer))
+    return torch.tensor(out, dtype=torch.float64)
+
+
 # --------------------------------------------------------------------------- generation, ROUGE
 
 

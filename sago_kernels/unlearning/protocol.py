@@ -1,21 +1,25 @@
-"""The benchmark's protocol: pre-train the models, run Algorithm 1 per (loss, method), match.
+"""The benchmark's protocol: pre-train the models, then run Algorithm 1 per cell of the grid.
 
 Per seed (:func:`prepare_seed`): a target model trained on the data's ``target_train`` sets and a
 retain-only model trained on its ``retain_model_train`` sets (the reference of forget quality and
-privacy leakage), both tiny GPT-2s built from a config. Then, for each forget loss and each
-combine method (:func:`unlearn`), Algorithm 1 with the fused combine from the target model, on the
-same batches for every method. Each run is measured twice:
+privacy leakage), both tiny GPT-2s built from a config, each trained until it predicts every
+scored token. Then each :class:`RunSpec` (:func:`unlearn`): Algorithm 1 with the fused combine
+from the target model, for a fixed budget of ``--steps`` steps, evaluated at the end. The grid
+(the paper's Appendix A): the forget weight γ and the retain weight α, each swept with the other
+at its default (:func:`grid_points`), as multiples of the weights the loss's source sets
+(``losses.SUGGESTED_GAMMA`` and ``SUGGESTED_ALPHA``). Every run of one (seed, loss) draws the
+same batches, whatever its method and weights, so runs differ only by what is compared.
 
-- **matched forgetting**: at the first step where the forget set's exactly-memorised answer
-  tokens fall to the retain-only model's count on the same answers (counts of tokens, compared as
-  integers: a float mean would miss an exact hit, see issue 17);
-- **fixed budget**: after ``--steps`` steps, as the paper's fixed epochs.
+Runs at the default weights also record the **early stop**: the first step at which the forget
+pool's exactly-predicted answer tokens fall to the retain-only model's count on the same answers
+(integers: a float mean would miss an exact hit, issue 17), evaluated there; a secondary view.
 
-``forget_only`` (:data:`FORGET_ONLY`) is the paper's forget-only baselines (GA, NPO, SimNPO, RMU
+``forget_only`` (:data:`FORGET_ONLY`) is the paper's forget-only baselines (GA, NPO, SimNPO
 alone): γ·∇L_f steps the model, with no retain forward, backward or combine (the retain batch is
-still drawn, so the forget batches are those of every other method). Under AdamW the γ of a
-lone gradient hardly matters (Adam is invariant to its scale), so SimNPO alone is not slowed by
-its γ; in a combine, γ weighs g_f against g_r.
+still drawn, so the forget batches are those of every other method). Under AdamW the scale of a
+lone gradient hardly matters, so it runs at the default weights only. RMU has no forget-only
+row: RMU is its forget term and its retain term (WMDP's ``rmu/unlearn.py``), so its standalone
+baseline is the ``sum`` of the two, at RMU's α = 100.
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ..methods import METHODS
 from ..synthesizer import GradientSynthesizer
 from .algorithm import unlearning_step
 from .evaluation import Evaluator
 from .losses import (
     FORGET_LOSSES,
     IGNORE_INDEX,
+    SUGGESTED_ALPHA,
     SUGGESTED_GAMMA,
     check_models,
     get_loss,
@@ -40,28 +47,74 @@ from .losses import (
     nll_loss,
     run_loss,
 )  # fmt: skip
-from .sources import QA, BenchmarkData
+from .progress import Progress
+from .sources import QA, BenchmarkData, MultipleChoice
 
-PROTOCOLS = ("matched", "fixed")
 FORGET_ONLY = "forget_only"
-"""The paper's forget-only baselines (GA, NPO, SimNPO, RMU alone), a pseudo-method of this
+"""The paper's forget-only baselines (GA, NPO, SimNPO alone), a pseudo-method of this
 benchmark: γ·∇L_f steps the model; no retain loss, no retain backward, no combine."""
 GEOMETRY = ("cos_fr", "cos_out_f", "cos_out_r")
 """The per-step gradient geometry a run keeps (paper Table 3: Forget–Retain, Comb–Forget,
 Comb–Retain cosines of the whole model's gradients, from the combine's own statistics)."""
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One unlearning run of a seed: the forget loss, the combine method, the multiples of the
+    loss's source weights, and whether to record the early stop."""
+
+    loss: str
+    method: str
+    gamma_scale: float = 1.0
+    alpha_scale: float = 1.0
+    early_stop: bool = False
+
+    @property
+    def default_weights(self) -> bool:
+        return self.gamma_scale == 1.0 and self.alpha_scale == 1.0
+
+
+def grid_points(gammas: list[float], alphas: list[float]) -> list[tuple[float, float]]:
+    """The (γ, α) multiples a (loss, method) runs at: (1, 1), each γ with α = 1, each α with
+    γ = 1, as the paper sweeps each weight "when necessary" with the other at its default.
+    Under AdamW only the ratio γ/α moves a combine (every method here is equivariant to a
+    common scale), so the cross product would repeat ratios."""
+    points = [(1.0, 1.0)] + [(g, 1.0) for g in gammas] + [(1.0, a) for a in alphas]
+    return list(dict.fromkeys(points))
+
+
+def run_specs(losses: list[str], methods: list[str], gammas: list[float],
+              alphas: list[float]) -> list[RunSpec]:  # fmt: skip
+    """Every run of a seed: each loss with each method over the grid (the forget-only baseline
+    at the default weights, not for RMU), the default point with the early stop."""
+    specs = []
+    for loss in losses:
+        for method in methods:
+            if method == FORGET_ONLY:
+                if loss != "rmu":
+                    specs.append(RunSpec(loss, method, early_stop=True))
+                continue
+            for g, a in grid_points(gammas, alphas):
+                specs.append(RunSpec(loss, method, g, a, early_stop=(g, a) == (1.0, 1.0)))
+    return specs
+
+
 # --------------------------------------------------------------------------- models and data
 
 
-def tiny_lm(vocab_size: int, positions: int, args: argparse.Namespace, seed: int):
-    """A small GPT-2 built from a config (no download); dropout off so runs are deterministic."""
+def tiny_lm(vocab_size: int, positions: int, args: argparse.Namespace, seed: int,
+            special_ids: tuple[int, int, int] | None = None):  # fmt: skip
+    """A small GPT-2 built from a config (no download); dropout off so runs are deterministic.
+    ``special_ids``: (bos, eos, pad) of the tokenizer, so the config names tokens that exist
+    (GPT-2's defaults, 50256, are outside a small vocabulary and make transformers warn)."""
     import transformers
 
     torch.manual_seed(seed)
+    bos, eos, pad_id = special_ids if special_ids is not None else (None, None, None)
     cfg = transformers.GPT2Config(
         vocab_size=vocab_size, n_positions=positions, n_embd=args.width, n_layer=args.layers,
-        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=bos,
+        eos_token_id=eos, pad_token_id=pad_id,
     )  # fmt: skip
     return transformers.GPT2LMHeadModel(cfg).to(args.device)
 
@@ -95,30 +148,32 @@ def memorised_tokens(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return int(hit.sum()), int(scored.sum())
 
 
-def train(model, examples, pad_id, args, seed, desc) -> dict:
-    """Memorise ``examples`` (AdamW) until every answer token is predicted exactly, or
+def train(model, examples, pad_id, args, seed, desc, progress: bool = True,
+          bar: bool | None = None) -> dict:  # fmt: skip
+    """Memorise ``examples`` (AdamW) until every scored token is predicted exactly, or
     ``--pretrain-epochs`` run out; a warning when the target was not reached."""
-    from tqdm.auto import tqdm
-
     everything = pad(examples, pad_id, args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     n, start = len(examples), time.perf_counter()
-    hit, total = 0, 1
-    bar = tqdm(range(1, args.pretrain_epochs + 1), desc=desc, leave=False, disable=args.no_progress)
-    epoch = 0
-    for epoch in bar:
-        model.train()
-        for idx in torch.randperm(n, generator=g).split(args.pretrain_batch):
-            batch = {k: v[idx.to(args.device)] for k, v in everything.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            nll_loss(logits.logits, batch["labels"]).backward()
-            opt.step()
-            opt.zero_grad()
-        if epoch % 5 == 0 or epoch == args.pretrain_epochs:
-            hit, total = memorised_tokens(model, everything)
-            bar.set_postfix(memorised=f"{hit / total:.3f}")
-            if hit == total:
+    hit, total, epoch = 0, 1, 0
+    with Progress(args.pretrain_epochs, f"{desc}, epochs", enabled=progress, bar=bar,
+                  leave=False, every=60, estimate=False) as shown:  # fmt: skip
+        for epoch in range(1, args.pretrain_epochs + 1):
+            model.train()
+            for idx in torch.randperm(n, generator=g).split(args.pretrain_batch):
+                batch = {k: v[idx.to(args.device)] for k, v in everything.items()}
+                logits = model(input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"])  # fmt: skip
+                nll_loss(logits.logits, batch["labels"]).backward()
+                opt.step()
+                opt.zero_grad()
+            note = ""
+            if epoch % 5 == 0 or epoch == args.pretrain_epochs:
+                hit, total = memorised_tokens(model, everything)
+                note = f"memorised {hit / total:.3f}"
+            shown.update(note=note)
+            if note and hit == total:
                 break
     hit, total = memorised_tokens(model, everything)
     info = {"epochs": epoch, "memorised": hit / total, "reached": hit == total,
@@ -134,40 +189,54 @@ def train(model, examples, pad_id, args, seed, desc) -> dict:
 
 
 def _positions(data: BenchmarkData) -> int:
-    """The models' context: the longest encoded answer or paraphrase of any set, or perturbed
-    answer of the forget set, plus 8."""
+    """The models' context: the longest example any set makes (a question with any of its
+    answers, a probe's prompt with the longest answer, a question with an option), plus 8."""
+    tok, template = data.tokenizer, data.template
+    longest_answer = 0
     longest = 0
-    for item in data.items(list(data.sets)):
-        if isinstance(item, QA):
-            for answer in (item.answer, item.paraphrased_answer):
-                longest = max(longest, len(data.encode_qa(item.question, answer)["input_ids"]))
-    for item in data.eval_set("forget"):
-        for answer in item.perturbed_answers:
-            longest = max(longest, len(data.encode_qa(item.question, answer)["input_ids"]))
+    for items in data.sets.values():
+        for item in items:
+            if isinstance(item, QA):
+                for answer in (item.answer, item.paraphrased_answer, *item.perturbed_answers):
+                    if answer:
+                        n = len(data.encode_qa(item.question, answer)["input_ids"])
+                        longest = max(longest, n)
+                longest_answer = max(longest_answer, len(template.answer_ids(tok, item.answer)))
+            elif isinstance(item, MultipleChoice):
+                prompt, options = template.choice_ids(tok, item)
+                longest = max(longest, len(prompt) + max(len(o) for o in options))
+    for items in data.sets.values():
+        for item in items:
+            if not isinstance(item, (QA, MultipleChoice)) and hasattr(item, "style"):
+                n = len(template.probe_ids(tok, item)) + longest_answer
+                longest = max(longest, n)
     return longest + 8
 
 
-def prepare_seed(data: BenchmarkData, args: argparse.Namespace, seed: int) -> dict:
+def prepare_seed(data: BenchmarkData, args: argparse.Namespace, seed: int,
+                 progress: bool = True, bar: bool | None = None) -> dict:  # fmt: skip
     """The seed's target and retain-only models, trained, its evaluator and the two models' own
     evaluations: ``{"target", "retain_model", "evaluator", "reference", "info"}``."""
     tok = data.tokenizer
     positions = _positions(data)
-    target = tiny_lm(tok.vocab_size, positions, args, seed)
+    special = (tok.bos_id, tok.eos_id, tok.pad_id)
+    target = tiny_lm(tok.vocab_size, positions, args, seed, special)
     target_info = train(target, data.examples(data.target_train), tok.pad_id, args, seed,
-                        f"seed {seed}: target")  # fmt: skip
-    retain_model = tiny_lm(tok.vocab_size, positions, args, seed)
+                        f"seed {seed}: pre-training the target", progress, bar)  # fmt: skip
+    retain_model = tiny_lm(tok.vocab_size, positions, args, seed, special)
     retain_info = train(retain_model, data.examples(data.retain_model_train), tok.pad_id, args,
-                        seed, f"seed {seed}: retain-only")  # fmt: skip
-    evaluator = Evaluator(data, args)
+                        seed, f"seed {seed}: pre-training the retain-only model", progress,
+                        bar)  # fmt: skip
+    evaluator = Evaluator(data)
     reference = evaluator(retain_model)
     hit, _ = memorised_tokens(retain_model, pad(data.examples(data.forget), tok.pad_id,
                                                 args.device))  # fmt: skip
     reference["memorised_forget_tokens"] = hit
     target_eval = evaluator(target, reference)
     info = {
-        "seed": seed, "vocab": data.info["vocab"], "sizes": data.info["sizes"],
-        "target_training": target_info, "retain_training": retain_info,
-        "retain_model": reference, "target_model": target_eval,
+        "seed": seed, "data": data.info, "identities": data.identities(),
+        "positions": positions, "target_training": target_info,
+        "retain_training": retain_info, "retain_model": reference, "target_model": target_eval,
     }  # fmt: skip
     return {"target": target, "retain_model": retain_model, "evaluator": evaluator,
             "reference": reference, "info": info}  # fmt: skip
@@ -193,58 +262,74 @@ def forget_only_step(model, optimizer, forget_batch, *, forget_loss, ref_model, 
     return loss_f.detach()
 
 
-def unlearn(target, data: BenchmarkData, evaluator, reference, loss, method, seed, args) -> dict:
-    """Algorithm 1 from the target model; evaluated at matched forgetting and at the budget.
+def weights(spec: RunSpec) -> tuple[float, float]:
+    """(γ, α) of a run: its multiples of the loss's source weights."""
+    gamma = SUGGESTED_GAMMA.get(spec.loss, 1.0) * spec.gamma_scale
+    alpha = SUGGESTED_ALPHA.get(spec.loss, 1.0) * spec.alpha_scale
+    return gamma, alpha
 
-    ``method`` is a combine method, or :data:`FORGET_ONLY` (no retain term at all). The forget
-    and retain batches are drawn from one generator per (seed, loss) for every method, the
-    forget-only baseline included (it draws the retain batch and leaves it unused), so all
-    methods see the same forget batches. Combine runs keep each step's global gradient
-    geometry (:data:`GEOMETRY`)."""
+
+def unlearn(target, data: BenchmarkData, evaluator, reference, spec: RunSpec, seed: int,
+            args) -> dict:  # fmt: skip
+    """Algorithm 1 from the target model for ``--steps`` steps, evaluated at the end (and at the
+    early stop when ``spec.early_stop``).
+
+    ``spec.method`` is a combine method, or :data:`FORGET_ONLY` (no retain term at all). The
+    forget and retain batches are drawn from one generator per (seed, loss), whatever the
+    method and the weights (the forget-only baseline draws the retain batch and leaves it
+    unused). Combine runs keep each step's global gradient geometry (:data:`GEOMETRY`)."""
     model = copy.deepcopy(target).train().requires_grad_(True)
-    gamma = args.gamma if args.gamma is not None else SUGGESTED_GAMMA.get(loss, 1.0)
+    gamma, alpha = weights(spec)
     synth = None
-    if method != FORGET_ONLY:
-        synth = GradientSynthesizer(model, method=method, alpha=args.alpha, gamma=gamma,
-                                    backend=args.backend, keep_history=None)  # fmt: skip
+    if spec.method != FORGET_ONLY:
+        # the segments of a per-segment method: the paper's PCGrad projects per module
+        per_segment = METHODS[spec.method].scope == "segment"
+        granularity = args.granularity if per_segment else "parameter"
+        synth = GradientSynthesizer(
+            model, method=spec.method, alpha=alpha, gamma=gamma,
+            backend=args.backend, keep_history=None, granularity=granularity,
+        )  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     pad_id = data.tokenizer.pad_id
     forget_all = pad(data.examples(data.forget), pad_id, args.device)
     retain_all = pad(data.examples(data.retain), pad_id, args.device)
-    g = torch.Generator().manual_seed(1000 * seed + sorted(FORGET_LOSSES).index(loss))
+    g = torch.Generator().manual_seed(1000 * seed + sorted(FORGET_LOSSES).index(spec.loss))
 
     def draw(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         idx = torch.randint(len(batch["input_ids"]), (args.batch,), generator=g)
         return {k: v[idx.to(args.device)] for k, v in batch.items()}
 
-    loss_kwargs = {"layer": args.rmu_layer} if loss == "rmu" else {}
-    retain_loss = "rmu" if loss == "rmu" else "nll"
-    curve, results, start = [], {}, time.perf_counter()
-    hit, total = memorised_tokens(model, forget_all)
-    curve.append({"step": 0, "forget_memorised": hit / total, "forget_tokens_memorised": hit})
+    loss_kwargs = {"layer": args.rmu_layer} if spec.loss == "rmu" else {}
+    retain_loss = "rmu" if spec.loss == "rmu" else "nll"
+    curve, early, start = [], None, time.perf_counter()
+    if spec.early_stop:
+        hit, total = memorised_tokens(model, forget_all)
+        curve.append({"step": 0, "forget_tokens_memorised": hit})
     for step in range(1, args.steps + 1):
         forget_batch, retain_batch = draw(forget_all), draw(retain_all)
         if synth is None:
-            forget_only_step(model, opt, forget_batch, forget_loss=loss, ref_model=target,
+            forget_only_step(model, opt, forget_batch, forget_loss=spec.loss, ref_model=target,
                              loss_kwargs=loss_kwargs, gamma=gamma)  # fmt: skip
         else:
             unlearning_step(
-                model, synth, opt, forget_batch, retain_batch, forget_loss=loss,
+                model, synth, opt, forget_batch, retain_batch, forget_loss=spec.loss,
                 retain_loss=retain_loss, ref_model=target, loss_kwargs=loss_kwargs,
             )  # fmt: skip
-        hit, total = memorised_tokens(model, forget_all)
-        curve.append(
-            {"step": step, "forget_memorised": hit / total, "forget_tokens_memorised": hit}
-        )
-        if "matched" not in results and hit <= reference["memorised_forget_tokens"]:
-            results["matched"] = {"steps": step, "reached": True, **evaluator(model, reference)}
-    results["fixed"] = {"steps": args.steps, "reached": True, **evaluator(model, reference)}
-    if "matched" not in results:  # never as forgotten as the retain-only model: say so
-        results["matched"] = {**results["fixed"], "reached": False}
+        if spec.early_stop:
+            hit, total = memorised_tokens(model, forget_all)
+            curve.append({"step": step, "forget_tokens_memorised": hit})
+            if early is None and hit <= reference["memorised_forget_tokens"]:
+                early = {"steps": step, "reached": True, **evaluator(model, reference)}
+    fixed = {"steps": args.steps, **evaluator(model, reference)}
+    if spec.early_stop and early is None:  # never as forgotten as the retain-only model: say so
+        early = {**fixed, "reached": False}
     geometry = None
     if synth is not None:  # one row per step: the whole model's cosines
         table = synth.history_table()
         geometry = {name: [row[name] for row in table] for name in GEOMETRY}
-    return {"seed": seed, "loss": loss, "method": method, "gamma": gamma,
-            "curve": curve, "geometry": geometry, "protocols": results,
-            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return {
+        "seed": seed, **asdict(spec), "gamma": gamma, "alpha": alpha, "fixed": fixed,
+        "early_stop": early, "curve": curve or None,
+        "forget_tokens": total if spec.early_stop else None, "geometry": geometry,
+        "seconds": round(time.perf_counter() - start, 2),
+    }  # fmt: skip

@@ -59,7 +59,8 @@ class QA:
     """One question with its answer, as a TOFU row: ``paraphrased_answer`` (the same fact in
     other words) and ``perturbed_answers`` (the paraphrase with wrong values) feed the truth
     ratio; ``author`` groups the questions of one subject; ``kind`` says which fact it asks;
-    ``value`` is the fact itself as it appears in the answers (a city, a date, ...)."""
+    ``value`` is the fact itself as it appears in the answers (a city, a date, ...);
+    ``paraphrased_question`` asks the same in other words (empty when there is none)."""
 
     author: str
     kind: str
@@ -68,6 +69,7 @@ class QA:
     paraphrased_answer: str = ""
     perturbed_answers: tuple[str, ...] = ()
     value: str = ""
+    paraphrased_question: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,25 @@ class PlainTemplate:
 
     def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]:
         return tokenizer.encode(self.answer_prefix + answer) + [tokenizer.eos_id]
+
+    def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]:
+        """What a probe's greedy generation continues: a question's prompt, or a fill-in
+        sentence's text up to its blank (no template around it)."""
+        if probe.style == "qa":
+            return self.prompt_ids(tokenizer, probe.prompt)
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + tokenizer.encode(probe.prompt)
+
+    def choice_ids(
+        self, tokenizer: Tokenizer, item: MultipleChoice
+    ) -> tuple[list[int], list[list[int]]]:
+        """(the question's prompt, each option's ids as its answer would be written, without
+        ``<eos>``): the cloze form of a multiple-choice question, each option scored by its
+        log-likelihood after the prompt. A model trained from scratch has never seen lettered
+        options, so the synthetic world is scored this way; WMDP's and MMLU's lettered form
+        (the option letters after "Answer:") is another template's ``choice_ids``."""
+        options = [tokenizer.encode(self.answer_prefix + c) for c in item.choices]
+        return self.prompt_ids(tokenizer, item.question), options
 
 
 def encode_qa(
