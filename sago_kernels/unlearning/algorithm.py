@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_scalar
+from .losses import check_batch, check_models, get_loss, run_loss, step_hparams
 from ..stats import CombineStats
 from ..synthesizer import GradientSynthesizer
-from .losses import check_batch, check_models, get_loss, run_loss, step_hparams
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import transformers
 
-from ..stats import FIELDS
-from ..synthesizer import GradientSynthesizer
 from .data import split_pair
 from .losses import check_models, get_loss, run_loss, step_hparams
+from ..stats import FIELDS
+from ..synthesizer import GradientSynthesizer
 
 SYNTHESIZER_STATE_NAME = "sago_synthesizer.pt"
 """The file, in each checkpoint folder, of the synthesizer's state across steps (if any)."""
