@@ -187,6 +187,7 @@ def test_the_synthetic_sets_are_disjoint_where_they_are_held_out():
 
     data = _tiny_data()
     check_held_out(data.identities(), data.info["authors"])
+    assert data.leaks() == []
     # the same by subject: no neighbour's probe asks about a forget or retain author
     pools = {i.author for n in data.forget + data.retain for i in data.sets[n]}
     for role in ("retention_probes", "retention_choice"):
@@ -196,6 +197,19 @@ def test_the_synthetic_sets_are_disjoint_where_they_are_held_out():
     leaked["sets"]["retain"].append(leaked["sets"]["neighbour_probes"][0])
     with pytest.raises(AssertionError):
         check_held_out(leaked, data.info["authors"])
+    # the data itself says so, and the protocol refuses it before training anything
+    from sago_kernels.unlearning import protocol as P
+
+    data.sets["retain"] += (data.sets["neighbour_probes"][0],)
+    data.sets["retain"] += (data.sets["holdout"][0],)
+    assert data.leaks() == [
+        "1 item(s) of holdout ('holdout') are in a model's training sets",
+        "1 item(s) of retention_probes ('neighbour_probes') are in an unlearning pool",
+        # the choice asks the probe's paraphrased question: the same identity, leaked too
+        "1 item(s) of retention_choice ('retention_choice') are in an unlearning pool",
+    ]
+    with pytest.raises(ValueError, match="held-out sets are not held out"):
+        P.prepare_seed(data, None, 0)
     probes = data.eval_set("forget_probes")
     assert {p.style for p in probes} == {"qa", "fill_in"} and all(isinstance(p, Probe)
                                                                    for p in probes)  # fmt: skip
@@ -329,21 +343,27 @@ def test_the_analysis_recomputes_from_the_runs(tiny_run):
     fronts = results["analysis"]["fronts"][0]
     assert (fronts["x"], fronts["y"]) == ("forget_probe_rouge", "retention_probe_rouge")
     ga = fronts["losses"]["ga"]
+    retain_only = {s["seed"]: s["retain_model"]["metrics"]["forget_probe_rouge"]
+                   for s in results["seeds"]}  # fmt: skip
     for seed in (0, 1):
         base = next(r for r in runs if (r["seed"], r["method"], r["gamma_scale"],
                                         r["alpha_scale"]) == (seed, "sum", 1.0, 1.0))  # fmt: skip
-        level = base["fixed"]["metrics"]["forget_probe_rouge"]
-        assert ga["level"][str(seed)] == level
+        levels = {"gd": base["fixed"]["metrics"]["forget_probe_rouge"],
+                  "retain_only": retain_only[seed]}  # fmt: skip
+        for name, level in levels.items():
+            assert ga["levels"][name][str(seed)] == level
         for method in ("sum", "sago"):
             points = [(r["fixed"]["metrics"]["forget_probe_rouge"],
                        r["fixed"]["metrics"]["retention_probe_rouge"])
                       for r in runs if r["seed"] == seed and r["method"] == method]  # fmt: skip
             record = ga["methods"][method]["seeds"][str(seed)]
             assert [tuple(p) for p in record["front"]] == A.pareto_front(points)
-            assert record["matched"] == A.matched_retention(A.pareto_front(points), level)
-    diff = ga["differences"]["sago - sum"]
-    a = {s: ga["methods"]["sago"]["seeds"][s]["matched"] for s in ("0", "1")}
-    b = {s: ga["methods"]["sum"]["seeds"][s]["matched"] for s in ("0", "1")}
+            for name, level in levels.items():
+                want = A.matched_retention(A.pareto_front(points), level)
+                assert record["matched"][name] == want
+    diff = ga["differences"]["gd"]["sago - sum"]
+    a = {s: ga["methods"]["sago"]["seeds"][s]["matched"]["gd"] for s in ("0", "1")}
+    b = {s: ga["methods"]["sum"]["seeds"][s]["matched"]["gd"] for s in ("0", "1")}
     both = [s for s in ("0", "1") if a[s] is not None and b[s] is not None]
     assert diff["n"] == len(both)
     if both:
@@ -375,6 +395,10 @@ def test_the_report_writes_the_same_tables_from_the_json(tiny_run, tmp_path, cap
     assert target.read_text() == once  # idempotent: the section is replaced, not appended
     with pytest.raises(SystemExit):
         report.main([str(out / "timings.json")])
+    # the analysis is a function of the stored runs: computed again, it is the same
+    again = tmp_path / "again.json"
+    assert report.main([str(out / "results.json"), "--reanalyse", str(again)]) == markdown
+    assert json.loads(again.read_text()) == json.loads((out / "results.json").read_text())
 
 
 def test_the_tables_name_columns_as_the_json_does_with_a_legend(tiny_run):
@@ -426,8 +450,14 @@ def test_paired_differences_use_the_student_t_interval():
     half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     assert (d["low"], d["high"]) == pytest.approx((mean - half, mean + half))
     assert d["verdict"] == "higher"
-    assert paired({0: 0.1, 1: 0.3}, {0: 0.2, 1: 0.1})["verdict"] == "no difference detected"
-    assert paired({0: 0.1}, {0: 0.5})["low"] is None  # one seed: no interval, no ordering
+    assert paired({0: 0.1, 1: 0.3, 2: 0.2}, {0: 0.2, 1: 0.1, 2: 0.2})["verdict"] == (
+        "no difference detected"
+    )
+    # two seeds, or no spread (equal differences): no interval, so no ordering
+    two = paired({0: 0.5, 1: 0.6}, {0: 0.1, 1: 0.11})
+    assert two["low"] is None and two["verdict"] == "no difference detected"
+    same = paired({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.5, 2: 0.6})
+    assert same["low"] is None and same["mean"] == pytest.approx(0.1)
     assert verdict(-0.2, -0.1) == "lower" and verdict(None, None) == "no difference detected"
 
 
@@ -617,3 +647,40 @@ def test_the_same_command_twice_gives_the_same_json_bit_for_bit(tmp_path):
     assert other["args"]["jobs"] == 2
     for key in ("seeds", "runs", "analysis"):
         assert other[key] == results[key], key
+
+
+# --------------------------------------------------------------------------- progress output
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(monkeypatch):
+    import io
+
+    from sago_kernels.unlearning import progress as P
+
+    log = io.StringIO()
+    now = [0.0]
+    monkeypatch.setattr(P.time, "perf_counter", lambda: now[0])
+    with P.Progress(5, "runs", stream=log, every=30) as p:
+        for i in range(5):
+            now[0] += 20.0  # 20 s a run
+            p.update(note=f"run {i}" if i != 3 else "")
+    lines = log.getvalue().splitlines()
+    # a line at most every 30 s and one at the end, each naming the last thing done
+    assert lines == ["runs: 2/5, 40s, ~1m00s left (run 1)", "runs: 4/5, 1m20s, ~20s left (run 2)",
+                     "runs: 5/5, 1m40s (run 4)"]  # fmt: skip
+    assert "\r" not in log.getvalue()
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with P.Progress(3, "runs", stream=screen) as p:
+        assert p.bar is not None
+        for _ in range(3):
+            p.update()
+    assert "\r" in screen.getvalue() and "3/3" in screen.getvalue()
+    quiet = io.StringIO()
+    with P.Progress(3, "runs", stream=quiet, enabled=False) as p:
+        p.update(3)
+    assert quiet.getvalue() == ""

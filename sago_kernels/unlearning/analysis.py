@@ -6,7 +6,7 @@ forgetting can be matched, retention compared at that forgetting. Here, per seed
 method)'s fixed-budget runs over the (γ, α) grid are points (forgetting, retention); their
 Pareto front (:func:`pareto_front`) is read at the forgetting level of the baseline, the ``sum``
 ("+ GD", for RMU RMU itself) at the sources' weights, interpolated linearly between the front's
-points (:func:`matched_retention`). A method whose front never forgets that much has no value
+points (:func:`matched_retention`), and also at the retain-only model's level (:data:`LEVELS`). A method whose front never forgets that much has no value
 for that seed ("not reached"); one that only forgets more is read at its least-forgetting point
 (it keeps at least that much retention at the baseline's level).
 
@@ -34,7 +34,14 @@ AXES = (
 higher-is-better: RWKU's probes (the paper's Figure 4), WMDP-style multiple choice (Figure 3),
 and TOFU's model utility against the same forgetting."""
 BASELINE = "sum"
+LEVELS = {"gd": "GD's forgetting (at the sources' weights)",
+          "retain_only": "the retain-only model's forgetting"}  # fmt: skip
+"""The forgetting levels each front is read at: the paper's (GD's, its baseline's), and the
+level of a model that never saw the forget authors (TOFU's target: forgetting as far as that,
+not further)."""
 CONFIDENCE = 0.95
+MIN_SEEDS = 3
+"""Fewest paired seeds an interval (and so an ordering) is given for."""
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -73,21 +80,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 def paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict:
     """a − b seed by seed over the seeds where both have a value: the differences, their mean,
-    the 95% Student-t interval (None below two seeds) and the verdict."""
+    the 95% Student-t interval (None below :data:`MIN_SEEDS` seeds or when every difference is
+    the same) and the verdict."""
     seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
     diffs = [a[s] - b[s] for s in seeds]
     out: dict = {"seeds": seeds, "differences": diffs, "n": len(diffs), "mean": None,
                  "low": None, "high": None}  # fmt: skip
     if diffs:
         out["mean"] = statistics.fmean(diffs)
-    if len(diffs) >= 2:
-        if all(d == diffs[0] for d in diffs):  # no spread: the interval is the point itself
-            out["low"] = out["high"] = diffs[0]
-        else:
-            from scipy.stats import ttest_1samp
+    # no interval below MIN_SEEDS, nor without spread (the t interval is undefined there, and
+    # equal differences come easily from metrics on a few dozen probes)
+    if len(diffs) >= MIN_SEEDS and any(d != diffs[0] for d in diffs):
+        from scipy.stats import ttest_1samp
 
-            ci = ttest_1samp(diffs, 0.0).confidence_interval(CONFIDENCE)
-            out["low"], out["high"] = float(ci.low), float(ci.high)
+        ci = ttest_1samp(diffs, 0.0).confidence_interval(CONFIDENCE)
+        out["low"], out["high"] = float(ci.low), float(ci.high)
     out["verdict"] = verdict(out["low"], out["high"])
     return out
 
@@ -105,12 +112,13 @@ def verdict(low: float | None, high: float | None) -> str:
 
 
 def comparisons(methods: Sequence[str]) -> list[tuple[str, str]]:
-    """The pairs compared for one loss, a − b: SAGO against every other method, PCGrad against
-    the sum (GD) and against its global form."""
-    pairs = [("sago", m) for m in methods if m != "sago"] if "sago" in methods else []
-    pairs += [("pcgrad", m) for m in ("sum", "pcgrad_global")
-              if "pcgrad" in methods and m in methods]  # fmt: skip
-    return pairs
+    """The pairs compared for one loss, a − b, where both ran: the paper's Table 1 claims (SAGO
+    − PCGrad, SAGO − GD, PCGrad − GD, and GD − the forget loss alone), Table 2's (PCGrad −
+    Global PCGrad, module-wise against whole-model), and SAGO against every other method."""
+    wanted = [("sago", "pcgrad"), ("sago", "sum"), ("pcgrad", "sum"), ("sum", FORGET_ONLY),
+              ("pcgrad", "pcgrad_global")]  # fmt: skip
+    wanted += [("sago", m) for m in methods if m not in ("sago", "pcgrad", "sum", FORGET_ONLY)]
+    return [(a, b) for a, b in dict.fromkeys(wanted) if a in methods and b in methods]
 
 
 # --------------------------------------------------------------------------- from runs
@@ -123,20 +131,23 @@ def _by_cell(runs: Iterable[dict]) -> dict[tuple[str, str], dict[int, list[dict]
     return cells
 
 
-def fronts(runs: list[dict], x_key: str, y_key: str) -> dict:
-    """Per loss: the baseline's forgetting level per seed and, per method, each seed's grid
-    points, front and matched retention; then per method the mean ± std over seeds and the
-    paired differences. Runs without both metrics are left out (a source without them)."""
+def fronts(runs: list[dict], x_key: str, y_key: str, seeds: list[dict] | None = None) -> dict:
+    """Per loss: the forgetting levels per seed (:data:`LEVELS`) and, per method, each seed's
+    grid points, front and retention at each level; then per method and level the mean ± std
+    over seeds and the paired differences. Runs without both metrics are left out (a source
+    without them); the retain-only level needs ``seeds`` (their ``retain_model`` metrics)."""
     cells = _by_cell(r for r in runs if x_key in r["fixed"]["metrics"]
                      and y_key in r["fixed"]["metrics"])  # fmt: skip
+    retain_only = {s["seed"]: s["retain_model"]["metrics"][x_key] for s in seeds or ()
+                   if s.get("retain_model") and x_key in s["retain_model"]["metrics"]}  # fmt: skip
     out: dict = {}
     for loss in dict.fromkeys(loss for loss, _ in cells):
-        base = cells.get((loss, BASELINE), {})
-        level = {}
-        for seed, seed_runs in base.items():
+        gd = {}
+        for seed, seed_runs in cells.get((loss, BASELINE), {}).items():
             default = [r for r in seed_runs if r["gamma_scale"] == r["alpha_scale"] == 1.0]
             if default:
-                level[seed] = default[0]["fixed"]["metrics"][x_key]
+                gd[seed] = default[0]["fixed"]["metrics"][x_key]
+        levels = {"gd": gd, "retain_only": retain_only}
         methods: dict = {}
         for (cell_loss, method), by_seed in cells.items():
             if cell_loss != loss:
@@ -146,23 +157,30 @@ def fronts(runs: list[dict], x_key: str, y_key: str) -> dict:
                 points = [(r["fixed"]["metrics"][x_key], r["fixed"]["metrics"][y_key])
                           for r in seed_runs]  # fmt: skip
                 front = pareto_front(points)
-                matched = matched_retention(front, level[seed]) if seed in level else None
                 per_seed[seed] = {
                     "points": [{"gamma_scale": r["gamma_scale"], "alpha_scale": r["alpha_scale"],
                                 "x": x, "y": y} for r, (x, y) in zip(seed_runs, points)],
-                    "front": front, "matched": matched,
+                    "front": front,
+                    "matched": {name: (matched_retention(front, level[seed])
+                                       if seed in level else None)
+                                for name, level in levels.items()},
                 }  # fmt: skip
-            values = [v["matched"] for v in per_seed.values() if v["matched"] is not None]
-            mean, std = mean_std(values) if values else (None, None)
-            methods[method] = {"seeds": per_seed, "matched_mean": mean, "matched_std": std,
-                               "reached": len(values), "n": len(per_seed)}  # fmt: skip
-        pairs = {}
+            summary = {}
+            for name in levels:
+                values = [v["matched"][name] for v in per_seed.values()
+                          if v["matched"][name] is not None]  # fmt: skip
+                mean, std = mean_std(values) if values else (None, None)
+                summary[name] = {"mean": mean, "std": std, "reached": len(values),
+                                 "n": len(per_seed)}  # fmt: skip
+            methods[method] = {"seeds": per_seed, "matched": summary}
+        pairs: dict = {name: {} for name in levels}
         for a, b in comparisons(list(methods)):
-            pairs[f"{a} - {b}"] = paired(
-                {s: v["matched"] for s, v in methods[a]["seeds"].items()},
-                {s: v["matched"] for s, v in methods[b]["seeds"].items()},
-            )
-        out[loss] = {"level": level, "methods": methods, "differences": pairs}
+            for name in levels:
+                pairs[name][f"{a} - {b}"] = paired(
+                    {s: v["matched"][name] for s, v in methods[a]["seeds"].items()},
+                    {s: v["matched"][name] for s, v in methods[b]["seeds"].items()},
+                )
+        out[loss] = {"levels": levels, "methods": methods, "differences": pairs}
     return {"x": x_key, "y": y_key, "losses": out}
 
 
@@ -266,7 +284,7 @@ def analyse(seeds: list[dict], runs: list[dict], window: tuple[int, int] | None 
     geometry_methods = [m for m in ("sum", "pcgrad", "sago")
                         if any(r["loss"] == "ga" and r["method"] == m for r in runs)]  # fmt: skip
     return {
-        "fronts": [fronts(runs, x, y) for x, y in AXES
+        "fronts": [fronts(runs, x, y, seeds) for x, y in AXES
                    if x in metrics and y in metrics],  # fmt: skip
         "fixed": point_summary(runs, "fixed"),
         "early_stop": point_summary(runs, "early_stop"),

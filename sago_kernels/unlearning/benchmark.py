@@ -36,6 +36,7 @@ which).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -58,12 +59,14 @@ from .tables import paper_runs, render
 
 DEFAULTS = {
     "losses": ["ga", "npo"], "methods": ["forget_only", "sum", "pcgrad", "sago"],
-    "seeds": [0, 1, 2, 3], "gammas": [0.1, 0.3], "alphas": [0.1, 0.3], "authors": 40,
-    "steps": 30, "jobs": 2,
+    "seeds": [0, 1, 2, 3], "gammas": [0.1, 0.3], "alphas": [0.1, 0.3], "authors": 30,
+    "steps": 30, "jobs": 2, "qa_per_author": 6, "neighbours": 2, "real_authors": 20,
+    "world_facts": 30, "eval_retain": 40,
 }  # fmt: skip
 """The default run's sizes; ``--quick`` and ``--paper`` replace some (explicit flags win)."""
 QUICK = {"losses": ["npo"], "methods": ["sum", "pcgrad", "sago"], "seeds": [0, 1],
-         "gammas": [0.3], "alphas": [0.3], "authors": 20, "steps": 20}  # fmt: skip
+         "gammas": [0.3], "alphas": [0.3], "authors": 16, "steps": 20, "qa_per_author": 4,
+         "neighbours": 1, "real_authors": 10, "world_facts": 16, "eval_retain": 20}  # fmt: skip
 PAPER = {"seeds": list(range(8)), "authors": 60, "steps": 50, "gammas": [0.1, 0.3],
          "alphas": [0.1, 0.3], "jobs": 2}  # fmt: skip
 """``--paper``'s sizes (the module docstring of ``tables.py`` lists its cells)."""
@@ -78,7 +81,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Every default shown: argparse's "(default: ...)", or for a flag whose default depends on
+    the preset (None here), the help's own "(default ...)" with the values."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _number(low: float, high: float, *, low_open: bool = True):
@@ -117,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m sago_kernels.unlearning.benchmark",
         description=__doc__.split("\n\n", 2)[0] + "\n\nSee the module docstring for what a run "
-        "does; every default is shown below (None: the preset's or the default's value, "
-        "listed in its help).",
+        "does (python -m pydoc sago_kernels.unlearning.benchmark).",
         formatter_class=_Formatter,
     )  # fmt: skip
     preset = p.add_argument_group("presets")
@@ -134,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                       f"{' '.join(DEFAULTS['losses'])})")  # fmt: skip
     runs.add_argument("--methods", nargs="+", metavar="METHOD",
                       help=f"combine methods, of sk.methods(), or {FORGET_ONLY} (the forget "
-                      f"loss alone; not for rmu) (default {' '.join(DEFAULTS['methods'])})")  # fmt: skip
+                      "loss alone; not for rmu) (default "
+                      f"{' '.join(DEFAULTS['methods'])})")  # fmt: skip
     runs.add_argument("--gammas", nargs="+", type=_number(0, 100), metavar="G",
                       help="forget-weight multiples swept with α at 1, as the paper's γ in "
                       f"[0.1, 1] (default {' '.join(map(str, DEFAULTS['gammas']))}; 1 is "
@@ -163,13 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
          help=f"trained authors, forget and retain (default {DEFAULTS['authors']})")
     add_("--forget-percent", type=int, choices=(1, 5, 10), default=10,
          help="share of the trained authors in the forget set")
-    add_("--qa-per-author", type=_integer(1, 11), default=6, help="facts per author")
-    add_("--neighbours", type=_integer(0, 4), default=2,
-         help="neighbours per forget author (held out of unlearning)")
-    add_("--real-authors", type=_integer(1, 42), default=30, help="real-author questions")
-    add_("--world-facts", type=_integer(1, 82), default=40, help="world-fact questions")
-    add_("--eval-retain", type=_integer(1, 100_000), default=60,
-         help="retain questions scored for model utility (TOFU's retain_perturbed role)")
+    add_("--qa-per-author", type=_integer(1, 11),
+         help=f"facts per author (default {DEFAULTS['qa_per_author']})")
+    add_("--neighbours", type=_integer(0, 4),
+         help="neighbours per forget author, held out of unlearning (default "
+         f"{DEFAULTS['neighbours']})")  # fmt: skip
+    add_("--real-authors", type=_integer(1, 42),
+         help=f"real-author questions (default {DEFAULTS['real_authors']})")
+    add_("--world-facts", type=_integer(1, 82),
+         help=f"world-fact questions (default {DEFAULTS['world_facts']})")
+    add_("--eval-retain", type=_integer(1, 100_000),
+         help="retain questions scored for model utility, TOFU's retain_perturbed role "
+         f"(default {DEFAULTS['eval_retain']})")  # fmt: skip
     model = p.add_argument_group("models")
     add_ = model.add_argument
     add_("--width", type=_integer(4, 4096), default=128, help="GPT-2 width (n_embd, 4 heads)")
@@ -317,7 +331,8 @@ def run_seed(args: argparse.Namespace, seed: int, *, bars: bool | None = None) -
         print(f"seed {seed}: target memorised {t['memorised']:.3f} in {t['epochs']} epochs, "
               f"retain-only {r['memorised']:.3f} in {r['epochs']}; target model "
               f"forget_probe_rouge {target.get('forget_probe_rouge', float('nan')):.3f}, "
-              f"model_utility {target.get('model_utility', float('nan')):.3f}", flush=True)  # fmt: skip
+              f"model_utility {target.get('model_utility', float('nan')):.3f}",
+              flush=True)  # fmt: skip
     runs, per_example, timings = [], [], []
     with Progress(len(args.runs), f"seed {seed}: unlearning runs", enabled=show,
                   bar=bars) as bar:  # fmt: skip
@@ -337,9 +352,9 @@ def run_seed(args: argparse.Namespace, seed: int, *, bars: bool | None = None) -
                            for key in ("retain_model", "target_model")}  # fmt: skip
     for key in ("target_training", "retain_training"):
         info[key].pop("seconds")
-    return {"info": info, "runs": runs, "per_example": per_example,
-            "timings": {"seed": seed, "wall_seconds": round(time.perf_counter() - wall, 1),
-                        "cpu_seconds": round(time.process_time() - cpu, 1), "runs": timings}}  # fmt: skip
+    timing = {"seed": seed, "wall_seconds": round(time.perf_counter() - wall, 1),
+              "cpu_seconds": round(time.process_time() - cpu, 1), "runs": timings}  # fmt: skip
+    return {"info": info, "runs": runs, "per_example": per_example, "timings": timing}
 
 
 def _take_per_example(run: dict) -> dict:
@@ -383,8 +398,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 
 def _args_record(args: argparse.Namespace) -> dict:
     record = {k: v for k, v in vars(args).items() if k != "runs"}
-    record["runs"] = [vars(s) if not hasattr(s, "__dataclass_fields__") else
-                      {f: getattr(s, f) for f in s.__dataclass_fields__} for s in args.runs]  # fmt: skip
+    record["runs"] = [dataclasses.asdict(s) for s in args.runs]
     return record
 
 
@@ -454,7 +468,7 @@ def _reexec_portable(argv: list[str]) -> None:
         return
     if any(a.startswith("--numerics=native") for a in argv) or provenance.is_portable():
         return
-    if {"-h", "--help"} & set(argv):
+    if {"-h", "--help"} & set(argv) or not provenance.x86():
         return
     env = {**os.environ, **provenance.PORTABLE_ENV}
     sys.stdout.flush()

@@ -238,7 +238,8 @@ def rmu_retain_loss(
     of the frozen reference, so the retain text's representations stay where they were.
 
     The original multiplies it by α (``--alpha 100``, :data:`SUGGESTED_ALPHA`); here that
-    weight is the combine's retain weight ``alpha``, so it is not applied again. Tokens counted as in :func:`rmu_loss`.
+    weight is the combine's retain weight ``alpha``, so it is not applied again. Tokens counted
+    as in :func:`rmu_loss`.
     """
     if ref_hidden.shape != hidden.shape:
         raise ValueError(

@@ -6,6 +6,7 @@ the better corner or side."""
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 
 from .evaluation import METRICS
@@ -72,9 +73,10 @@ def plot_fronts(results: dict, fronts: dict, out: Path, plt) -> Path:
             front = pareto_front(means)
             ax.plot([p[0] for p in front], [p[1] for p in front], color=colours[method],
                     lw=1, ls="-" if method == "sago" else "--")  # fmt: skip
-        if f["level"]:
-            level = statistics.fmean(f["level"].values())
-            ax.axvline(level, color="0.5", ls=":", lw=1)
+        for name, style in (("gd", ":"), ("retain_only", "-.")):
+            if f["levels"][name]:
+                ax.axvline(statistics.fmean(f["levels"][name].values()), color="0.5", ls=style,
+                           lw=1)  # fmt: skip
         if target is not None:
             ax.axhline(target[0], color="0.6", ls="--", lw=1)
         ax.set_title(LOSS_LABELS.get(loss, loss))
@@ -83,9 +85,11 @@ def plot_fronts(results: dict, fronts: dict, out: Path, plt) -> Path:
         _better_arrow(ax, "better", (0.05, 0.95), (0.25, 0.75))
     fig.legend(list(handles.values()), list(handles), loc="lower center",
                ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
-    fig.suptitle("Fixed budget, grid of γ and α: mean ± std over seeds; dotted: GD's forgetting "
-                 "at the sources' weights; grey dashed: the target model", fontsize=8)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    caption = ("Fixed budget, grid of γ and α: mean ± std over seeds; dotted: GD's forgetting "
+               "at the sources' weights; dash-dotted: the retain-only model's; grey dashed: "
+               "the target model's retention")  # fmt: skip
+    fig.suptitle(textwrap.fill(caption, int(18 * 4.2 * len(losses))), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.9))
     path = out / f"front_{y_key}_vs_{x_key}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -159,9 +163,10 @@ def plot_curves(results: dict, out: Path, plt) -> Path | None:
         _better_arrow(ax, "faster forgetting", (0.3, 0.05), (0.55, 0.3))
     fig.legend(list(handles.values()), list(handles), loc="lower center",
                ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
-    fig.suptitle("Sources' weights: mean ± std over seeds; dotted: the retain-only model "
-                 "(the early stop)", fontsize=8)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    caption = ("Sources' weights: mean ± std over seeds; dotted: the retain-only model (the "
+               "early stop)")  # fmt: skip
+    fig.suptitle(textwrap.fill(caption, int(18 * 4.2 * len(losses))), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
     path = out / "forget_curves.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)

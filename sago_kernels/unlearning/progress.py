@@ -33,6 +33,7 @@ class Progress:
         isatty = getattr(self.stream, "isatty", lambda: False)()
         self.bar = None
         self.done = 0
+        self.note = ""
         self.start = self.last = time.perf_counter()
         if enabled and (isatty if bar is None else bar):
             from tqdm.auto import tqdm
@@ -47,7 +48,9 @@ class Progress:
         self.close()
 
     def update(self, n: int = 1, note: str = "") -> None:
+        """``n`` more done; ``note`` (kept until the next one) says what was last done."""
         self.done += n
+        self.note = note or self.note
         if not self.enabled:
             return
         if self.bar is not None:
@@ -58,7 +61,7 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every or self.done == self.total:
             self.last = now
-            self.line(note)
+            self.line(self.note)
 
     def line(self, note: str = "") -> None:
         elapsed = time.perf_counter() - self.start

@@ -169,7 +169,8 @@ def train(model, examples, pad_id, args, seed, desc, progress: bool = True,
                 opt.step()
                 opt.zero_grad()
             note = ""
-            if epoch % 5 == 0 or epoch == args.pretrain_epochs:
+            # every epoch from the 10th (a forward over the data, a fraction of an epoch's cost)
+            if epoch >= min(10, args.pretrain_epochs):
                 hit, total = memorised_tokens(model, everything)
                 note = f"memorised {hit / total:.3f}"
             shown.update(note=note)
@@ -217,6 +218,9 @@ def prepare_seed(data: BenchmarkData, args: argparse.Namespace, seed: int,
                  progress: bool = True, bar: bool | None = None) -> dict:  # fmt: skip
     """The seed's target and retain-only models, trained, its evaluator and the two models' own
     evaluations: ``{"target", "retain_model", "evaluator", "reference", "info"}``."""
+    leaks = data.leaks()
+    if leaks:
+        raise ValueError(f"The data's held-out sets are not held out: {'; '.join(leaks)}.")
     tok = data.tokenizer
     positions = _positions(data)
     special = (tok.bos_id, tok.eos_id, tok.pad_id)

@@ -40,6 +40,12 @@ PACKAGES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "rouge-sc
             "tqdm", "matplotlib", "triton")  # fmt: skip
 
 
+def x86() -> bool:
+    """Whether this is an x86-64 machine, where the portable environment applies (elsewhere
+    its variables mean nothing, and the JSON says the numerics are native)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def is_portable(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return all(env.get(k) == v for k, v in PORTABLE_ENV.items())

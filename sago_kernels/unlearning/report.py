@@ -6,7 +6,8 @@ results table in ``bench/RESULTS.md`` comes from.
 
 ``--into`` replaces the text between ``<!-- BEGIN unlearning:SECTION -->`` and ``<!-- END
 unlearning:SECTION -->`` in that markdown file (appending the section when it has none), so the
-tables there are never typed by hand; ``--plots DIR`` draws the plots again.
+tables there are never typed by hand; ``--plots DIR`` draws the plots again; ``--reanalyse
+OUT`` recomputes the analysis from the stored runs first (the analysis is a function of them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from .analysis import analyse
 from .tables import render
 
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--section", default="default", help="the section's name in --into")
     p.add_argument("--title", help="the heading of a section --into appends")
     p.add_argument("--plots", metavar="DIR", help="draw the plots into this folder")
+    p.add_argument("--reanalyse", metavar="OUT_JSON",
+                   help="compute the analysis again from the JSON's runs (this version's "
+                   "analysis.py) and save the results with it here")  # fmt: skip
     args = p.parse_args(argv)
     try:
         results = json.loads(Path(args.results).read_text())
@@ -47,6 +52,12 @@ def main(argv: list[str] | None = None) -> str:
     if "analysis" not in results or "meta" not in results:
         p.exit(2, f"{p.prog}: error: {args.results!r} is not a results.json of the benchmark "
                "(no 'analysis' or 'meta')\n")  # fmt: skip
+    if args.reanalyse:
+        window = results["args"].get("cosine_window")
+        results["analysis"] = analyse(results["seeds"], results["runs"],
+                                      tuple(window) if window else None)  # fmt: skip
+        Path(args.reanalyse).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.reanalyse}", file=sys.stderr)
     markdown = render(results)
     if args.into:
         path = Path(args.into)

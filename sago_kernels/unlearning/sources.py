@@ -17,13 +17,14 @@ scored by the same code:
   (choices and the answer's index, scored by the options' log-likelihood); each for forgetting or
   for retention;
 - **encoding**: a :class:`Tokenizer` (ids of a text and back, the special ids) and a
-  :class:`PlainTemplate` (how a question becomes a prompt and an answer its continuation); the
-  encoders here turn items into the ``{"input_ids", "labels"}`` examples the losses and metrics
-  take, scoring only the answer.
+  :class:`Template` (how a question becomes a prompt, an answer its continuation, a probe or a
+  multiple-choice question its prompt and options; :class:`PlainTemplate` without a chat
+  template); the encoders here turn items into the ``{"input_ids", "labels"}`` examples the
+  losses and metrics take, scoring only the answer.
 
 Every set's items have an identity (:func:`item_id`) that the results JSON records, so anyone can
 check which items each role held and that held-out sets are held out (:meth:`BenchmarkData.
-check_disjoint`).
+leaks` says where they are not).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "MultipleChoice",
     "PlainTemplate",
     "Probe",
+    "Template",
     "Tokenizer",
     "encode_document",
     "encode_qa",
@@ -133,6 +135,23 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+class Template(Protocol):
+    """How items become token ids: a question's prompt, an answer's continuation (ending with
+    ``<eos>``), a probe's prompt, a multiple-choice question's prompt and options.
+    :class:`PlainTemplate` is the one without a chat template; a chat model's template renders
+    the same four through ``tokenizer.apply_chat_template``."""
+
+    def prompt_ids(self, tokenizer: Tokenizer, question: str) -> list[int]: ...
+
+    def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]: ...
+
+    def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]: ...
+
+    def choice_ids(
+        self, tokenizer: Tokenizer, item: MultipleChoice
+    ) -> tuple[list[int], list[list[int]]]: ...
+
+
 @dataclass(frozen=True)
 class PlainTemplate:
     """A question-answer layout without a chat template: ``[bos] + encode(question_format
@@ -170,7 +189,7 @@ class PlainTemplate:
 
 
 def encode_qa(
-    tokenizer: Tokenizer, template: PlainTemplate, question: str, answer: str
+    tokenizer: Tokenizer, template: Template, question: str, answer: str
 ) -> dict[str, list[int]]:
     """``{"input_ids": prompt + answer, "labels": IGNORE_INDEX over the prompt, the answer's ids
     after}``: TOFU scores an answer given its question. Labels are aligned with ``input_ids``;
@@ -228,7 +247,7 @@ class BenchmarkData:
     retain: tuple[str, ...]
     evaluation: dict[str, str]
     tokenizer: Tokenizer
-    template: PlainTemplate = field(default_factory=PlainTemplate)
+    template: Template = field(default_factory=PlainTemplate)
     target_train: tuple[str, ...] | None = None
     retain_model_train: tuple[str, ...] | None = None
     info: dict = field(default_factory=dict)
@@ -268,6 +287,34 @@ class BenchmarkData:
 
     def encode_qa(self, question: str, answer: str) -> dict[str, list[int]]:
         return encode_qa(self.tokenizer, self.template, question, answer)
+
+    def leaks(self) -> list[str]:
+        """Where a held-out set is not held out, by item identity (empty when none is):
+
+        - the ``holdout`` (membership inference's non-members) in a model's training sets;
+        - a retention set (``retention_probes``, ``retention_choice``, ``real_authors``,
+          ``world_facts``) in an unlearning pool;
+        - a forget probe or choice that is a forget pool's question (probes should differ from
+          the forget text)."""
+        ids = {name: {item_id(i) for i in items} for name, items in self.sets.items()}
+
+        def union(names) -> set[str]:
+            return set().union(*(ids[n] for n in names)) if names else set()
+
+        pools = union([*self.forget, *self.retain])
+        trained = union([*(self.target_train or ()), *(self.retain_model_train or ())])
+        checks = [("holdout", trained, "a model's training sets")]
+        checks += [(role, pools, "an unlearning pool") for role in
+                   ("retention_probes", "retention_choice", "real_authors", "world_facts")]  # fmt: skip
+        checks += [(role, union(self.forget), "the forget pool")
+                   for role in ("forget_probes", "forget_choice")]  # fmt: skip
+        out = []
+        for role, against, where in checks:
+            name = self.evaluation.get(role)
+            if name is not None and ids[name] & against:
+                n = len(ids[name] & against)
+                out.append(f"{n} item(s) of {role} ({name!r}) are in {where}")
+        return out
 
     def identities(self) -> dict:
         """Each set's item identities and each role's sets: what the results JSON records."""

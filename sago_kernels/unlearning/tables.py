@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .analysis import LEVELS
 from .evaluation import METRICS
 from .protocol import FORGET_ONLY, GEOMETRY
 
 LOSS_LABELS = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO", "rmu": "RMU"}
 METHOD_LABELS = {
-    "sum": "GD", "pcgrad": "PCGrad", "sago": "SAGO", "sago_prefer_retain": "SAGO (prefer retain)",
+    FORGET_ONLY: "the forget loss alone", "sum": "GD", "pcgrad": "PCGrad", "sago": "SAGO", "sago_prefer_retain": "SAGO (prefer retain)",
     "pcgrad_global": "Global PCGrad", "gru_global": "GRU", "gru": "GRU (per segment)",
     "blur": "BLUR", "upgrad": "UPGrad",
 }  # fmt: skip
@@ -36,6 +37,7 @@ COLUMNS = ("forget_probe_rouge", "retention_probe_rouge", "forget_choice_accurac
 """The metrics of the fixed-budget and early-stop tables, in this order."""
 LEGEND = ("Legend: ↑ higher is better, ↓ lower is better, →x closer to x is better; mean ± "
           "sample std over seeds.")  # fmt: skip
+LEVEL_SHORT = {"gd": "GD's forgetting", "retain_only": "the retain-only model's forgetting"}
 PAPER_LOSSES = ("ga", "npo", "simnpo", "rmu")
 PAPER_TABLE1 = (FORGET_ONLY, "sum", "pcgrad", "sago")
 """Table 1's methods per loss (RMU has no forget-only row: its ``sum`` is RMU itself)."""
@@ -118,31 +120,45 @@ def _order(losses: Sequence[str], cells: Sequence[tuple[str, str]]) -> list[tupl
 # --------------------------------------------------------------------------- sections
 
 
-def matched_section(fronts: dict, n_seeds: int) -> list[str]:
+def matched_section(fronts: dict) -> list[str]:
     x, y = fronts["x"], fronts["y"]
-    lines = [f"### {header(y)} at the forgetting of GD ({header(x)})", ""]
+    lines = [f"### {header(y)} at matched {header(x)}", ""]
     rows = []
     losses = list(fronts["losses"])
     cells = [(loss, m) for loss, f in fronts["losses"].items() for m in f["methods"]]
     for loss, method in _order(losses, cells):
-        m = fronts["losses"][loss]["methods"][method]
-        rows.append([label(loss, method), f"{m['reached']}/{m['n']}",
-                     mean_pm(m["matched_mean"], m["matched_std"], y)])  # fmt: skip
-    lines += _table(["method", "seeds reached", header(y)], rows)
+        matched = fronts["losses"][loss]["methods"][method]["matched"]
+        row = [label(loss, method)]
+        for level in LEVELS:
+            m = matched[level]
+            row += [mean_pm(m["mean"], m["std"], y), f"{m['reached']}/{m['n']}"]
+        rows.append(row)
+    head = ["method"]
+    for level in LEVELS:
+        head += [f"{y} at {LEVEL_SHORT[level]}", "seeds"]
+    lines += _table(head, rows)
     lines += ["", f"{LEGEND} Each seed's Pareto front over the (γ, α) grid at the fixed budget, "
-              f"read at the {x} of GD at the sources' weights (linear between front points); "
-              "'reached': seeds whose front forgets that much.", ""]  # fmt: skip
+              f"read at the {x} of GD at the sources' weights, and at the retain-only model's "
+              "(linear between front points); 'seeds': those whose front forgets that much.",
+              ""]  # fmt: skip
     rows = []
     for loss, f in fronts["losses"].items():
-        for pair, d in f["differences"].items():
-            rows.append([LOSS_LABELS.get(loss, loss), _pair_label(pair), interval(d, y),
-                         str(d["n"]), d["verdict"]])  # fmt: skip
+        for level in LEVELS:
+            for pair, d in f["differences"][level].items():
+                rows.append([LOSS_LABELS.get(loss, loss), LEVEL_SHORT[level], _pair_label(pair),
+                             interval(d, y), str(d["n"]), d["verdict"]])  # fmt: skip
     if rows:
         lines += [f"Paired differences of {header(y)} at matched forgetting, a − b:", ""]
-        lines += _table(["loss", "a − b", "mean [95% CI]", "seeds", "verdict"], rows)
+        lines += _table(["loss", "matched at", "a − b", "mean [95% CI]", "seeds", "verdict"],
+                        rows)  # fmt: skip
         lines += ["", "Legend: per-seed differences on the same data and batches; 95% "
-                  "Student-t interval; 'higher'/'lower' only where it excludes 0.", ""]
+                  "Student-t interval (from 3 seeds with any spread); 'higher'/'lower' only "
+                  "where it excludes 0.", ""]  # fmt: skip
     return lines
+
+
+def _geometry_label(method: str) -> str:
+    return "GradDiff" if method == "sum" else METHOD_LABELS.get(method, method)
 
 
 def _pair_label(pair: str) -> str:
@@ -176,8 +192,8 @@ def geometry_section(geometry: dict) -> list[str]:
     lines = [f"### Table 3: cosines over steps {window[0]}–{window[1]} ("
              f"{LOSS_LABELS.get(geometry['loss'], geometry['loss'])} + GD, sources' weights)",
              ""]  # fmt: skip
-    rows = [[{"sum": "GradDiff"}.get(r["method"], METHOD_LABELS.get(r["method"], r["method"]))]
-            + [mean_pm(r[n], r[n + "_std"]) for n in GEOMETRY] for r in geometry["rows"]]  # fmt: skip
+    rows = [[_geometry_label(r["method"])] + [mean_pm(r[n], r[n + "_std"]) for n in GEOMETRY]
+            for r in geometry["rows"]]  # fmt: skip
     lines += _table(["method", *(f"{GEOMETRY_LABELS[n]} ({n})" for n in GEOMETRY)], rows)
     lines += ["", "Legend: cosine of the whole model's gradients from the combine's own "
               "statistics, averaged over the same steps for every method; the paper wants "
@@ -193,6 +209,10 @@ def geometry_section(geometry: dict) -> list[str]:
     return lines
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def findings(analysis: dict) -> list[str]:
     """One sentence per paired comparison at matched forgetting and in Table 3, generated from
     its interval: an ordering only where it excludes 0."""
@@ -200,15 +220,16 @@ def findings(analysis: dict) -> list[str]:
     for fronts in analysis["fronts"]:
         y, x = fronts["y"], fronts["x"]
         for loss, f in fronts["losses"].items():
-            for pair, d in f["differences"].items():
-                a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
-                name = LOSS_LABELS.get(loss, loss)
-                if d["verdict"] == "no difference detected":
-                    claim = f"no difference detected between {a} and {b}"
-                else:
-                    claim = f"{a} {d['verdict']} than {b}"
-                out.append(f"- {name}, {y} at the {x} of GD: {claim} ({interval(d, y)}, "
-                           f"{d['n']} seeds).")  # fmt: skip
+            for level in LEVELS:
+                for pair, d in f["differences"][level].items():
+                    a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
+                    name = LOSS_LABELS.get(loss, loss)
+                    if d["verdict"] == "no difference detected":
+                        claim = f"no difference detected between {a} and {b}"
+                    else:
+                        claim = f"{a} {d['verdict']} than {b}"
+                    out.append(f"- {name}, {y} at {LEVEL_SHORT[level]} ({x}): {claim} "
+                               f"({interval(d, y)}, {_seeds(d['n'])}).")  # fmt: skip
     geometry = analysis.get("geometry")
     if geometry:
         for pair, by_name in geometry["differences"].items():
@@ -217,7 +238,7 @@ def findings(analysis: dict) -> list[str]:
                 claim = ("no difference detected" if d["verdict"] == "no difference detected"
                          else f"{a} {d['verdict']} than {b}")  # fmt: skip
                 out.append(f"- Table 3, {GEOMETRY_LABELS[name]} cosine, {a} − {b}: {claim} "
-                           f"({interval(d)}, {d['n']} seeds).")  # fmt: skip
+                           f"({interval(d)}, {_seeds(d['n'])}).")  # fmt: skip
     return out
 
 
@@ -235,12 +256,12 @@ def render(results: dict) -> str:
         "",
     ]
     for fronts in analysis["fronts"]:
-        lines += matched_section(fronts, n_seeds)
+        lines += matched_section(fronts)
     reference_rows = []
     for name, key in (("Target model", "target_model"), ("Retain-only model", "retain_model")):
         values = analysis["reference_models"].get(key, {})
-        columns = [c for c in COLUMNS if any(c in e for e in analysis["fixed"]
-                                             if e["gamma_scale"] == e["alpha_scale"] == 1.0)]  # fmt: skip
+        default = [e for e in analysis["fixed"] if e["gamma_scale"] == e["alpha_scale"] == 1.0]
+        columns = [c for c in COLUMNS if any(c in e for e in default)]
         reference_rows.append([name] + [mean_pm(*values.get(c, (None, None)), c)
                                         for c in columns])  # fmt: skip
     steps = results["args"]["steps"]
