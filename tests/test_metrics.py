@@ -511,3 +511,33 @@ def test_gpt2_smoke(gpt2):
 def test_bad_input_is_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call(LookupLM())
+
+
+def test_greedy_generation_through_the_kv_cache_equals_full_forwards():
+    """A transformers model generates through its KV cache (new tokens at each row's own
+    position, the padding masked); a wrapper that hides the cache takes full forwards. The same
+    tokens come out, for prompts of many lengths in one batch, in batches, and with EOS."""
+    model = tiny_gpt2()
+
+    class NoCache(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert M._takes_a_cache(model) in ("cache", "past_key_values")
+    assert M._takes_a_cache(NoCache(model)) is None
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 20, (int(n),), generator=g).tolist()
+               for n in torch.randint(1, 10, (40,), generator=g)]  # fmt: skip
+    for eos_id, batch_size in ((None, 64), (5, 64), (7, 6), (11, 1)):
+        cached = M.generate_greedy(model, None, prompts, max_new_tokens=12, eos_id=eos_id,
+                                   batch_size=batch_size)  # fmt: skip
+        full = M.generate_greedy(NoCache(model), None, prompts, max_new_tokens=12,
+                                 eos_id=eos_id, batch_size=batch_size)  # fmt: skip
+        assert cached == full, (eos_id, batch_size)
+        if eos_id is not None:
+            assert any(len(c) < 12 for c in cached)  # some rows stopped at EOS
+    assert M.generate_greedy(model, None, prompts[:3], max_new_tokens=0) == [[], [], []]

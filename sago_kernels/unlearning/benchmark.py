@@ -60,8 +60,8 @@ from .tables import paper_runs, render
 DEFAULTS = {
     "losses": ["ga", "npo"], "methods": ["forget_only", "sum", "pcgrad", "sago"],
     "seeds": [0, 1, 2, 3], "gammas": [0.1, 0.3], "alphas": [0.1, 0.3], "authors": 30,
-    "steps": 30, "jobs": 2, "qa_per_author": 6, "neighbours": 2, "real_authors": 20,
-    "world_facts": 30, "eval_retain": 40,
+    "steps": 25, "jobs": 2, "qa_per_author": 6, "neighbours": 2, "real_authors": 20,
+    "world_facts": 30, "eval_retain": 30,
 }  # fmt: skip
 """The default run's sizes; ``--quick`` and ``--paper`` replace some (explicit flags win)."""
 QUICK = {"losses": ["npo"], "methods": ["sum", "pcgrad", "sago"], "seeds": [0, 1],

@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import inspect
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -465,9 +466,11 @@ def generate_greedy(
     ``max_new_tokens``, stopping at ``eos_id``: TOFU's ROUGE generations (open-unlearning's
     ``eval_text_similarity``, ``utils.py``, with ``do_sample=False``).
 
-    A plain loop over full forwards (no KV cache, no ``generate()``), so any causal LM works;
-    fine for small models. Rows are right-padded and each reads the logits at its own last
-    token, so batching does not change the result. ``tokenizer`` only supplies ``eos_id`` when
+    A plain loop, no ``generate()``: with a ``transformers`` model (a ``forward`` that takes a
+    KV cache and ``position_ids``), one forward of the right-padded prompts and then
+    one token a step through the KV cache, each new token at its row's own position with the
+    padding masked; with any other causal LM, full forwards of the growing rows. Either way
+    each row reads the logits at its own last token, so batching does not change the result. ``tokenizer`` only supplies ``eos_id`` when
     that is None (its ``eos_token_id``); ``eos_id=None`` without one never stops early.
     """
     _check_int("max_new_tokens", max_new_tokens, minimum=0)
@@ -483,9 +486,14 @@ def generate_greedy(
             raise ValueError(f"`prompts[{i}]` is empty: there is nothing to continue.")
     device = _device(model)
     out: list[list[int]] = []
+    cached = _takes_a_cache(model)
     with _evaluating(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
+            if cached:
+                out.extend(_greedy_cached(model, cached, chunk, max_new_tokens, eos_id, pad_id,
+                                          device))  # fmt: skip
+                continue
             lengths = torch.tensor([r.numel() for r in chunk], device=device)
             ids = _pad(chunk, pad_id, device)
             ids = torch.cat([ids, ids.new_full((len(chunk), max_new_tokens), pad_id)], dim=1)
@@ -509,6 +517,58 @@ def generate_greedy(
                     break
             out.extend(new)
     return out
+
+
+def _takes_a_cache(model: torch.nn.Module) -> str | None:
+    """The name of the forward's KV-cache argument (``cache`` in transformers 5,
+    ``past_key_values`` before), or None when it has none or no ``position_ids``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def _greedy_cached(
+    model: torch.nn.Module,
+    cache_name: str,
+    chunk: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    device: torch.device,
+) -> list[list[int]]:
+    """:func:`generate_greedy` for one batch through the model's KV cache: the prompts
+    right-padded in one forward, then each row's next token fed at its own position
+    (``position_ids``), the padding between its prompt and its new tokens masked."""
+    new: list[list[int]] = [[] for _ in chunk]
+    if max_new_tokens == 0:
+        return new
+    lengths = torch.tensor([r.numel() for r in chunk], device=device)
+    ids = _pad(chunk, pad_id, device)
+    mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    arange = torch.arange(len(chunk), device=device)
+    output = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    nxt = output.logits[arange, lengths - 1].argmax(-1)
+    active = [True] * len(chunk)
+    for step in range(max_new_tokens):
+        for row, token in enumerate(nxt.tolist()):
+            if not active[row]:
+                continue
+            if eos_id is not None and token == eos_id:
+                active[row] = False
+            else:
+                new[row].append(token)
+        if not any(active) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
+        output = model(input_ids=nxt[:, None], attention_mask=mask,
+                       position_ids=(lengths + step)[:, None], use_cache=True,
+                       **{cache_name: output[cache_name]})  # fmt: skip
+        nxt = output.logits[:, -1].argmax(-1)
+    return new
 
 
 def rouge_l_recall(
