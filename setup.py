@@ -77,6 +77,9 @@ setup(
     install_requires=["torch>=2.4"],  # torch.library.custom_op (ops.py)
     extras_require={
         "triton": ["triton>=3.0"],
+        # GradientSynthesizer on a DeepSpeed ZeRO 1/2/3 engine, and UnlearningTrainer under
+        # DeepSpeed (sago_kernels/synthesis/deepspeed.py: written from and tested with 0.19.8)
+        "deepspeed": ["deepspeed>=0.19.8"],
         # the unlearning demo, the Trainer integration and the recipes
         "demo": [
             "transformers>=4.46",
@@ -91,6 +94,10 @@ setup(
             "scikit-learn",
             # LoRA adapters (python/lora_run.py)
             "peft>=0.21",
+            # TOFU and WMDP files, hub or folder, and tokenizers built from a corpus
+            # (sago_kernels/unlearning/tofu.py, wmdp.py, checkpoints.py)
+            "datasets>=3.0",
+            "tokenizers>=0.20",
         ],
         "test": [
             "triton>=3.0",
@@ -112,6 +119,11 @@ setup(
             "ecos>=2.0.14",
             # LoRA adapters with the synthesizer and the Trainer (tests/test_lora.py)
             "peft>=0.21",
+            # real data and checkpoints built locally (tests/test_real_data.py)
+            "datasets>=3.0",
+            "tokenizers>=0.20",
+            # DeepSpeed ZeRO 1/2/3 (tests/test_deepspeed.py, the DeepSpeed recipe's test)
+            "deepspeed>=0.19.8",
         ],
     },
 )

@@ -4,6 +4,8 @@
     python bench/run.py --device cuda --scale 1 --out bench_out     # the 7B layouts on a GPU
     python bench/run.py --layouts flat --flat 10000000 100000000 --peers native reference
                                                          # the native backend's CPU targets
+    python bench/run.py --scale 8 --layouts llama7b --peers native native_stats
+                                                         # its cost of the statistics (issue 30)
 
 For each layout × method × dtype × peer (see peers.py): the median time over several calls that
 rotate through distinct input buffers (so caches do not flatter), the effective bandwidth from
@@ -12,6 +14,10 @@ of a copy of the same bytes timed right after each call (the median of the per-c
 drifting bandwidth on a shared machine cancels out), the speed-up of the fused call over each peer,
 kernel launches per call (CUDA, from the profiler) and the extra memory each peer allocates
 beyond the two input buffers (CUDA: peak allocated; CPU: bytes allocated, from the profiler).
+On a CPU, ``native_stats`` is the native call with ``stats=True``: its row's ``stats_cost`` is
+its time relative to a copy over the plain native call's (what asking for the gradient geometry
+costs). The JSON records the commit, the command, the CPU model and flags, the native build's
+instruction set and the load average before and after.
 Prints a table; writes ``results.json`` and ``bandwidth.png`` to ``--out``.
 """
 
@@ -23,6 +29,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +57,23 @@ LAYOUTS = {
     "mistral7b": mistral_shapes,
     "many_tiny": lambda scale: many_tiny_shapes(4000 // max(1, scale // 4) if scale > 1 else 4000),
 }
+
+
+def make_native_stats(layout: sk.GradLayout, method: str):
+    """The native combine asking for the gradient geometry (``stats=True``), as the synthesizer
+    does every step unless ``stats=False``; a GRU method holds its own moving average."""
+    states: dict[torch.dtype, torch.Tensor] = {}
+
+    def run(retain: torch.Tensor, forget: torch.Tensor) -> None:
+        extra = {}
+        if METHODS[method].needs_state:
+            if retain.dtype not in states:  # allocated once, outside every later call
+                states[retain.dtype] = torch.zeros_like(retain)
+            extra["state"] = states[retain.dtype]
+        sk.combine_(retain, forget, layout=layout, method=method, backend="native", stats=True,
+                    **extra)  # fmt: skip
+
+    return run
 
 
 def layout_for(name: str, scale: int) -> sk.GradLayout:
@@ -80,7 +105,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, args, device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""CPU timings: wall time, or the process's CPU time (all its threads; with ``--threads 1`` the
+call's own work, which other jobs on a shared machine do not stretch, while they do stretch the
+wall time of a call whose threads wait for a core)."""
+
+
+def _timed(fn, args, device: torch.device, clock=time.perf_counter) -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -88,13 +119,13 @@ def _timed(fn, args, device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    t = time.perf_counter()
+    t = clock()
     fn(*args)
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def median_seconds(
-    fn, inputs, reps: int, device: torch.device, copy=None
+    fn, inputs, reps: int, device: torch.device, copy=None, clock=time.perf_counter
 ) -> tuple[float, float | None]:
     """Median of ``reps`` calls, rotating through ``inputs``; warm-up excluded. A peer slower
     than half a second a call gets 3 calls (its median is still far from the fused one's).
@@ -105,16 +136,16 @@ def median_seconds(
     neighbours is what stays meaningful.
     """
     for r, f in inputs[:2]:
-        t = _timed(fn, (r, f), device)
+        t = _timed(fn, (r, f), device, clock)
         if copy is not None:
             copy()
     if t > 0.5:
         reps = min(reps, 3)
     times, ratios = [], []
     for i in range(reps):
-        times.append(_timed(fn, inputs[i % len(inputs)], device))
+        times.append(_timed(fn, inputs[i % len(inputs)], device, clock))
         if copy is not None:
-            ratios.append(times[-1] / _timed(copy, (), device))
+            ratios.append(times[-1] / _timed(copy, (), device, clock))
     return statistics.median(times), (statistics.median(ratios) if ratios else None)
 
 
@@ -146,12 +177,14 @@ def same_bytes_copy(nbytes: int, dtype: torch.dtype, device: torch.device):
     return run
 
 
-def copy_gbps(numel: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+def copy_gbps(
+    numel: int, dtype: torch.dtype, device: torch.device, reps: int, clock=time.perf_counter
+) -> float:
     """Bandwidth of a plain device copy of the same element count (read N + write N; on CUDA
     of at most :func:`copy_cap_elems` elements, whose bandwidth is the same)."""
     src = torch.randn(copy_cap_elems(numel, dtype, device), device=device).to(dtype)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device)[0]
+    seconds = median_seconds(lambda a, b: a.copy_(b), [(dst, src)], reps, device, clock=clock)[0]
     return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
@@ -186,6 +219,9 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
     ``"complete": false`` until the end), so a run cut short by a time limit keeps its rows."""
     device = torch.device(args.device)
     dtypes = [getattr(torch, d) for d in args.dtypes]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
     rows = []
     result = {"rows": rows, "environment": environment(device), "args": vars(args)}
     fused_backend = None if device.type == "cuda" else "triton"
@@ -205,7 +241,7 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     sets = 1
             for _ in range(sets):
                 inputs.append(tuple(random_buffer(layout, dtype, g) for _ in range(2)))
-            roof = copy_gbps(layout.segment_numel, dtype, device, args.reps)
+            roof = copy_gbps(layout.segment_numel, dtype, device, args.reps, clock)
             print(
                 f"\n{layout_name} ({layout.num_segments} segments, "
                 f"{layout.segment_numel / 1e6:.1f}M elements), "
@@ -216,8 +252,11 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                 peers = {}
                 if (device.type == "cuda" or args.interpret) and "fused" in args.peers:
                     peers["fused"] = (make_fused(layout, method, fused_backend), 0.0)
-                if device.type == "cpu" and "native" in args.peers and "native" in sk.backends():
+                native_here = device.type == "cpu" and "native" in sk.backends()
+                if native_here and "native" in args.peers:
                     peers["native"] = (make_fused(layout, method, "native"), 0.0)
+                if native_here and "native_stats" in args.peers:
+                    peers["native_stats"] = (make_native_stats(layout, method), 0.0)
                 if "reference" in args.peers:
                     peers["reference"] = (make_reference(layout, method), 0.0)
                 if "paper" in args.peers and not METHODS[method].weighting:
@@ -239,7 +278,9 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                 copy = same_bytes_copy(nbytes, dtype, device)
                 for name, (fn, compile_s) in list(peers.items()):
                     try:
-                        seconds, copy_ratio = median_seconds(fn, inputs, args.reps, device, copy)
+                        seconds, copy_ratio = median_seconds(
+                            fn, inputs, args.reps, device, copy, clock
+                        )
                         launches, extra = launches_and_memory(fn, *inputs[0], device)
                     except torch.OutOfMemoryError:
                         seconds = None
@@ -264,6 +305,16 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                         "launches": launches, "extra_bytes": extra,
                         "compile_s": round(compile_s, 2) or None,
                     })  # fmt: skip
+                    if name.startswith("native"):
+                        rows[-1]["isa"] = native_isa()
+                mine = (
+                    {r["peer"]: r for r in rows[-len(peers) :] if not r.get("oom")} if peers else {}
+                )
+                plain, with_stats = mine.get("native"), mine.get("native_stats")
+                if plain and with_stats:
+                    with_stats["stats_cost"] = (
+                        with_stats["copy_time_ratio"] / plain["copy_time_ratio"]
+                    )
                 lead = next((p for p in ("fused", "native") if p in times), next(iter(times), None))
                 done = [r for r in rows[-len(peers) :] if not r.get("oom")] if lead else []
                 for row in done:
@@ -280,7 +331,38 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
                     )
                 if out is not None:  # a time limit can cut a slow peer's compile short
                     save({**result, "complete": False}, out)
+    result["environment"]["load_after"] = list(os.getloadavg())
     return {**result, "complete": True}
+
+
+def native_isa() -> str | None:
+    """The instruction set the native combine runs with (``SAGO_NATIVE_ISA`` caps it)."""
+    from sago_kernels import native
+
+    return native.isa() if native.available() else None
+
+
+def _cpu() -> dict:
+    """The CPU's model and the flags that decide the native build's speed (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and line.strip())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def _commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        command = ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
 
 
 def environment(device: torch.device) -> dict:
@@ -289,7 +371,13 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "commit": _commit(), "command": [Path(sys.executable).name, *sys.argv],
+        "cpu_count": os.cpu_count(), "load_before": list(os.getloadavg()),
+        **_cpu(),
     }  # fmt: skip
+    if device.type == "cpu":
+        info["native_isa"] = native_isa()
+        info["SAGO_NATIVE_ISA"] = os.environ.get("SAGO_NATIVE_ISA")
     try:
         import triton
 
@@ -358,12 +446,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["float32", "bfloat16", "float16"],
     )
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=list(CLOCKS),
+        help="CPU timings: wall time or the process's CPU time (see CLOCKS)",
+    )
     p.add_argument("--sets", type=int, default=3, help="distinct input buffers to rotate through")
     p.add_argument(
         "--peers",
         nargs="+",
-        default=["fused", "native", "reference", "paper", "compiled"],
-        choices=["fused", "native", "reference", "paper", "compiled", "torchjd"],
+        default=["fused", "native", "native_stats", "reference", "paper", "compiled"],
+        choices=["fused", "native", "native_stats", "reference", "paper", "compiled", "torchjd"],
     )
     p.add_argument(
         "--interpret",

@@ -3,6 +3,8 @@
     python bench/step.py --device cuda --out step_out     # ~1B parameters, bf16 (the GPU check)
     python bench/step.py                                  # CPU: ~100M parameters, float32
     python bench/step.py --size tiny --steps 2            # CPU: a smoke test, seconds
+    python bench/step.py --suite reference --methods sago # NPO's reference forms (issue 29)
+    python bench/step.py --report OUT/step.json           # saved runs as markdown tables
 
 A step is: forget loss backward, retain loss backward, combine, AdamW (fused). Four ways to
 take it (``--variants``), for each of ``--methods``:
@@ -44,6 +46,13 @@ subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536``, so glibc serves every blo
 more with its own mmap and returns it to the OS when freed: the resident set then follows the
 live tensors, and fragmentation of the heap does not inflate the peaks (it also makes large
 allocations fault in fresh pages, in every variant alike). Linux only.
+
+``--suite reference`` (issue 29) runs NPO + SAGO in one-buffer mode with each form of NPO's
+reference (``npo_copy``: a frozen full copy run forward every step; ``npo_cache``: a
+``CachedReference``, log p_ref(x) per example computed once in setup), and under LoRA
+(``lora_npo_copy``, ``lora_npo_off``: the base with the adapters off), against plain
+fine-tuning (``finetune``, ``lora_finetune``: one task, one backward, the same model, batches
+and optimizer), and judges peak ≤ 1.05 × the floor for the forms that hold no second model.
 
 Each case is also given against the ``summed`` floor in units of one gradient (N · itemsize),
 and the targets of issue 15 are judged from the numbers: one-buffer peak ≤ floor + 0.1 gradient,
@@ -88,6 +97,15 @@ SIZES = {
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=512),
 }  # fmt: skip
 KINDS = ("summed", "synthesizer", "one_buffer", "paper")
+REFERENCE_KINDS = (
+    "finetune", "npo_copy", "npo_cache", "lora_finetune", "lora_npo_copy", "lora_npo_off",
+)  # fmt: skip
+"""``--suite reference`` (issue 29): NPO + SAGO in one-buffer mode with each form of reference,
+against plain fine-tuning (one task, one backward) on the same model, batches and optimizer;
+and the same under LoRA against LoRA fine-tuning."""
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"])  # fmt: skip
 # the child's allocator setting (see the module docstring)
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
@@ -119,11 +137,13 @@ def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
 
 
 def make_batches(vocab: int, batch: int, seq: int, device: torch.device, n: int) -> list[dict]:
+    """``n`` batches; ``index`` numbers every example (a cached reference reads it)."""
     g = torch.Generator().manual_seed(1)
     out = []
-    for _ in range(n):
+    for k in range(n):
         ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
-        out.append({"input_ids": ids, "labels": ids.clone()})
+        index = torch.arange(k * batch, (k + 1) * batch, device=device)
+        out.append({"input_ids": ids, "labels": ids.clone(), "index": index})
     return out
 
 
@@ -182,13 +202,13 @@ class Timers:
         return [sum(t.result() for t in regions) for regions in self.steps]
 
 
-# A variant is (setup, step): setup(model, timers) -> state, once per variant;
+# A variant is (setup, step): setup(model, timers, batches) -> state, once per variant;
 # step(model, state, opt, forget_batch, retain_batch, timers), once per step.
 Variant = tuple[Callable, Callable]
 
 
 def synthesizer_step(method: str, forget_loss: str) -> Variant:
-    def setup(model, timers):
+    def setup(model, timers, batches):
         return sk.GradientSynthesizer(model, method=method, stats=False)
 
     def step(model, synth, opt, fb, rb, timers):
@@ -205,7 +225,7 @@ def synthesizer_step(method: str, forget_loss: str) -> Variant:
 
 
 def one_buffer_step(method: str, forget_loss: str) -> Variant:
-    def setup(model, timers):
+    def setup(model, timers, batches):
         synth = sk.GradientSynthesizer(model, method=method, stats=False, buffers=1)
         state = SimpleNamespace(synth=synth, finishing=False)
         combine_slot = synth._combine_slot  # the per-parameter combine the hooks call
@@ -238,7 +258,7 @@ def one_buffer_step(method: str, forget_loss: str) -> Variant:
 
 
 def paper_step(method: str, forget_loss: str) -> Variant:
-    def setup(model, timers):
+    def setup(model, timers, batches):
         return None
 
     def step(model, _, opt, fb, rb, timers):
@@ -259,7 +279,7 @@ def paper_step(method: str, forget_loss: str) -> Variant:
 
 
 def summed_step(forget_loss: str) -> Variant:
-    def setup(model, timers):
+    def setup(model, timers, batches):
         return None
 
     def step(model, _, opt, fb, rb, timers):
@@ -271,8 +291,79 @@ def summed_step(forget_loss: str) -> Variant:
     return setup, step
 
 
-def variants(methods: list[str], forget_loss: str, kinds=KINDS) -> dict[str, Variant]:
+def finetune_step(lora: bool) -> Variant:
+    """Plain fine-tuning, the floor of issue 29: one task (the retain NLL), one backward."""
+
+    def setup(model, timers, batches):
+        if lora:
+            _wrap_lora(model)
+
+    def step(model, _, opt, fb, rb, timers):
+        run_loss("nll", model, rb, forget=False).backward()
+        opt.step()
+        opt.zero_grad()
+
+    return setup, step
+
+
+def _wrap_lora(model: torch.nn.Module):
+    """peft's LoRA on every linear map of the blocks (the base frozen), in place; returns the
+    ``PeftModel`` (the base model's forward runs the adapters, which peft injected)."""
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(**LORA))
+
+
+def npo_reference_step(method: str, reference: str, lora: bool) -> Variant:
+    """NPO + ``method`` in one-buffer mode, the reference held as ``reference``: ``"copy"``, a
+    frozen full copy run forward every step (what the Trainer took until issue 29); ``"cache"``,
+    NPO's log p_ref(x) per forget example, computed once in setup; ``"off"``, the LoRA base
+    with the adapters switched off."""
+    from sago_kernels.unlearning.references import AdaptersOff, CachedReference
+
+    def setup(model, timers, batches):
+        import copy
+
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if reference == "copy" else None
+        peft_model = _wrap_lora(model) if lora else None
+        if reference == "cache":
+            size = sum(b["index"].numel() for b in batches)
+            ref = CachedReference.compute(model, batches, size=size)
+        elif reference == "off":
+            ref = AdaptersOff(peft_model)
+        synth = sk.GradientSynthesizer(model, method=method, stats=False, buffers=1)
+        return SimpleNamespace(synth=synth, ref=ref)
+
+    def step(model, state, opt, fb, rb, timers):
+        synth = state.synth
+        with synth.forget():
+            run_loss("npo", model, fb, ref_model=state.ref).backward()
+        with synth.retain():
+            run_loss("nll", model, rb, forget=False).backward()
+        with timers.new():
+            synth.combine_()
+        opt.step()
+        opt.zero_grad()
+
+    return setup, step
+
+
+def variants(
+    methods: list[str], forget_loss: str, kinds=KINDS, suite: str = "combine"
+) -> dict[str, Variant]:
     """Every case by name, in the order they run: the floor first, then per method."""
+    if suite == "reference":
+        out: dict[str, Variant] = {}
+        for lora in (False, True):
+            tag = "lora_" if lora else ""
+            if f"{tag}finetune" in kinds:
+                out[f"{tag}finetune"] = finetune_step(lora)
+            for method in methods:
+                for reference in ("copy", "off") if lora else ("copy", "cache"):
+                    kind = f"{tag}npo_{reference}"
+                    if kind in kinds:
+                        out[f"{kind}/{method}"] = npo_reference_step(method, reference, lora)
+        return out
     out = {"summed": summed_step(forget_loss)} if "summed" in kinds else {}
     makers = {"synthesizer": synthesizer_step, "one_buffer": one_buffer_step, "paper": paper_step}
     for method in methods:
@@ -295,11 +386,12 @@ def measure(name, setup, step, model, init_state, batches, args, device) -> dict
     if device.type == "cuda":
         torch.cuda.empty_cache()
     timers = Timers(device)
-    state = setup(model, timers)
+    state = setup(model, timers, batches)
     # fused, as transformers' Trainer defaults to on CUDA: the foreach AdamW allocates a
     # gradient-sized temporary (the sqrt of exp_avg_sq) in every step, and on a CPU the
     # for-loop one a parameter-sized one per parameter
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
     step_times = []
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
@@ -355,7 +447,7 @@ def run_case(args: argparse.Namespace) -> dict:
     model = build_model(args.size, getattr(torch, args.dtype), device)
     set_checkpointing(model, args.checkpointing == ["on"])
     batches = make_batches(model.config.vocab_size, args.batch, args.seq, device, 4)
-    (setup, step) = variants(args.methods, args.forget_loss)[args.case]
+    (setup, step) = variants(args.methods, args.forget_loss, args.variants, args.suite)[args.case]
     gc.collect()
     baseline, peak_before = rss_bytes(), peak_rss_bytes()
     row = measure(args.case, setup, step, model, None, batches, args, device)
@@ -380,6 +472,7 @@ def child_argv(args: argparse.Namespace, case: str, checkpointing: str, out: str
         "--device", args.device, "--size", args.size, "--dtype", args.dtype,
         "--batch", str(args.batch), "--seq", str(args.seq), "--methods", *args.methods,
         "--forget-loss", args.forget_loss, "--checkpointing", checkpointing,
+        "--suite", args.suite, "--variants", *args.variants,
         "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
     ]  # fmt: skip
 
@@ -417,10 +510,44 @@ def _find(rows: list[dict], variant: str, checkpointing: bool) -> dict | None:
     return None
 
 
+def reference_targets(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Issue 29's targets: NPO + ``method`` in one-buffer mode with the cached reference at
+    ≤ 1.05× plain fine-tuning's peak memory, and with the adapter-off base under LoRA at ≤ 1.05×
+    LoRA fine-tuning's; every reference form's peak and step time against its floor beside."""
+    out = []
+    for ckpt in sorted({r["checkpointing"] for r in rows}):
+        tag = " (checkpointing)" if ckpt else ""
+        for lora in ("", "lora_"):
+            floor = _find(rows, f"{lora}finetune", ckpt)
+            for m in methods:
+                for kind in ("copy", "off") if lora else ("copy", "cache"):
+                    row = _find(rows, f"{lora}npo_{kind}/{m}", ckpt)
+                    judged = kind == ("off" if lora else "cache")
+                    what = f"{'LoRA ' if lora else ''}NPO + {m} (one buffer), reference {kind}"
+                    if row is None or floor is None or "peak_bytes" not in row:
+                        out.append({"target": what + tag, "status": "not measured",
+                                    "numbers": ""})  # fmt: skip
+                        continue
+                    ratio = row["peak_bytes"] / floor["peak_bytes"]
+                    floor_name = "LoRA fine-tuning" if lora else "fine-tuning"
+                    numbers = (
+                        f"peak {ratio:.3f}× {floor_name} ({row['peak_bytes'] / 2**20:.0f} vs "
+                        f"{floor['peak_bytes'] / 2**20:.0f} MiB); step "
+                        f"{row['step_ms'] / floor['step_ms']:.2f}× ({row['step_ms']:.0f} vs "
+                        f"{floor['step_ms']:.0f} ms)"
+                    )
+                    status = ("met" if ratio <= 1.05 else "not met") if judged else "reported"
+                    label = f"{what}: peak ≤ 1.05 × {floor_name}" if judged else what
+                    out.append({"target": label + tag, "status": status, "numbers": numbers})
+    return out
+
+
 def step_targets(rows: list[dict], methods: list[str]) -> list[dict]:
     """The targets of issue 15, judged from the rows: (target, status, numbers) per method and
     checkpointing setting. "not measured" where a row is missing."""
     out = []
+    if any(r["variant"].endswith("finetune") for r in rows):
+        return reference_targets(rows, methods)
 
     def add(target, ok, numbers):
         status = "not measured" if ok is None else ("met" if ok else "not met")
@@ -462,8 +589,16 @@ def step_targets(rows: list[dict], methods: list[str]) -> list[dict]:
 
 # ---------------------------------------------------------------- the run
 def machine() -> dict:
+    """What a result needs beside its numbers: date, commit, command, versions, CPU (and GPU)."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                          text=True)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     info = {
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "commit": (done.stdout.strip() or "unknown") + (" (modified)" if dirty else ""),
+        "command": "python bench/step.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "cpu": platform.processor(),
     }  # fmt: skip
@@ -508,6 +643,39 @@ def format_row(row: dict) -> str:
     return f"  {name:<30}step {row['step_ms']:8.1f} ms {spread:<30} {combine}  {memory}{floor}"
 
 
+def report(paths: list[str]) -> str:
+    """Markdown of saved runs (``step.json``): each case's numbers, then its targets, under the
+    run's command, commit, machine and load. What ``bench/RESULTS.md`` shows of a step run."""
+    out = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        m = result["machine"]
+        load = "–".join(f"{result[k][0]:.1f}" for k in ("load_before", "load_after") if k in result)
+        out += [
+            f"`{m.get('command', 'python bench/step.py')}` at commit {m.get('commit', 'unknown')}, "
+            f"{m['date']}; {m['cpu']}, {m['cpus']} cores, load {load}; torch {m['torch']}, "
+            f"{result['params']:,} parameters, one gradient "
+            f"{result['grad_bytes'] / 2**20:.0f} MiB.",
+            "",
+            "| case | checkpointing | step ms (CPU ms) | peak RSS MiB | growth MiB |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in result["rows"]:
+            if "error" in r:
+                out.append(f"| {r['variant']} | {r['checkpointing']} | {r['error']} | | |")
+                continue
+            cpu = f" ({r['step_cpu_ms']:.0f})" if r.get("step_cpu_ms") is not None else ""
+            peak = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else (
+                f"{r['peak_gib'] * 1024:.0f} (CUDA)" if r.get("peak_gib") is not None else "")
+            growth = f"{r['growth_mib']:.0f}" if r.get("growth_mib") is not None else ""
+            out.append(f"| {r['variant']} | {'on' if r['checkpointing'] else 'off'} | "
+                       f"{r['step_ms']:.0f}{cpu} | {peak} | {growth} |")  # fmt: skip
+        out += ["", "| target | status | numbers |", "| --- | --- | --- |"]
+        out += [f"| {t['target']} | {t['status']} | {t['numbers']} |" for t in result["targets"]]
+        out.append("")
+    return "\n".join(out)
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -516,7 +684,7 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(args.size, dtype, device if in_process else torch.device("meta"))
     n_params = sum(p.numel() for p in model.parameters())
     grad_bytes = n_params * dtype.itemsize
-    cases = variants(args.methods, args.forget_loss, args.variants)
+    cases = variants(args.methods, args.forget_loss, args.variants, args.suite)
     if in_process:
         init_state = [p.detach().cpu() for p in model.parameters()]
         batches = make_batches(model.config.vocab_size, args.batch, args.seq, device, 4)
@@ -526,7 +694,8 @@ def run(args: argparse.Namespace) -> dict:
     threads = f", {args.threads} torch threads" if not in_process else ""
     print(
         f"Algorithm 1 step: Llama-style {n_params:,} parameters ({args.size}), {args.dtype}, "
-        f"batch {args.batch}x{args.seq} tokens per task, forget loss {args.forget_loss}, "
+        f"batch {args.batch}x{args.seq} tokens per task, forget loss "
+        f"{'npo' if args.suite == 'reference' else args.forget_loss}, "
         f"fused AdamW, combine backend {backend}{threads}; median of {args.steps} steps after "
         f"{args.warmup} warm-up" + ("" if in_process else "; each case in a fresh process"),
         flush=True,
@@ -571,8 +740,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4 if cuda else 2)
     p.add_argument("--seq", type=int, default=512 if cuda else 64)
     p.add_argument("--methods", nargs="+", default=["sago", "pcgrad"], choices=sk.methods())
-    p.add_argument("--variants", nargs="+", default=list(KINDS), choices=KINDS,
-                   help="which kinds of step to run (default: all four)")  # fmt: skip
+    p.add_argument("--suite", default="combine", choices=["combine", "reference"],
+                   help="combine: the synthesizer against its peers (issue 15); reference: NPO "
+                   "with each form of reference against plain fine-tuning (issue 29)")
+    p.add_argument("--variants", nargs="+", default=None, choices=KINDS + REFERENCE_KINDS,
+                   help="which kinds of step to run (default: all of the suite's)")  # fmt: skip
     p.add_argument("--forget-loss", default="simnpo", choices=["ga", "simnpo"])
     p.add_argument(
         "--checkpointing", nargs="+", default=None, choices=["off", "on"],
@@ -584,12 +756,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads in each CPU case (default: this process's count)")
     p.add_argument("--out", default="bench_out")
+    p.add_argument("--report", nargs="+", metavar="STEP_JSON",
+                   help="print saved runs (step.json) as markdown tables, and run nothing")
     p.add_argument("--case", help="internal: run this one case here and write --case-json")
     p.add_argument("--case-json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     on_gpu = torch.device(args.device).type == "cuda"
     if args.size is None:
         args.size = "1b" if on_gpu else "100m"
+    if args.variants is None:
+        args.variants = list(REFERENCE_KINDS if args.suite == "reference" else KINDS)
     if args.checkpointing is None:
         args.checkpointing = ["off", "on"] if on_gpu else ["off"]
     return args
@@ -597,7 +773,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.case:
+    if arguments.report:
+        print(report(arguments.report))
+    elif arguments.case:
         Path(arguments.case_json).write_text(json.dumps(run_case(arguments)))
     else:
         run(arguments)

@@ -72,15 +72,24 @@ def test_combine_speed(benchmark, peer, method):
 STEP_METHODS = ["sago", "pcgrad"]
 
 
-@pytest.mark.parametrize("case", list(step.variants(STEP_METHODS, "simnpo")))
-def test_step_speed(benchmark, case):
+CASES = [
+    (suite, case)
+    for suite, kinds in (("combine", step.KINDS), ("reference", step.REFERENCE_KINDS))
+    for case in step.variants(STEP_METHODS, "simnpo", kinds, suite)
+]
+
+
+@pytest.mark.parametrize("suite, case", CASES)
+def test_step_speed(benchmark, suite, case):
     # a fresh model per case: a variant's synthesizer (and any hooks it keeps) stays with it
     model = step.build_model("tiny", torch.float32, DEVICE)
     batches = step.make_batches(model.config.vocab_size, 2, 32, DEVICE, 4)
-    setup, take_step = step.variants(STEP_METHODS, "simnpo")[case]
+    kinds = step.KINDS if suite == "combine" else step.REFERENCE_KINDS
+    setup, take_step = step.variants(STEP_METHODS, "simnpo", kinds, suite)[case]
     timers = step.Timers(DEVICE)
-    state = setup(model, timers)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    state = setup(model, timers, batches)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
     counter = itertools.count()
 
     def call():

@@ -7,14 +7,14 @@ A tiny GPT-2 memorises a synthetic corpus, then peft wraps it with LoRA adapters
 adapters unlearn: the synthesizer's flat forget/retain buffers hold the adapters' gradients
 alone (the base is frozen and never written), so they take a fraction of the memory that
 buffers for the whole model would. At the end the adapters are merged into the base weights.
-NPO's reference is a frozen copy of the base taken before wrapping: with peft's default init
-(B = 0) it is exactly the model that unlearning starts from.
+NPO's reference is the base itself, the model with its adapters switched off
+(``AdaptersOff(model)``): no copy of the model is held, and with peft's default init (B = 0) it
+is exactly the model that unlearning starts from.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 
@@ -26,6 +26,7 @@ import sago_kernels as sk
 from sago_kernels.unlearning.data import PairedCollator, PairedDataset
 from sago_kernels.unlearning.facts import evaluate, make_corpus, score
 from sago_kernels.unlearning.losses import nll_loss
+from sago_kernels.unlearning.references import AdaptersOff
 from sago_kernels.unlearning.trainer import UnlearningTrainer
 
 SPLITS = ("forget", "retain", "neighbour")
@@ -70,7 +71,6 @@ def main(argv=None):
             break
     print("before:", accuracies(model, splits))
 
-    ref_model = copy.deepcopy(model)  # NPO's reference: the base, frozen by the Trainer
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     model = peft.get_peft_model(model, peft.LoraConfig(
         r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
@@ -91,7 +91,9 @@ def main(argv=None):
             train_dataset=PairedDataset(corpus.examples("forget"), corpus.examples("retain")),
             data_collator=PairedCollator(pad_token_id=corpus.pad_id),
             method=args.method, forget_loss=args.forget_loss, retain_loss="nll",
-            ref_model=ref_model if args.forget_loss == "npo" else None, buffers=args.buffers,
+            # NPO's reference: the base, i.e. this model with its adapters off (no copy)
+            ref_model=AdaptersOff(model) if args.forget_loss == "npo" else None,
+            buffers=args.buffers,
         )  # fmt: skip
         synth = trainer.synth
         trainable = sum(p.numel() for p in synth.params)

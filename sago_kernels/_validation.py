@@ -100,14 +100,22 @@ def mark_written(tensors: torch.Tensor | list[torch.Tensor]) -> None:
     torch.autograd.graph.increment_version(tensors)
 
 
-def _check_buffer(name: str, t: object, *, written: bool) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"Parameter `{name}` should be a torch.Tensor. Found `{type(t).__name__}`.")
+def check_dense(name: str, t: torch.Tensor) -> None:
+    """Refuse sparse (COO, CSR, ...) tensors first: the kernels read strided memory, and torch's
+    own errors on a sparse tensor ("Cannot access data pointer", "is_contiguous") say nothing of
+    what to do."""
     if t.layout != torch.strided:
         raise TypeError(
             f"Parameter `{name}` should be a dense (strided) tensor. Found `{name}.layout = "
-            f"{t.layout}`; pass `{name}.to_dense()`."
+            f"{t.layout}`; pass `{name}.to_dense()` (an nn.Embedding(sparse=True) gives sparse "
+            "gradients: build it with sparse=False)."
         )
+
+
+def _check_buffer(name: str, t: object, *, written: bool) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"Parameter `{name}` should be a torch.Tensor. Found `{type(t).__name__}`.")
+    check_dense(name, t)
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"Parameter `{name}` should have dtype float32, bfloat16 or float16. "
@@ -292,6 +300,36 @@ def check_grad_lists(retain_grads: list[torch.Tensor], forget_grads: list[torch.
                 "give each task its own gradient tensors."
             )
         open_spans.append(span)
+
+
+def check_scaler_tensors(
+    inv_scale: object, found_inf: object, retain: torch.Tensor
+) -> None:
+    """A gradient scaler's tensors, as ``GradScaler.unscale_`` passes them to torch's own
+    unscale: one float32 element each, on the buffers' device (a tensor, not a float, so reading
+    the scale never synchronises with the host). ``found_inf`` is written."""
+    for name, t in (("inv_scale", inv_scale), ("found_inf", found_inf)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"Parameter `{name}` should be a one-element float32 tensor on the buffers' "
+                f"device (as GradScaler keeps it). Found `{type(t).__name__}`."
+            )
+        check_dense(name, t)
+        if t.dtype != torch.float32 or t.numel() != 1 or t.device != retain.device:
+            raise ValueError(
+                f"Parameter `{name}` should be a one-element float32 tensor on {retain.device} "
+                f"(the buffers' device). Found shape {tuple(t.shape)}, {t.dtype} on {t.device}."
+            )
+        check_autograd_state(name, t, written=name == "found_inf")
+    if retain.dtype == torch.float16 and inv_scale is not None:
+        raise ValueError(
+            "Parameter `inv_scale` unscales float16 gradients, which GradScaler refuses "
+            "(\"Attempting to unscale FP16 gradients\"): unscaled, small gradients underflow in "
+            "float16. Keep the parameters (so the gradients) in float32 and let autocast run "
+            "the forward in float16, or train in bfloat16 without a scaler."
+        )
 
 
 def check_state(

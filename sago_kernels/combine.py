@@ -6,15 +6,9 @@ from typing import Literal, overload
 
 import torch
 
-from . import ops, sharding
-from ._validation import (
-    check_combine_args,
-    check_requires_grad,
-    check_scalar,
-    check_state,
-    mark_written,
-)
-from .dispatch import resolve_backend
+from . import ops
+from ._checked import checked_combine as _checked_combine
+from ._validation import check_requires_grad
 from .layout import GradLayout
 from .methods import Method, get_method
 from .stats import CombineStats
@@ -41,6 +35,8 @@ def combine_(
     backend: BackendName | None = ...,
     process_group: object | None = ...,
     state: torch.Tensor | None = ...,
+    inv_scale: torch.Tensor | None = ...,
+    found_inf: torch.Tensor | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -59,6 +55,8 @@ def combine_(
     backend: BackendName | None = ...,
     process_group: object | None = ...,
     state: torch.Tensor | None = ...,
+    inv_scale: torch.Tensor | None = ...,
+    found_inf: torch.Tensor | None = ...,
 ) -> tuple[torch.Tensor, CombineStats]: ...
 
 
@@ -76,6 +74,8 @@ def combine_(
     backend: BackendName | None = None,
     process_group: object | None = None,
     state: torch.Tensor | None = None,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, CombineStats]:
     """Combine the retain and forget gradients into g_final, written in place into ``retain``.
 
@@ -107,6 +107,21 @@ def combine_(
             (same dtype, device, length; zeros before the first step), sharing no segment
             element with the other buffers. Updated in place, segment by segment; keep it for
             the run (``GradientSynthesizer`` holds one and checkpoints it).
+        inv_scale: mixed precision with a loss scaler: the gradients in the buffers are scaled
+            (``scaler.scale(loss).backward()``) and every element of g_r and g_f is multiplied
+            by ``inv_scale`` as it is read, before anything else, in the combine's own passes
+            (no separate unscale pass): g_final, the statistics and any state are of the
+            unscaled gradients. A one-element float32 tensor on the buffers' device, as
+            ``GradScaler`` keeps it (``GradientSynthesizer.combine_(grad_scaler=...)`` passes
+            it for you). With a power-of-two scale the result is bitwise the combine of the
+            unscaled gradients. Not for float16 buffers (``GradScaler`` refuses them too).
+        found_inf: a one-element float32 tensor set to 1 (never back to 0) when the step holds a
+            non-finite value: in g_r or g_f (an overflow of the scaled backward) or in g_final,
+            judged on their squared norms (an element past ~1e19 counts too); what
+            ``GradScaler.step`` reads to skip the step. A stateful method (GRU, GradVac) then
+            keeps its state. Computed from the statistics' sums, which the passes form anyway
+            (the native CPU backend and ``stats=False`` element-wise kernels form them only for
+            it).
 
     Returns:
         The written tensor, and the statistics when ``stats=True``.
@@ -142,6 +157,11 @@ def combine_(
                 "combine_(..., state=...) (GRU) is not supported inside torch.compile; call it "
                 "outside the compiled region."
             )
+        if inv_scale is not None or found_inf is not None:
+            raise NotImplementedError(
+                "combine_(..., inv_scale=, found_inf=) is not supported inside torch.compile; "
+                "call it outside the compiled region."
+            )
         if not isinstance(method, str):
             raise NotImplementedError(
                 "combine_(..., method=<a Method or weighting callable>) is not supported inside "
@@ -157,48 +177,9 @@ def combine_(
         raise TypeError(f"Parameter `stats` should be a bool. Found `{type(stats).__name__}`.")
     target, table = _checked_combine(
         retain, forget, layout, method, alpha, gamma, eps, out, stats, backend, process_group,
-        state,
+        state, inv_scale, found_inf,
     )  # fmt: skip
     if stats:
         return target, CombineStats.from_table(get_method(method).name, table)
     return target
 
-
-def _checked_combine(
-    retain: torch.Tensor,
-    forget: torch.Tensor,
-    layout: GradLayout | None,
-    method: MethodArg,
-    alpha: float,
-    gamma: float,
-    eps: float,
-    out: torch.Tensor | None,
-    want_stats: bool | str,
-    backend: BackendName | None,
-    process_group: object | None,
-    state: torch.Tensor | None,
-) -> tuple[torch.Tensor, object]:
-    """:func:`combine_` past its argument forms: check everything, run the backend. Returns the
-    written tensor and what the backend returned for ``want_stats`` (the table; with
-    ``stats.SEGMENT_SUMS``, the raw per-segment sums, as the one-buffer synthesizer takes)."""
-    m = get_method(method)
-    alpha = check_scalar("alpha", alpha)
-    gamma = check_scalar("gamma", gamma)
-    eps = check_scalar("eps", eps, non_negative=True)
-    layout = check_combine_args(retain, forget, out, layout)
-    check_state(state, m, retain, forget, out, layout)
-    _, run = resolve_backend(backend, retain.device)
-    target = retain if out is None else out
-    extra = {}
-    if process_group is not None:
-        group = sharding.check_group(process_group)
-        extra = dict(
-            reduce=sharding.reducer(group),
-            seg_numels=sharding.global_numels(layout, retain.device, group),
-        )
-    if state is not None:
-        extra["state"] = state
-    result = run(retain, forget, target, layout, m, alpha, gamma, eps, want_stats, **extra)
-    # native and Triton write through raw pointers: torch did not see it
-    mark_written(target if state is None else [target, state])
-    return target, result

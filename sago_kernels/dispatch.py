@@ -82,12 +82,15 @@ def _reference_combine(
     reduce: Reduce | None = None,
     seg_numels: torch.Tensor | None = None,
     state: torch.Tensor | None = None,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     with torch.no_grad():
         out, sums, conflicts = reference.combine(
             retain, forget, layout, method.reference, method.scope,
             alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float32, with_sums=want_stats,
             reduce=reduce, weighting=method.weighting, ema=method.ema, state=state,
+            inv_scale=inv_scale, found_inf=found_inf,
         )  # fmt: skip
         reference.write_segments(target, out, layout)
         if not want_stats:

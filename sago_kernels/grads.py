@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_grad_lists, check_scalar, mark_written
+from ._validation import check_dense, check_grad_lists, check_scalar, mark_written
 from .combine import BackendName, MethodName, combine_
 from .layout import GradLayout
 from .methods import get_method
@@ -100,6 +100,8 @@ def combine_grads_(
                 f"Gradient {i} should be a pair of tensors. "
                 f"Found {type(r).__name__}, {type(f).__name__}."
             )
+        check_dense(f"retain_grads[{i}]", r)
+        check_dense(f"forget_grads[{i}]", f)
         if r.shape != f.shape:
             raise ValueError(
                 f"Gradient {i} should have one shape in both lists. "

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import check_scalar
+from .weightings import skip_if_non_finite
 
 NUM_DOTS = 5
 """Dots per segment of the state pass, in this order: f·r, r·r, f·f (the statistics' inputs,
@@ -68,16 +69,23 @@ def coefficients(
     eps: float,
     retain_coef: float,
     whole: bool,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[S, 3]`` float32 (a, b, c) with g_final = a·f + b·r + c·m' in each segment.
 
     ``dots``: ``[S, NUM_DOTS]`` float32 per-segment sums (:data:`NUM_DOTS`), summed over the
     ranks for sharded buffers. ``whole``: one set from the dots of all segments together
     (``gru_global``). Where f·m', m'·m', f·f or a coefficient is not finite, all three are NaN:
-    the write pass makes the segment NaN and leaves its state as it was.
+    the write pass makes the segment NaN and leaves its state as it was. ``found_inf`` (a loss
+    scaler's flag, one float32 element): set in place (no host sync) when a segment's r·r or f·f
+    or a coefficient is not finite; while it is set, from this call or an earlier one of the
+    step, every coefficient is NaN, so no segment's state moves in a step the scaler skips
+    (:func:`~sago_kernels.weightings.skip_if_non_finite`).
     """
     s = dots.shape[0]
     d = dots.to(torch.float32)
+    if found_inf is not None:
+        d = skip_if_non_finite(d, found_inf)
     if whole:
         d = d.sum(0, keepdim=True)
     fm, mm, ff = d[:, 3], d[:, 4], d[:, 2]
@@ -88,4 +96,8 @@ def coefficients(
     ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True)
     ok = ok & torch.isfinite(coef).all(-1, keepdim=True)
     coef = torch.where(ok, coef, torch.full_like(coef, float("nan")))
+    if found_inf is not None:  # a weight that overflows from finite dots stops the step too
+        bad = (~ok).any().to(found_inf.dtype).reshape(found_inf.shape)
+        torch.maximum(found_inf, bad, out=found_inf)
+        coef = torch.where(found_inf.reshape(()) != 0, torch.full_like(coef, float("nan")), coef)
     return coef.expand(s, 3).contiguous() if whole else coef

@@ -33,7 +33,7 @@ from .methods import Method
 from .sharding import Reduce
 from .stats import SEGMENT_SUMS, geometry_table
 
-ABI = 5  # SAGO_NATIVE_ABI in csrc/sago_native.h
+ABI = 6  # SAGO_NATIVE_ABI in csrc/sago_native.h
 NUM_SUMS = 6
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SCOPES = {"element": 0, "segment": 1, "global": 2}
@@ -75,6 +75,7 @@ class _CombineArgs(ctypes.Structure):
         ("state", ctypes.c_void_p),
         ("beta", ctypes.c_float),
         ("keep", ctypes.c_float),
+        ("inv_scale", ctypes.c_void_p),
     ]
 
 
@@ -131,6 +132,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int32
         fn.argtypes = [ctypes.c_int32] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+    lib.sago_native_fma.restype = ctypes.c_int32
+    lib.sago_native_fma.argtypes = [ctypes.c_int32] + [ctypes.c_void_p] * 4 + [ctypes.c_int64]
     return lib, ""
 
 
@@ -152,8 +155,10 @@ def available() -> bool:
     return library() is not None
 
 
-ISAS = ("baseline", "avx2", "avx512")
-"""Instruction sets the kernels are built for (x86-64); all give the same bits."""
+ISAS = ("baseline", "avx2", "avx512", "avx512_bf16")
+"""Instruction sets the kernels are built for (x86-64), each a superset of the one before
+(``avx512_bf16``: AVX-512 with the CPU's own float32 → bfloat16 conversion); all give the same
+bits."""
 
 
 def _wanted_isa() -> int:
@@ -267,6 +272,9 @@ def combine_native(
     reduce: Reduce | None = None,
     seg_numels: torch.Tensor | None = None,
     state: torch.Tensor | None = None,
+    *,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` with the native library; return the geometry table if asked.
 
@@ -275,6 +283,13 @@ def combine_native(
     ``seg_numels``: sharded buffers (``sharding.py``); projection methods then run the dots pass,
     reduce the dots over the ranks, and run the write pass with them. ``state``: GRU's moving
     average (``gru.py``), read by both passes and updated by the write pass.
+
+    ``inv_scale`` (a 1-element float32 CPU tensor, a gradient scaler's 1/scale): the unscale
+    fused into the passes, every f and r element multiplied by it in float32 as it is read, so
+    with a power of two the result is bitwise that of the pre-divided buffers. ``found_inf``
+    (the same kind of tensor): GRU sets it when a segment's r·r or f·f is not finite and then
+    keeps every segment's state (``gru.coefficients``, ``weightings.coefficients``: GradVac's
+    φ̂); for the other methods the caller derives it from the statistics.
     """
     lib = library()
     if lib is None:
@@ -306,6 +321,7 @@ def combine_native(
         seg_sums=sums.data_ptr() if sums is not None else None,
         seg_conflicts=conflicts.data_ptr() if conflicts is not None else None,
         phase=PHASE_ALL,
+        inv_scale=inv_scale.data_ptr() if inv_scale is not None else None,
     )
     if method.ema is not None:
         # GRU: the dots of f, r and m' (m' recomputed, not stored), the coefficients in torch,
@@ -319,7 +335,7 @@ def combine_native(
             reduce(dots)
         coef = gru.coefficients(
             dots.to(torch.float32), alpha, gamma, eps, method.ema.retain_coef,
-            method.scope == "global",
+            method.scope == "global", found_inf=found_inf,
         )  # fmt: skip
         args.seg_coef, args.phase = coef.data_ptr(), PHASE_WRITE_EMA
         _check(lib.sago_native_combine(ctypes.byref(args)))
@@ -339,7 +355,8 @@ def combine_native(
         if method.weighting is not None:
             # rounded to float32 (±inf past its range) as the other backends' dots
             coef = weightings.coefficients(
-                dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global"
+                dots.to(torch.float32), method.weighting, alpha, gamma, method.scope == "global",
+                found_inf,
             ).contiguous()
             args.seg_coef, args.phase = coef.data_ptr(), PHASE_WRITE_COEF
         _check(lib.sago_native_combine(ctypes.byref(args)))
@@ -381,6 +398,19 @@ def _convert(name: str, src: torch.Tensor, dtype: torch.dtype, out_dtype: torch.
 def widen(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """float32 values of bfloat16/float16 ``words`` (int16), exactly as the combine reads them."""
     return _convert("sago_native_widen", words.view(torch.int16), dtype, torch.float32)
+
+
+def fused_multiply_add(x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """acc + x·y in float32 rounded once, exactly as the combine's sums add their products."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native backend is not available: {unavailable_reason()}")
+    x, y, acc = (t.to(torch.float32).contiguous() for t in (x, y, acc))
+    out = torch.empty_like(x)
+    lib.sago_native_fma(
+        _wanted_isa(), x.data_ptr(), y.data_ptr(), acc.data_ptr(), out.data_ptr(), x.numel()
+    )
+    return out
 
 
 def narrow(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

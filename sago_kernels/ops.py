@@ -3,10 +3,11 @@
 Inside a compiled region :func:`sago_kernels.combine_` calls these ops instead of running its
 Python body: the compiler sees one opaque op with its mutation declared (``retain`` or ``out``
 is written; ``mutates_args``), never traces the kernels' launch code, and so neither breaks the
-graph nor falls back to the reference. At run time the op's body is the eager ``combine_`` with
-all its checks. ``alpha``, ``gamma`` and ``eps`` travel as one small CPU tensor (a ``float``
-argument would make the compiler guard on its value): after dynamo's one recompile that makes a
-changed Python float dynamic, new values need no recompile.
+graph nor falls back to the reference. At run time the op's body is the eager combine with
+all its checks (``_checked.checked_combine``, which ``combine_`` stands on too). ``alpha``,
+``gamma`` and ``eps`` travel as one small CPU tensor (a ``float`` argument would make the
+compiler guard on its value): after dynamo's one recompile that makes a changed Python float
+dynamic, new values need no recompile.
 
 A layout cannot be an op argument; the ops take its :attr:`GradLayout.key` (a registry of live
 layouts, weak references) or ``WHOLE_BUFFER`` for ``layout=None``.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ._checked import checked_combine
 from ._validation import check_requires_grad
 from .layout import GradLayout
 
@@ -40,20 +42,16 @@ def _layout(key: int, numel: int) -> GradLayout:
 
 
 def _eager(retain, forget, out, key, method, weights, stats, backend):
-    from .combine import combine_
-
     # Below autograd the caller's grad mode is not visible: refuse tensors that require grad
     # whatever the mode (combine_ refused them in grad mode before tracing the op).
     check_requires_grad(retain, forget, out, grad_enabled=True)
     alpha, gamma, eps = weights.tolist()  # a CPU tensor: no device synchronisation
     layout = None if key == WHOLE_BUFFER else GradLayout.from_key(key)
-    result = combine_(
-        retain, forget, layout=layout, method=method, alpha=alpha, gamma=gamma, eps=eps,
-        out=out, stats=stats, backend=backend or None,
+    _, table = checked_combine(
+        retain, forget, layout, method, alpha, gamma, eps, out, stats, backend or None, None,
+        None,
     )  # fmt: skip
-    if stats:
-        return result[1].table
-    return retain.new_empty(0, dtype=torch.float32)
+    return table if stats else retain.new_empty(0, dtype=torch.float32)
 
 
 def _table_like(retain: torch.Tensor, key: int, stats: bool) -> torch.Tensor:

@@ -7,70 +7,26 @@ g_final in that dtype. This module defines the truth that the other backends are
 and it is the CPU backend wherever the native library is not built.
 
 Nothing here synchronises with the host: every data-dependent choice is a ``torch.where``. Dot
-products are summed in a fixed order (:func:`fixed_order_dots`), so the results are the same bits
-for any ``torch.get_num_threads()``.
+products are summed in a fixed order (``dots.fixed_order_dots``), so the results are the same
+bits for any ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
+from .dots import Dots, fixed_order_dots, segment_dots
 from .gru import EMAParams
+from .gru import coefficients as gru_coefficients
 from .layout import GradLayout
+from .weightings import coefficients as weighting_coefficients
 
-# --------------------------------------------------------------------------- fixed-order dots
-
-_BLOCK = 4096
-"""Elements per block of a dot. ATen sums a tensor of fewer than 32768 elements (its
-``GRAIN_SIZE``) on one thread, and a bigger reduction with more than one output is split over
-threads by outputs, each output summed whole by one thread: so a block's sum, hence every bit of
-a dot, is the same for any ``torch.get_num_threads()``."""
-
-_CHUNK = 256 * _BLOCK
-"""Elements multiplied at a time: bounds a dot's temporaries (one product row of 4 MB each)."""
-
-
-def _block_sums(x: torch.Tensor) -> torch.Tensor:
-    """``[k, n]`` -> ``[k, ceil(n / _BLOCK)]``: the sum of each block of ``_BLOCK`` elements."""
-    full = x.shape[1] - x.shape[1] % _BLOCK
-    parts = [x[:, :full].unflatten(1, (-1, _BLOCK)).sum(-1)] if full else []
-    if full < x.shape[1]:
-        parts.append(x[:, full:].sum(-1, keepdim=True))
-    return torch.cat(parts, 1)
-
-
-def fixed_order_dots(
-    vectors: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]
-) -> torch.Tensor:
-    """``[len(pairs)]``: vectors[i]·vectors[j] for each pair ``(i, j)``, in the vectors' dtype.
-
-    Why not ``torch.dot``: its summation order, hence its bits, change with
-    ``torch.get_num_threads()``. Here the order depends on the length alone: products in the
-    vectors' dtype (as ``torch.dot``), summed in that dtype within blocks of :data:`_BLOCK`
-    elements, the block sums added in float64 over blocks of blocks, and the total rounded once.
-    """
-    dtype, device = vectors[0].dtype, vectors[0].device
-    n = vectors[0].numel()
-    if n == 0:
-        return torch.zeros(len(pairs), dtype=dtype, device=device)
-    if n <= _BLOCK:  # one block: fewer, larger ops for the many small segments of a model
-        left = torch.stack([vectors[i] for i, _ in pairs])
-        return (left * torch.stack([vectors[j] for _, j in pairs])).sum(-1)
-    products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device)
-    partials = []
-    for lo in range(0, n, _CHUNK):  # chunks are whole blocks: the blocks do not depend on _CHUNK
-        hi = min(lo + _CHUNK, n)
-        p = products[:, : hi - lo]
-        for q, (i, j) in enumerate(pairs):
-            torch.mul(vectors[i][lo:hi], vectors[j][lo:hi], out=p[q])
-        partials.append(_block_sums(p))
-    sums = torch.cat(partials, 1).to(torch.float64)
-    while sums.shape[1] > 1:
-        sums = _block_sums(sums)
-    return sums[:, 0].to(dtype)
-
+__all__ = [
+    "Dots", "blur", "combine", "conflict_mask", "fixed_order_dots", "gru", "pcgrad",
+    "poison_non_finite", "sago", "sago_prefer_retain", "segment_dots", "sum_", "write_segments",
+]  # fmt: skip
 
 # --------------------------------------------------------------------------- element helpers
 
@@ -127,25 +83,6 @@ def sago_prefer_retain(
     """SAGO variant: keep α·g_r where the signs conflict, γ·g_f + α·g_r elsewhere."""
     out = torch.where(conflict_mask(f, r), alpha * r, gamma * f + alpha * r)
     return poison_non_finite(out, f, r)
-
-
-Dots = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-"""(f·r, r·r, f·f) of a whole segment, given when a rank holds only a shard of it."""
-
-
-def segment_dots(r: torch.Tensor, f: torch.Tensor) -> Dots:
-    """(f·r, r·r, f·f), each summed in the compute dtype, in a fixed order
-    (:func:`fixed_order_dots`).
-
-    Projection methods need all three finite, even where the formula uses two: r·r and f·f sum
-    non-negative terms, so whether they overflow does not depend on the summation order, and when
-    both are finite every partial sum of f·r is bounded by √(r·r · f·f) (Cauchy–Schwarz), so f·r
-    cannot overflow in any order either. Testing f·r alone would depend on the order (float32
-    [2e38, 2e38, −2e38, −2e38]·[1, 1, 1, 1] is inf, NaN or 0), and backends sum in different
-    orders and widths; with this rule they all write the same segments as NaN.
-    """
-    d, n, m = fixed_order_dots([f, r], [(0, 1), (1, 1), (0, 0)]).unbind()
-    return d, n, m
 
 
 def pcgrad(
@@ -246,6 +183,8 @@ def combine(
     weighting: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ema: EMAParams | None = None,
     state: torch.Tensor | None = None,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Apply ``method_fn`` over the segments of a layout.
 
@@ -261,6 +200,11 @@ def combine(
     buffer (the gradients' dtype and length), updated in place: m' rounded once into the
     segments whose g_final is finite.
 
+    ``inv_scale`` (a loss scaler's 1/scale, one element): r and f are multiplied by it as they
+    are read, before anything else. ``found_inf``: passed to the O(segments) step of a stateful
+    method (a weighting, GRU), which then keeps its state when the step has a non-finite value
+    (the caller sets it from the returned sums for every method).
+
     Returns ``(out, sums, conflicts)``: ``out`` is g_final in ``compute_dtype`` over the whole
     buffer (elements outside every segment are 0 and must not be copied back), ``sums`` is
     ``[num_segments, 6]`` with :data:`STAT_COLUMNS` (o = g_final before rounding) and
@@ -269,15 +213,18 @@ def combine(
     """
     r_all = retain.to(compute_dtype)
     f_all = forget.to(compute_dtype)
+    if inv_scale is not None:
+        scale = inv_scale.reshape(()).to(compute_dtype)
+        r_all, f_all = r_all * scale, f_all * scale
     out = torch.zeros_like(r_all)
     segments = layout.segments
     kwargs = dict(alpha=alpha, gamma=gamma, eps=eps)
 
     if weighting is not None:  # a Gramian weighting: every segment's dots, one weighting call
-        _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce)
+        _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce, found_inf)
         return _with_sums(r_all, f_all, out, layout, with_sums)
     if ema is not None:
-        _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce)
+        _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce, found_inf)
         return _with_sums(r_all, f_all, out, layout, with_sums)
 
     seg_dots = None
@@ -304,23 +251,21 @@ def combine(
     return _with_sums(r_all, f_all, out, layout, with_sums)
 
 
-def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce) -> None:
+def _weighted(r_all, f_all, out, layout, weighting, scope, alpha, gamma, reduce, found_inf):
     """a_j·f + b_j·r per segment, the (a_j, b_j) from one call of ``weighting`` on all the
     segments' Gramians (as the kernels do: a stateful weighting sees one batch per combine)."""
-    from .weightings import coefficients
-
     dots = _dots_table(r_all, f_all, layout, reduce)
-    coef = coefficients(dots, weighting, alpha, gamma, whole=scope == "global")
+    coef = weighting_coefficients(
+        dots, weighting, alpha, gamma, whole=scope == "global", found_inf=found_inf
+    )
     for j, s in enumerate(layout.segments):
         a, b = coef[j].unbind()
         out[s.start : s.end] = a * f_all[s.start : s.end] + b * r_all[s.start : s.end]
 
 
-def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce) -> None:
+def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce, found_inf):
     """GRU over a layout, with the O(segments) step the kernels use (``gru.coefficients``):
     every segment's dots of (f, r, m'), then a·f + b·r + c·m', and m' into ``state``."""
-    from .gru import coefficients
-
     if state is None:
         raise ValueError("A GRU combine needs its state buffer (`state=`).")
     m_all = state.to(r_all.dtype, copy=True)
@@ -332,7 +277,9 @@ def _gru(r_all, f_all, state, out, layout, ema, scope, alpha, gamma, eps, reduce
     dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS)))
     if reduce is not None:
         reduce(dots)
-    coef = coefficients(dots, alpha, gamma, eps, ema.retain_coef, whole=scope == "global")
+    coef = gru_coefficients(
+        dots, alpha, gamma, eps, ema.retain_coef, whole=scope == "global", found_inf=found_inf
+    )
     for j, s in enumerate(layout.segments):
         a, b, c = coef[j].to(r_all.dtype).unbind()
         r, f, m = r_all[s.start : s.end], f_all[s.start : s.end], m_all[s.start : s.end]

@@ -71,7 +71,7 @@ class CombineStats:
         """A plain-text table: one line per segment (at most ``max_rows``), then the total."""
         fields = FIELDS
         rows = self.table.tolist()
-        width = max([len("total"), *(len(n) for n in (names or []))]) + 2
+        width = max([len("total"), *(len(n) for n in (names or []) if n)]) + 2
         lines = [f"{'segment':<{width}}" + "".join(f"{f:>18}" for f in fields)]
         for j, row in enumerate(rows[:-1][:max_rows]):
             label = names[j] if names and names[j] else str(j)

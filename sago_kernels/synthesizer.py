@@ -15,194 +15,33 @@ methods that decide a parameter from that parameter alone, and the combine overl
 the backward instead of running after it.
 
 Under FSDP2 (``fully_shard``) the buffers hold each rank's local shards and ``.grad`` is bound
-to DTensors over them, so FSDP2's reduce-scatter accumulates into the buffers directly.
+to DTensors over them, so FSDP2's reduce-scatter accumulates into the buffers directly. Under
+DeepSpeed ZeRO 1-3 they hold each rank's gradient partition, filled from DeepSpeed's own at the
+end of each context, and g_final goes back into DeepSpeed's for ``engine.step()``.
+
+This module is the core: buffers, contexts, ``combine_`` and the state across steps. Where the
+gradients live, how they are reduced and how ``.grad`` is bound is the engine's (one module per
+engine in ``sago_kernels/synthesis/``), and so are one-buffer mode's per-parameter combines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from . import sharding
-from ._validation import check_scalar, mark_written
-from .combine import BackendName, MethodName, _checked_combine, combine_
+from ._validation import check_scalar
+from .combine import BackendName, MethodName, combine_
 from .dispatch import resolve_backend
-from .layout import DEFAULT_ALIGNMENT, GradLayout, Granularity
-from .methods import Method, get_method
-from .stats import SEGMENT_SUMS, CombineStats, geometry_table
-
-
-def _dtensor_class() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return None
-    return DTensor
-
-
-def _fsdp2_group(params: list[tuple[str, torch.Tensor]]) -> object | None:
-    """The process group of FSDP2-sharded parameters (``fully_shard``: DTensors sharded on dim 0
-    of a 1-D mesh), or None when none is a DTensor; anything in between is refused."""
-    dtensor = _dtensor_class()
-    if dtensor is None or not any(isinstance(p, dtensor) for _, p in params):
-        return None
-    from torch.distributed.tensor import Shard
-
-    meshes = set()
-    for name, p in params:
-        if not isinstance(p, dtensor):
-            raise ValueError(
-                f"Some trainable parameters are DTensors (FSDP2 `fully_shard`) and `{name}` is "
-                "not: the flat buffers hold one kind. Shard the whole model (apply fully_shard "
-                "to the root module too) or freeze the unsharded parameters."
-            )
-        if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
-            raise ValueError(
-                f"Parameter `{name}` is a DTensor with placements {tuple(p.placements)} on a "
-                f"{p.device_mesh.ndim}-D mesh; the synthesizer supports FSDP2's own sharding, "
-                "(Shard(0),) on a 1-D mesh (HSDP and tensor parallelism are not supported)."
-            )
-        meshes.add(p.device_mesh)
-    if len(meshes) != 1:
-        raise ValueError(
-            f"The trainable parameters are sharded over {len(meshes)} device meshes; the "
-            "synthesizer's one all-reduce of dots needs them all on one."
-        )
-    return next(iter(meshes)).get_group()
-
-
-def _ddp_class() -> type | None:
-    try:
-        from torch.nn.parallel import DistributedDataParallel
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return None
-    return DistributedDataParallel
-
-
-_ARG = "model_or_params"
-_FORMS = (
-    "a torch.nn.Module, an iterable of parameters (as `model.parameters()` gives) or of "
-    "(name, parameter) pairs (as `model.named_parameters()` gives)"
-)
-
-
-def _describe(item: object) -> str:
-    if isinstance(item, tuple):
-        return f"a tuple of {len(item)} ({', '.join(type(x).__name__ for x in item)})"
-    return f"a {type(item).__name__}"
-
-
-def _given_params(
-    model_or_params: object,
-) -> tuple[list[tuple[str, torch.Tensor]], torch.nn.Module | None]:
-    """Every ``(name, tensor)`` given, in order, each checked to be a parameter; and the module
-    (if one was given) whose parameters the synthesizer watches for ``requires_grad`` changes.
-
-    Plain parameters are named by position ("0", "1", ...), as an optimizer numbers them.
-    """
-    if isinstance(model_or_params, torch.nn.Module):
-        return list(model_or_params.named_parameters()), model_or_params
-    if isinstance(model_or_params, torch.Tensor):
-        raise TypeError(
-            f"Parameter `{_ARG}` should be {_FORMS}. Found a single tensor; pass `[tensor]`."
-        )
-    if isinstance(model_or_params, Mapping):
-        items = list(model_or_params.items())
-    elif isinstance(model_or_params, Iterable) and not isinstance(model_or_params, (str, bytes)):
-        items = list(model_or_params)
-    else:
-        raise TypeError(
-            f"Parameter `{_ARG}` should be {_FORMS}. Found {_describe(model_or_params)}."
-        )
-    named: list[tuple[str, torch.Tensor]] = []
-    pairs = None
-    for i, item in enumerate(items):
-        is_pair = (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], str)
-            and isinstance(item[1], torch.Tensor)
-        )
-        if not is_pair and not isinstance(item, torch.Tensor):
-            hint = (
-                " (an optimizer's parameter group? pass `group['params']`)"
-                if isinstance(item, Mapping)
-                else ""
-            )
-            raise TypeError(
-                f"Parameter `{_ARG}` should be {_FORMS}. Found `{_ARG}[{i}]` = "
-                f"{_describe(item)}{hint}."
-            )
-        if pairs is not None and pairs != is_pair:
-            raise TypeError(
-                f"Parameter `{_ARG}` should hold only parameters or only (name, parameter) "
-                f"pairs. Found both (`{_ARG}[{i}]` differs from the items before it)."
-            )
-        pairs = is_pair
-        name, p = item if is_pair else (str(i), item)
-        if not isinstance(p, torch.nn.Parameter) and not p.requires_grad:
-            raise TypeError(
-                f"Parameter `{_ARG}` should hold parameters (nn.Parameter, or leaf tensors that "
-                f"require grad). Found `{name}`: a tensor with requires_grad=False that is not an "
-                "nn.Parameter (a buffer or data?); leave it out."
-            )
-        if not p.is_leaf:
-            raise ValueError(
-                f"Parameter `{_ARG}` should hold leaf tensors: autograd only fills `.grad` of "
-                f"leaves. Found `{name}`, computed from other tensors (grad_fn="
-                f"{type(p.grad_fn).__name__}); pass the parameter it was computed from."
-            )
-        named.append((name, p))
-    return named, None
-
-
-_ONE_BUFFER = "buffers=1 (one-buffer mode) combines each parameter on its own inside the backward"
-
-
-def _check_one_buffer(
-    method: Method,
-    given: object,
-    granularity: str,
-    model_or_params: object,
-    data_parallel_group: object | None,
-    process_group: object | None,
-) -> None:
-    """What one-buffer mode cannot do, refused before anything is allocated."""
-    name = given if isinstance(given, str) else method.name
-    if method.scope == "global":
-        raise ValueError(
-            f"{_ONE_BUFFER}, but method {name!r} needs dot products over the whole model, which "
-            "exist only after the whole retain backward. Use buffers=2 (the default), or a "
-            "method decided per parameter (sum, sago, sago_prefer_retain, pcgrad, gru, a "
-            "Gramian weighting)."
-        )
-    if granularity != "parameter":
-        raise ValueError(
-            f"{_ONE_BUFFER}, so it needs granularity='parameter'. Found "
-            f"`granularity = {granularity!r}` (segments spanning several parameters); use "
-            "buffers=2 for it."
-        )
-    if method.weighting is not None and callable(getattr(method.weighting, "state_dict", None)):
-        raise ValueError(
-            f"{_ONE_BUFFER}, but weighting {name!r} keeps a state per segment of the whole "
-            "layout (as GradVac's φ̂), which a one-parameter combine cannot update. Use "
-            "buffers=2 for it."
-        )
-    ddp = _ddp_class()
-    if (ddp is not None and isinstance(model_or_params, ddp)) or data_parallel_group is not None:
-        raise ValueError(
-            f"{_ONE_BUFFER}, which needs each parameter's retain gradient averaged over the "
-            "replicas inside the backward; the synthesizer averages its buffers once, after "
-            "the backward passes. Use buffers=2 (the default) with DDP or data_parallel_group."
-        )
-    if process_group is not None:
-        raise ValueError(
-            f"{_ONE_BUFFER}, which is not supported on sharded parameters (process_group): "
-            "their dots need an all-reduce per segment. Use buffers=2 (the default)."
-        )
+from .layout import DEFAULT_ALIGNMENT, Granularity
+from .methods import get_method
+from .stats import CombineStats
+from .synthesis import one_buffer as one_buffer_mode
+from .synthesis import select_engine
+from .synthesis import state as step_state
+from .synthesis.params import common_dtype_and_device, given_params, split_trainable
+from .synthesis.scaler import ScalerLink
 
 
 class GradientSynthesizer:
@@ -240,8 +79,12 @@ class GradientSynthesizer:
     :meth:`retain` context or a :meth:`forget` context after it before :meth:`combine_` raises.
     It refuses at construction what needs more than one parameter at a time: methods with
     whole-model dots (``pcgrad_global``, ``blur``, ``gru_global``), ``granularity`` other than
-    ``"parameter"``, weightings with a per-segment state (``GradVac``), and data parallelism or
-    sharding (the combine would need the replicas' averaged retain gradient inside the backward).
+    ``"parameter"``, methods with a state across steps (``gru``, ``GradVac``: a state changes
+    only when :meth:`combine_` completes, and keeping the hooks' updates apart until then would
+    cost the N elements the mode saves), and data parallelism or sharding (the combine would
+    need the replicas' averaged retain gradient inside the backward). A sparse retain gradient
+    (``nn.Embedding(sparse=True)``) is made dense for its combine, as the default mode's dense
+    buffer takes it.
 
     FSDP2 (``fully_shard``): pass the sharded model. Each rank's buffers hold its local shard
     of every parameter (2·N/world elements), and each ``.grad`` is bound to a DTensor over its
@@ -251,6 +94,15 @@ class GradientSynthesizer:
     ones for statistics) and leaves g_final in the sharded ``.grad`` for the optimizer. Keep
     FSDP2's gradient synchronisation on in the contexts (no ``set_requires_gradient_sync
     (False)`` across them): each context's gradients must be reduce-scattered inside it.
+    DeepSpeed (ZeRO stage 1, 2 or 3): pass the engine ``deepspeed.initialize`` returned and
+    run ``engine.backward(loss)`` inside the contexts. Each context is one DeepSpeed
+    accumulation window (any number of backward passes, reduced by DeepSpeed as usual); at its
+    end this rank's gradient partition is added into the task's buffer (one partition each,
+    N/world elements). :meth:`combine_` runs on the partitions with one all-reduce of dots over
+    DeepSpeed's data-parallel group and writes g_final into DeepSpeed's partition with the
+    accumulation boundary on, so ``engine.step()`` clips and steps on it. Refused at
+    construction with the reason: ZeRO stage 0, offload, fp16 loss scaling, pipeline or tensor
+    parallelism, and one-buffer mode (``sago_kernels/synthesis/deepspeed.py``).
     Other sharded parameters (each rank holds a slice of every parameter, your own split):
     pass ``process_group``, with the same one all-reduce of dots (see
     :func:`sago_kernels.combine_`).
@@ -270,7 +122,10 @@ class GradientSynthesizer:
     an assignment to ``.grad`` inside a context (autograd then puts the gradient in a new
     tensor outside the buffer; found when the context exits, and the step is refused until
     :meth:`zero_grad`; for higher-order terms use ``torch.autograd.grad(..., create_graph=True)``
-    and a plain ``backward()`` of the final loss); an exception leaving a context (a backward
+    and a plain ``backward()`` of the final loss); an in-place write to ``.grad`` inside a
+    context besides autograd's own adds (``zero_grad(set_to_none=False)``, clipping: it would
+    erase or alter earlier micro-batches; found when the context exits from the buffer's version
+    counter, except under FSDP2); an exception leaving a context (a backward
     may have stopped part-way: the step is refused until :meth:`zero_grad`); a second
     :meth:`combine_` without new backward passes (the buffers hold g_final already); freezing
     or unfreezing a parameter after construction (the buffers have a slot for exactly the
@@ -296,12 +151,12 @@ class GradientSynthesizer:
         data_parallel_group: object | None = None,
         process_group: object | None = None,
         buffers: int = 2,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         # Everything is checked before anything is allocated or bound (and so before any
         # backward pass: a bad argument never costs a forward/backward).
-        named, module = _given_params(model_or_params)
+        named, module = given_params(model_or_params)
         resolved = get_method(method)
-        needs_state = resolved.needs_state
         if isinstance(buffers, bool) or buffers not in (1, 2):
             raise ValueError(
                 "Parameter `buffers` should be 2 (the default: forget and retain buffers, every "
@@ -309,8 +164,18 @@ class GradientSynthesizer:
                 f"Found `buffers = {buffers!r}`."
             )
         if buffers == 1:
-            _check_one_buffer(resolved, method, granularity, model_or_params,
-                              data_parallel_group, process_group)  # fmt: skip
+            problem = one_buffer_mode.method_problem(resolved, method, granularity)
+            if problem is not None:
+                raise ValueError(problem)
+        trainable, self._frozen = split_trainable(named)
+        engine = select_engine(
+            model_or_params, trainable, data_parallel_group=data_parallel_group,
+            process_group=process_group,
+        )  # fmt: skip
+        if buffers == 1:
+            problem = engine.one_buffer_problem(one_buffer_mode.PREFIX)
+            if problem is not None:
+                raise ValueError(problem)
         alpha, gamma = check_scalar("alpha", alpha), check_scalar("gamma", gamma)
         eps = check_scalar("eps", eps, non_negative=True)
         if not isinstance(stats, bool):
@@ -334,59 +199,25 @@ class GradientSynthesizer:
                 "Parameter `backend` should be 'triton', 'native', 'reference' or None (auto). "
                 f"Found `type(backend) = {type(backend).__name__}`."
             )
-        trainable: list[tuple[str, torch.Tensor]] = []
-        self._frozen: list[tuple[str, torch.Tensor]] = []
-        seen: set[int] = set()
-        for name, p in named:
-            if not p.requires_grad:
-                self._frozen.append((name, p))
-            elif id(p) not in seen:  # a tied weight listed again: its first name, one slot
-                seen.add(id(p))
-                trainable.append((name, p))
-        if not trainable:
-            raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        dtypes = {p.dtype for _, p in trainable}
-        devices = {p.device for _, p in trainable}
-        if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
-                "All trainable parameters should share one dtype and device, as flat buffers "
-                f"need. Found dtypes {sorted(map(str, dtypes))} on {sorted(map(str, devices))}; "
-                "cast the model (e.g. `model.to(torch.bfloat16)`) or freeze the odd ones."
-            )
-        dtype, device = next(iter(dtypes)), next(iter(devices))
-        fsdp2_group = _fsdp2_group(trainable)
-        if fsdp2_group is not None:
-            if buffers == 1:
+        dtype, device = common_dtype_and_device(trainable)
+        scaler = None
+        if grad_scaler is not None:
+            if engine.kind == "deepspeed":
                 raise ValueError(
-                    f"{_ONE_BUFFER}, which is not supported on FSDP2-sharded parameters (their "
-                    "dots need an all-reduce per segment). Use buffers=2 (the default)."
+                    "Parameter `grad_scaler` is for torch's GradScaler; a DeepSpeed engine scales "
+                    "its loss itself (and its fp16 loss scaling is refused here: use bf16). Drop "
+                    "`grad_scaler`."
                 )
-            if process_group is None:
-                process_group = fsdp2_group
-            with torch.no_grad():  # each rank lays out its local shard of every parameter
-                shards = [(name, p.to_local()) for name, p in trainable]
-            layout = GradLayout.from_params(shards, granularity=granularity, alignment=alignment)
-        else:
-            layout = GradLayout.from_params(
-                trainable, granularity=granularity, alignment=alignment
-            )
+            scaler = ScalerLink(grad_scaler, dtype, device, [p for _, p in trainable])
+        layout = engine.layout(trainable, granularity, alignment)
         if backend is not None:
             resolve_backend(backend, device)  # unknown or unavailable here: raise now
-        self._no_sync = None
-        ddp = _ddp_class()
-        if ddp is not None and isinstance(model_or_params, ddp):
-            self._no_sync = model_or_params.no_sync
-            if data_parallel_group is None:
-                data_parallel_group = model_or_params.process_group
-        if data_parallel_group is not None:
-            data_parallel_group = sharding.check_group(
-                data_parallel_group, name="data_parallel_group"
-            )
-        if process_group is not None:
-            process_group = sharding.check_group(process_group, name="process_group")
-        self.data_parallel_group, self.process_group = data_parallel_group, process_group
+        engine.check_groups()
 
+        self.engine = engine
+        self._scaler = scaler
         self.method, self.alpha, self.gamma, self.eps = method, alpha, gamma, eps
+        self._method = resolved
         self.stats_enabled, self.backend = stats, backend
         self.names = [n for n, _ in trainable]
         self.params = [p for _, p in trainable]
@@ -400,82 +231,76 @@ class GradientSynthesizer:
             self.forget_buffer if buffers == 1 else self.layout.new_buffer(dtype, device)
         )
         # a stateful method's third buffer (GRU's moving average of g_r): kept across steps
-        self.state_buffer = self.layout.new_buffer(dtype, device) if needs_state else None
+        self.state_buffer = self.layout.new_buffer(dtype, device) if resolved.needs_state else None
         self._views = {
             "retain": self.layout.views(self.retain_buffer),
             "forget": self.layout.views(self.forget_buffer),
         }
-        # what .grad is bound to: the views, or (FSDP2) DTensors over them, in which FSDP2's
-        # reduce-scatter accumulates in place (it adds into a .grad that exists)
-        self.fsdp2 = fsdp2_group is not None
-        self._grads = {task: self._as_grads(views) for task, views in self._views.items()}
+        # what .grad is bound to: the views, or what the engine makes of them (FSDP2: DTensors
+        # over them, in which its reduce-scatter accumulates in place)
+        self._grads = {
+            task: engine.grads(self.params, views) for task, views in self._views.items()
+        }
+        self._one_buffer: one_buffer_mode.OneBuffer | None = None
         if buffers == 1:
-            self._setup_one_buffer()
+            self._one_buffer = one_buffer_mode.OneBuffer(
+                self.layout, self.forget_buffer, resolved, method, alpha, gamma, eps, stats,
+                backend,
+            )  # fmt: skip
+        # autograd's in-place adds into the bound .grad, counted to find any other in-place
+        # write there inside a context (an optimizer's zero_grad(set_to_none=False))
+        self._counts_adds = engine.binds_grad and engine.adds_in_place
+        # an engine that keeps the gradients itself: the hooks find a backward outside the
+        # contexts, which .grad would show elsewhere
+        if buffers == 1 or self._counts_adds or not engine.binds_grad:
+            self._hooks = one_buffer_mode.register_hooks(self.params, self._on_grad)
+        self._stray: str | None = None  # a parameter reached by a backward outside the contexts
+        self._adds = 0  # autograd's adds into the bound .grad in the current context
+        self._version = 0  # the bound buffer's version counter when the context began
         self._stale = False  # buffers hold a finished step and must be cleared before the next
         self._active: str | None = None
         self._broken: str | None = None  # why this step's gradients are incomplete, if they are
         self.keep_history = keep_history
         self.history: list[CombineStats] = []
 
+    # ------------------------------------------------------------------ the engine's
+    @property
+    def data_parallel_group(self) -> object | None:
+        """The group the buffers are averaged over before the combine (DDP's, or the one
+        given), or None."""
+        return self.engine.replica_group
+
+    @property
+    def process_group(self) -> object | None:
+        """The group the combine's dots are all-reduced over (sharded buffers), or None."""
+        return self.engine.shard_group
+
+    @property
+    def fsdp2(self) -> bool:
+        """Whether the buffers hold FSDP2 shards (``.grad`` bound to DTensors over them)."""
+        return self.engine.kind == "fsdp2"
+
     # ------------------------------------------------------------------ one-buffer mode
-    def _setup_one_buffer(self) -> None:
-        self._combined = [False] * len(self.params)  # this step's combined parameters
-        self._flat = [v.view(-1) for v in self._views["forget"]]
-        self._state_flat = (
-            None if self.state_buffer is None
-            else [v.view(-1) for v in self.layout.views(self.state_buffer)]
-        )  # fmt: skip
-        # one single-segment layout per parameter size: its device tables are built once
-        by_size: dict[int, GradLayout] = {}
-        self._slot_layouts = [
-            by_size.setdefault(f.numel(), GradLayout.single(f.numel())) for f in self._flat
-        ]
-        # this step's per-parameter sums for the statistics, kept on the device
-        self._sums: list[torch.Tensor | None] = [None] * len(self.params)
-        self._conflicts: list[torch.Tensor | None] = [None] * len(self.params)
-        self._numels = torch.tensor(
-            [f.numel() for f in self._flat], dtype=torch.int64, device=self.forget_buffer.device
-        )
-        # The hooks skip combine_'s argument checks (a third of a small parameter's time): the
-        # buffers are the synthesizer's own, checked here once, and each retain gradient is
-        # checked for what autograd could make differ (_fits); anything else takes the checked
-        # path, which says what is wrong.
-        self._method_obj = get_method(self.method)
-        self._run = resolve_backend(self.backend, self.forget_buffer.device)[1]
-        # the hooks hold the synthesizer weakly: a dropped synthesizer leaves no-op hooks
-        this = weakref.ref(self)
-
-        def hook_for(index: int):
-            def hook(_: torch.Tensor) -> None:
-                synth = this()
-                if synth is not None and synth._active == "retain":
-                    synth._combine_in_backward(index)
-
-            return hook
-
-        self._hooks = [
-            p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(self.params)
-        ]
-
     def __del__(self) -> None:
         for handle in getattr(self, "_hooks", ()):
             handle.remove()
 
-    def _check_one_buffer_order(self, task: str) -> None:
-        if not any(self._combined):  # no retain backward yet this step
+    def _on_grad(self, index: int) -> None:
+        """Parameter ``index``'s post-accumulate-grad hook: inside a context, count autograd's
+        add into the bound ``.grad``; in one-buffer mode's :meth:`retain`, combine it instead."""
+        if self._active is None:
+            if self._stray is None:
+                self._stray = self.names[index]
             return
-        raise RuntimeError(
-            f"synth.{task}() after synth.retain() in the same step, in one-buffer mode: the "
-            "retain backward has already written g_final over g_f for the parameters it "
-            "reached, and each parameter's combine needs its whole retain gradient (SAGO's "
-            "sign test, PCGrad's dots). Per step: accumulate the forget side over any number "
-            "of micro-batches, then one retain backward, then synth.combine_(); for several "
-            "retain backward passes, use buffers=2."
-        )
+        if self._active == "retain" and self.buffers == 1:
+            self._on_retain_grad(index)
+        else:
+            self._adds += 1
 
-    def _combine_in_backward(self, index: int) -> None:
-        """The retain hook of parameter ``index``: combine it now and free its g_r."""
-        if self._combined[index]:
+    def _on_retain_grad(self, index: int) -> None:
+        """One-buffer mode, inside :meth:`retain`: combine parameter ``index`` now and free its
+        g_r."""
+        if self._one_buffer.combined[index]:
             self._broken = (
                 f"a second retain backward reached `{self.names[index]}` in one-buffer mode, "
                 "after its combine (g_final is already written over its g_f)."
@@ -492,70 +317,37 @@ class GradientSynthesizer:
         self.params[index].grad = None
 
     def _combine_slot(self, index: int, retain: torch.Tensor | None = None) -> None:
-        """Combine parameter ``index``: its g_r (``.grad``, or ``retain``) with its g_f in the
-        buffer, g_final written over g_f; its statistics row kept for :meth:`combine_`."""
-        forget = self._flat[index]
+        """One-buffer mode: combine parameter ``index`` with its g_r (``.grad``, or ``retain``).
+        The hooks and :meth:`combine_` call it through the instance, so a wrapper set on it
+        sees every per-parameter combine."""
         if retain is None:
-            retain = self.params[index].grad.reshape(-1)
-        state = None if self._state_flat is None else self._state_flat[index]
-        want = SEGMENT_SUMS if self.stats_enabled else False
-        layout = self._slot_layouts[index]
-        if self._fits(retain, forget):
-            extra = {} if state is None else {"state": state}
-            sums = self._run(
-                retain, forget, forget, layout, self._method_obj, self.alpha, self.gamma,
-                self.eps, want, **extra,
-            )  # fmt: skip
-            mark_written(forget if state is None else [forget, state])
-        else:
-            _, sums = _checked_combine(
-                retain, forget, layout, self.method, self.alpha, self.gamma, self.eps, forget,
-                want, self.backend, None, state,
-            )  # fmt: skip
-        if self.stats_enabled:  # the whole step's table is built once, at combine_()
-            self._sums[index], self._conflicts[index] = sums
-        self._combined[index] = True
+            retain = self.params[index].grad
+        self._one_buffer.combine_slot(index, retain, *self._scaler_tensors())
 
-    @staticmethod
-    def _fits(retain: torch.Tensor, forget: torch.Tensor) -> bool:
-        """A retain gradient the backend can read as it is: dense, contiguous, unflagged, of
-        the buffer's dtype, device and length."""
-        return (
-            retain.layout == torch.strided
-            and retain.dtype == forget.dtype
-            and retain.device == forget.device
-            and retain.numel() == forget.numel()
-            and retain.is_contiguous()
-            and not retain.is_neg()
-            and not retain.is_conj()
-            and not retain.requires_grad
+    def _check_one_buffer_order(self, task: str) -> None:
+        if not self._one_buffer.any_combined():  # no retain backward yet this step
+            return
+        raise RuntimeError(
+            f"synth.{task}() after synth.retain() in the same step, in one-buffer mode: the "
+            "retain backward has already written g_final over g_f for the parameters it "
+            "reached, and each parameter's combine needs its whole retain gradient (SAGO's "
+            "sign test, PCGrad's dots). Per step: accumulate the forget side over any number "
+            "of micro-batches, then one retain backward, then synth.combine_(); for several "
+            "retain backward passes, use buffers=2."
         )
 
     def _finish_one_buffer(self) -> CombineStats | None:
         """Combine the parameters no retain gradient reached (g_r = 0, as the default mode's
         zeroed retain buffer), then the statistics of the whole step."""
-        for index, done in enumerate(self._combined):
-            if not done:
-                self._combine_slot(index, torch.zeros_like(self._flat[index]))
-        stats = None
-        if self.stats_enabled:
-            sums, conflicts = torch.cat(self._sums), torch.cat(self._conflicts)
-            table = geometry_table(sums, conflicts, self._numels)
-            stats = CombineStats.from_table(get_method(self.method).name, table)
-        return self._finish_step(stats)
+        one = self._one_buffer
+        for index in one.uncombined():
+            self._combine_slot(index, one.zero_retain(index))
+        return self._finish_step(one.statistics())
 
     # ------------------------------------------------------------------ routing autograd
-    def _as_grads(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not self.fsdp2:
-            return views
-        return [
-            _dtensor_class().from_local(
-                v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
-            )
-            for p, v in zip(self.params, views)
-        ]
-
     def _bind(self, task: str | None) -> None:
+        if not self.engine.binds_grad:
+            return
         grads = self._grads[task] if task else [None] * len(self.params)
         for p, g in zip(self.params, grads):
             p.grad = g
@@ -602,6 +394,15 @@ class GradientSynthesizer:
         None; after a combine it is the parameter's view of g_final (or None after an
         optimizer's ``zero_grad``). Anything else came from a ``backward`` outside the contexts
         (or an assignment) and belongs to neither task: refused rather than guessed at."""
+        if not self.engine.binds_grad:
+            if self._stray is not None:
+                raise RuntimeError(
+                    f"A backward outside synth.forget() / synth.retain() reached "
+                    f"`{self._stray}`: its gradient is in the {self.engine.kind} engine's own "
+                    "storage and belongs to neither task. Run each backward inside a context; "
+                    "call synth.zero_grad() to discard this step."
+                )
+            return
         allowed = self._grads["retain"] if self._stale else [None] * len(self.params)
         for name, p, view in zip(self.names, self.params, allowed):
             grad = p.grad
@@ -616,6 +417,8 @@ class GradientSynthesizer:
     def _check_still_bound(self, task: str) -> None:
         """Every backward of the context added into the buffer: ``.grad`` is still our view
         (one-buffer retain: still empty, every g_r consumed by its hook)."""
+        if not self.engine.binds_grad:
+            return
         if task == "retain" and self.buffers == 1:
             for name, p in zip(self.names, self.params):
                 if p.grad is not None:
@@ -642,6 +445,28 @@ class GradientSynthesizer:
             )
             self._check_usable()
 
+    def _task_buffer(self, task: str) -> torch.Tensor:
+        return self.retain_buffer if task == "retain" else self.forget_buffer
+
+    def _check_no_in_place_write(self, task: str) -> None:
+        """Nothing but autograd's adds wrote into the bound ``.grad`` inside the context: each
+        add bumps the buffer's version counter (shared by its views) once, and the hooks
+        counted them; one more bump is an in-place write, such as an optimizer's
+        ``zero_grad(set_to_none=False)``, which erases what earlier micro-batches accumulated."""
+        if not self._counts_adds or (task == "retain" and self.buffers == 1):
+            return  # (one-buffer retain: .grad stays empty, each g_r goes to its combine)
+        written = self._task_buffer(task)._version - self._version - self._adds
+        if written > 0:
+            self._broken = (
+                f"`.grad` was changed in place inside synth.{task}() ({written} in-place "
+                "write(s) besides autograd's own adds: an optimizer's "
+                "zero_grad(set_to_none=False), a clipping or scaling of .grad, ...), so the "
+                f"{task} gradients accumulated before it may be lost or altered. Zero gradients "
+                "outside the contexts (the first context after a combine starts from zero), "
+                "scale the loss rather than .grad, and clip g_final after synth.combine_()."
+            )
+            self._check_usable()
+
     @contextlib.contextmanager
     def _task(self, task: str) -> Iterator[None]:
         if self._active is not None:
@@ -656,15 +481,19 @@ class GradientSynthesizer:
         self._active = task
         # one-buffer retain: .grad starts empty, so autograd hands each g_r to the hook
         self._bind(None if task == "retain" and self.buffers == 1 else task)
+        self._adds, self._version = 0, self._task_buffer(task)._version
         completed = False
         try:
-            with self._no_sync() if self._no_sync is not None else contextlib.nullcontext():
+            with self.engine.backward_context(task, self._task_buffer(task)):
                 yield
             completed = True
         finally:
             try:
                 if completed:
                     self._check_still_bound(task)
+                    self._check_no_in_place_write(task)
+                    if not self.engine.binds_grad:  # the engine hands the gradients over
+                        self.engine.collect_(task, self._task_buffer(task), self.layout)
                 elif self._broken is None:  # the exception itself goes up as it is
                     # a backward may have stopped part-way: some gradients in, others not
                     self._broken = (
@@ -684,11 +513,24 @@ class GradientSynthesizer:
         return self._task("retain")
 
     # ------------------------------------------------------------------ the step
-    def combine_(self) -> CombineStats | None:
+    def _scaler_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """This step's (inv_scale, found_inf) with an enabled grad_scaler, else (None, None)."""
+        if self._scaler is None or not self._scaler.enabled:
+            return None, None
+        return self._scaler.step_tensors()
+
+    def combine_(self, optimizer: torch.optim.Optimizer | None = None) -> CombineStats | None:
         """g_final into the retain buffer; each ``param.grad`` becomes its view of it.
 
         Returns the step's gradient geometry (device tensors) when ``stats`` is on, also kept
         in :attr:`history`.
+
+        With a ``grad_scaler`` (fp16 mixed precision), pass the ``optimizer`` that
+        ``scaler.step`` will step: the combine unscales the gradients as it reads them (no
+        ``scaler.unscale_`` pass; g_final, the statistics and any state are of unscaled
+        gradients), and records in the scaler what ``unscale_`` would have, so
+        ``scaler.step(optimizer)`` skips a step holding an inf or NaN (a stateful method then
+        keeps its state) and ``scaler.update()`` backs off. Clip g_final after it, as usual.
         """
         if self._active is not None:
             raise RuntimeError(
@@ -704,16 +546,30 @@ class GradientSynthesizer:
             )
         self._check_trainable(walk_module=True)
         self._check_no_stray_grads()
+        scaled = self._scaler is not None and self._scaler.enabled
+        if scaled:
+            self._scaler.check_optimizer(optimizer)
+        elif optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "Parameter `optimizer` should be a torch optimizer (it is used with a "
+                f"grad_scaler). Found `{type(optimizer).__name__}`."
+            )
         if self.buffers == 1:
-            return self._finish_one_buffer()
-        if self.data_parallel_group is not None:
-            self.average_over_replicas_()
-        result = combine_(
-            self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
-            alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
-            backend=self.backend, process_group=self.process_group, state=self.state_buffer,
-        )  # fmt: skip
-        return self._finish_step(result[1] if self.stats_enabled else None)
+            stats = self._finish_one_buffer()
+        else:
+            self.engine.reduce_buffers_(self.forget_buffer, self.retain_buffer)
+            inv_scale, found_inf = self._scaler_tensors()
+            result = combine_(
+                self.retain_buffer, self.forget_buffer, layout=self.layout, method=self.method,
+                alpha=self.alpha, gamma=self.gamma, eps=self.eps, stats=self.stats_enabled,
+                backend=self.backend, process_group=self.process_group, state=self.state_buffer,
+                inv_scale=inv_scale, found_inf=found_inf,
+            )  # fmt: skip
+            self.engine.publish_(self.retain_buffer, self.layout)
+            stats = self._finish_step(result[1] if self.stats_enabled else None)
+        if scaled:
+            self._scaler.record(optimizer)
+        return stats
 
     def _finish_step(self, stats: CombineStats | None) -> CombineStats | None:
         self._bind("retain")
@@ -728,17 +584,7 @@ class GradientSynthesizer:
     def average_over_replicas_(self) -> None:
         """Average both flat buffers over ``data_parallel_group``: one all-reduce per buffer
         (padding is zero on every rank and stays zero). :meth:`combine_` calls it."""
-        import torch.distributed as dist
-
-        group = self.data_parallel_group
-        # NCCL averages inside the all-reduce; gloo has no AVG, so sum, then one scaling pass
-        average = dist.get_backend(group) == "nccl"
-        world = dist.get_world_size(group)
-        for buffer in (self.forget_buffer, self.retain_buffer):
-            dist.all_reduce(buffer, op=dist.ReduceOp.AVG if average else dist.ReduceOp.SUM,
-                            group=group)  # fmt: skip
-            if not average:
-                buffer.mul_(1.0 / world)
+        self.engine.reduce_buffers_(self.forget_buffer, self.retain_buffer)
 
     def zero_grad(self) -> None:
         """Clear both buffers and unbind ``param.grad`` (as ``set_to_none=True`` would); also
@@ -753,58 +599,68 @@ class GradientSynthesizer:
         if self.buffers == 2:
             self.retain_buffer.zero_()
         else:
-            self._combined = [False] * len(self.params)
+            self._one_buffer.clear()
         self._bind(None)
         self._stale = False
         self._broken = None
+        self._stray = None
+        if self._scaler is not None:
+            self._scaler.reset()
 
     # ------------------------------------------------------------------ checkpoints
+    def _stateful_weighting(self) -> object | None:
+        """The method's weighting when it keeps a state across steps (a ``GradVac``, given
+        as it is or through ``sk.weighting_method``), else None."""
+        weighting = self._method.weighting
+        if callable(getattr(weighting, "state_dict", None)) and callable(
+            getattr(weighting, "load_state_dict", None)
+        ):
+            return weighting
+        return None
+
     def state_dict(self) -> dict[str, object]:
         """What resuming a run needs besides the model and optimizer: the method's state
         across steps (GRU's moving average ``"ema"``, a stateful weighting's ``"weighting"``,
-        e.g. a ``GradVac``'s φ̂); empty for stateless methods. Sharded (``process_group``): this
-        rank's shard, as FSDP's own sharded state dicts."""
+        e.g. a ``GradVac``'s φ̂) and the layout it belongs to (``"layout"``); empty for
+        stateless methods. Sharded (``process_group``): this rank's shard, as FSDP's own
+        sharded state dicts."""
         state: dict[str, object] = {}
         if self.state_buffer is not None:
             state["ema"] = self.state_buffer.detach().clone()
-        weighting_state = getattr(self.method, "state_dict", None)
-        if callable(weighting_state):
-            state["weighting"] = weighting_state()
+            ema = self._method.ema
+            state["ema_params"] = {"beta": ema.beta, "retain_coef": ema.retain_coef}
+        weighting = self._stateful_weighting()
+        if weighting is not None:
+            state["weighting"] = weighting.state_dict()
+        if state:
+            state["layout"] = step_state.layout_signature(self.layout)
         return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore :meth:`state_dict`'s output (checked before anything is written)."""
-        if not isinstance(state, Mapping):
-            raise TypeError(
-                f"Parameter `state` should be a mapping. Found `{type(state).__name__}`."
-            )
-        unknown = set(state) - {"ema", "weighting"}
-        if unknown:
-            raise ValueError(f"Unknown keys in the synthesizer's state: {sorted(unknown)}.")
-        ema = state.get("ema")
-        if (ema is None) != (self.state_buffer is None):
-            raise ValueError(
-                f"The state {'has' if ema is not None else 'lacks'} a moving average (\"ema\"), "
-                f"but method {self.method!r} {'keeps none' if ema is not None else 'keeps one'}: "
-                "load it into a synthesizer built with the same method."
-            )
-        if ema is not None:
-            if not isinstance(ema, torch.Tensor) or ema.shape != self.state_buffer.shape:
-                raise ValueError(
-                    "The state's moving average should be a tensor of shape "
-                    f"{tuple(self.state_buffer.shape)} (this layout). Found "
-                    f"{getattr(ema, 'shape', type(ema).__name__)}."
-                )
+        """Restore :meth:`state_dict`'s output. Everything is checked before anything is
+        written: the keys, the moving average (shape, dtype, finite values), the layout it was
+        saved with (each segment's name and length, each parameter's name and shape) and the
+        weighting's state (its own checks, and one entry per segment)."""
+        weighting = self._stateful_weighting()
+        step_state.check(
+            state, self.layout, self.state_buffer, weighting is not None, repr(self.method),
+            self._method.ema,
+        )
         weighting_state = state.get("weighting")
-        load = getattr(self.method, "load_state_dict", None)
-        if weighting_state is not None and not callable(load):
-            raise ValueError(f"Method {self.method!r} keeps no weighting state to load.")
+        if weighting_state is not None:  # checks its own state before it writes any of it
+            segments = 1 if self._method.scope == "global" else self.layout.num_segments
+            step_state.load_weighting(weighting, weighting_state, segments)
+        ema = state.get("ema")
         if ema is not None:
             self.state_buffer.copy_(ema)
-        if weighting_state is not None:
-            load(weighting_state)
 
     # ------------------------------------------------------------------ inspection
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the method keeps a state across steps (GRU's average, a GradVac's φ̂): what
+        a checkpoint must carry for a resumed run to continue the same run."""
+        return self.state_buffer is not None or self._stateful_weighting() is not None
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the flat buffers (``buffers``, plus GRU's state): everything per-step

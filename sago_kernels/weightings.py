@@ -15,9 +15,12 @@ that TorchJD's aggregators take.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 
 import torch
+
+from .dots import segment_dots
 
 Weighting = Callable[[torch.Tensor], torch.Tensor]
 """``gramians [S, 2, 2] -> weights [S, 2]``: batched, on the gramians' device, no host sync."""
@@ -44,7 +47,12 @@ def gramians(dots: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
 
 
 def coefficients(
-    dots: torch.Tensor, weighting: Weighting, alpha: float, gamma: float, whole: bool
+    dots: torch.Tensor,
+    weighting: Weighting,
+    alpha: float,
+    gamma: float,
+    whole: bool,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[S, 2]`` (a, b) with g_final = a·f + b·r in each segment, in the dots' dtype.
 
@@ -53,9 +61,16 @@ def coefficients(
     global method), broadcast to every segment. A segment whose three dots or whose weights are
     not all finite gets NaN weights: the write pass then makes it NaN in full, as for the other
     projection methods (README, Contract). ``weighting`` is called once, on all segments.
+
+    ``found_inf`` (a loss scaler's flag, one element): set to 1 when a segment's r·r or f·f is
+    not finite; once it is set (by this call or an earlier one of the step), every segment's
+    dots are taken as NaN, so the step's weights are NaN and a stateful weighting (GradVac)
+    keeps its state: the scaler skips the step, which must leave no trace.
     """
     s = dots.shape[0]
     d = dots
+    if found_inf is not None:
+        d = skip_if_non_finite(d, found_inf)
     if whole:
         d = d.sum(0, keepdim=True)
     weights = weighting(gramians(d, alpha, gamma))
@@ -69,6 +84,15 @@ def coefficients(
     ok = torch.isfinite(d).all(-1, keepdim=True) & torch.isfinite(coef).all(-1, keepdim=True)
     coef = torch.where(ok, coef, torch.full_like(coef, float("nan")))
     return coef.expand(s, 2).contiguous() if whole else coef
+
+
+def skip_if_non_finite(dots: torch.Tensor, found_inf: torch.Tensor) -> torch.Tensor:
+    """``dots`` (``[S, k]``, columns 1 and 2 the segments' r·r and f·f), or all NaN when a norm
+    is not finite here or ``found_inf`` was set before; ``found_inf`` updated in place (no host
+    sync). What a stateful method's O(segments) step does with a loss scaler's flag."""
+    bad = (~torch.isfinite(dots[:, 1:3])).any() | (found_inf.reshape(()) != 0)
+    torch.maximum(found_inf, bad.to(found_inf.dtype).reshape(found_inf.shape), out=found_inf)
+    return torch.where(bad, torch.full_like(dots, float("nan")), dots)
 
 
 def affine_segment(
@@ -85,8 +109,6 @@ def affine_segment(
     order, the weights, then a·f + b·r, in the compute dtype. The reference backend itself calls
     the weighting once for all segments (``reference.combine(..., weighting=)``), as the kernels
     do, which only matters to a weighting with state."""
-    from .reference import segment_dots
-
     d = torch.stack(dots if dots is not None else segment_dots(r, f)).to(r.dtype)
     a, b = coefficients(d[None], weighting, alpha, gamma, whole=False)[0].unbind()
     return a * f + b * r
@@ -133,6 +155,41 @@ def torchjd_weighting(weighting: Callable[[torch.Tensor], torch.Tensor]) -> Weig
 
 _EPS32 = torch.finfo(torch.float32).eps
 """Rank decisions use float32's epsilon: the dots come from float32 sums."""
+
+
+def _check_real(name: str, value: object, *, high: float | None = None) -> float:
+    """A weighting's parameter: a finite Python real >= 0 (and <= ``high``), as a float. Checked
+    when the weighting is made, as the constructors of ``EMAParams`` and ``GradVac`` check theirs:
+    a NaN threshold would silently turn every comparison false (``upgrad(reg_eps=nan)`` wrote
+    g_final = 0 everywhere), a negative cap would silently mean "no cap"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"Parameter `{name}` should be a finite Python float >= 0. Found "
+            f"`type({name}) = {type(value).__name__}`."
+        )
+    bound = f"in [0, {high:g}]" if high is not None else ">= 0"
+    if not (math.isfinite(value) and value >= 0 and (high is None or value <= high)):
+        raise ValueError(
+            f"Parameter `{name}` should be {bound} and finite. Found `{name} = {value}`."
+        )
+    return float(value)
+
+
+def _check_pref(pref: object) -> tuple[float, float]:
+    """A preference over the two rows (forget, retain): two finite weights >= 0, not both 0 (the
+    combination would be 0 everywhere)."""
+    if isinstance(pref, (str, bytes)) or not hasattr(pref, "__len__") or len(pref) != 2:
+        raise ValueError(
+            "Parameter `pref` should be two weights (forget row, retain row), e.g. (0.5, 0.5). "
+            f"Found `pref = {pref!r}`."
+        )
+    w = tuple(_check_real(f"pref[{i}]", v) for i, v in enumerate(pref))
+    if w[0] + w[1] == 0:
+        raise ValueError(
+            "Parameter `pref` should give some weight to a row: (0, 0) would make g_final 0 "
+            f"everywhere. Found `pref = {pref!r}`."
+        )
+    return w
 
 
 def _entries(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,6 +247,8 @@ def upgrad(
     """UPGrad: each row projected onto the dual cone {x : u·x ≥ 0, v·x ≥ 0}, combined with
     ``pref``. For two rows, w = ½(1 + b⁻/(a + ε·tr), 1 + b⁻/(c + ε·tr)) with b⁻ = max(−b, 0) and
     ε = reg_eps (PCGrad's weights halved, regularised); the mean when tr(G) < norm_eps."""
+    pref = _check_pref(pref)
+    norm_eps, reg_eps = _check_real("norm_eps", norm_eps), _check_real("reg_eps", reg_eps)
 
     def weights(g: torch.Tensor) -> torch.Tensor:
         p, q, r = _regularised(g, norm_eps, reg_eps)
@@ -206,6 +265,8 @@ def dualproj(
 ) -> Weighting:
     """DualProj: the ``pref``-weighted combination projected onto the dual cone of the rows
     (one projection, where UPGrad projects each row)."""
+    pref = _check_pref(pref)
+    norm_eps, reg_eps = _check_real("norm_eps", norm_eps), _check_real("reg_eps", reg_eps)
 
     def weights(g: torch.Tensor) -> torch.Tensor:
         p, q, r = _regularised(g, norm_eps, reg_eps)
@@ -256,6 +317,7 @@ def aligned_mtl(pref: tuple[float, float] = (0.5, 0.5), scale_mode: str = "min")
     """Aligned-MTL: the rows made orthonormal (G^(−1/2)·J), combined with ``pref`` and scaled by
     √λ_min (``"min"``, also ``"median"``: the lower of two) or √(mean λ) (``"rmse"``); for
     (numerically) rank-one G, w = G·pref/λ_max; ``pref`` for G = 0."""
+    pref = _check_pref(pref)
     if scale_mode not in ("min", "median", "rmse"):
         raise ValueError(
             "Parameter `scale_mode` should be 'min', 'median' or 'rmse'. "
@@ -289,8 +351,7 @@ def cagrad(c: float = 0.5, norm_eps: float = 1e-4) -> Weighting:
     c·|g₀|: w = ½ + c·|g₀|·(t, 1 − t)/|g_w|, where (t, 1 − t) minimises g₀·g_w + c·|g₀|·|g_w|
     over the simplex (g_w = t·u + (1 − t)·v; solved in closed form on G/tr(G)); 0 when tr(G) <
     norm_eps or |g_w| < norm_eps."""
-    if not (isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0):
-        raise ValueError(f"Parameter `c` should be a float >= 0. Found `c = {c!r}`.")
+    c, norm_eps = _check_real("c", c), _check_real("norm_eps", norm_eps)
 
     def weights(g: torch.Tensor) -> torch.Tensor:
         a, b, cc = _entries(g)
@@ -323,6 +384,7 @@ def nash_mtl(max_norm: float = 1.0) -> Weighting:
     (the combination (û + v̂)/√(1 + cos)), then scaled down to norm ``max_norm`` when longer
     (0: no limit). Where it does not exist (a zero row, opposite rows) w = (1, 1), TorchJD's
     starting point, scaled likewise."""
+    max_norm = _check_real("max_norm", max_norm)
 
     def weights(g: torch.Tensor) -> torch.Tensor:
         a, b, c = _entries(g)
@@ -361,11 +423,12 @@ def config(pref: tuple[float, float] = (1.0, 1.0)) -> Weighting:
     default, w = ((|u| + |v|)/2)·(1/|u|, 1/|v|): ((|u| + |v|)/2)·(û + v̂). A zero row gives the
     other row; for opposite rows (1 + cos ≤ 4·eps) the (1, 1) direction is dropped (0 for the
     default ``pref``)."""
+    pref = _check_pref(pref)
 
     def weights(g: torch.Tensor) -> torch.Tensor:
         a, b, c = _entries(g)
         nu, nv = a.clamp_min(0).sqrt(), c.clamp_min(0).sqrt()
-        zero, one = torch.zeros_like(a), torch.ones_like(a)
+        zero = torch.zeros_like(a)
         both = (nu > 0) & (nv > 0)
         cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1)
         plus, minus = 1 + cos, 1 - cos  # eigenvalues of the unit rows' Gramian
@@ -418,14 +481,13 @@ class GradVac:
     """
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
-        for name, value in (("beta", beta), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Parameter `{name}` should be a float >= 0. Found `{value!r}`.")
-        if beta > 1:
-            raise ValueError(f"Parameter `beta` should be in [0, 1]. Found `beta = {beta}`.")
-        self.beta, self.eps = float(beta), float(eps)
+        self.beta, self.eps = self._checked_params(beta, eps)
         self.phi_hat: torch.Tensor | None = None
         self.__name__ = "gradvac"
+
+    @staticmethod
+    def _checked_params(beta: object, eps: object) -> tuple[float, float]:
+        return _check_real("beta", beta, high=1.0), _check_real("eps", eps)
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         a, b, c = _entries(g)
@@ -456,10 +518,42 @@ class GradVac:
     def state_dict(self) -> dict[str, object]:
         return {"beta": self.beta, "eps": self.eps, "phi_hat": self.phi_hat}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.beta, self.eps = float(state["beta"]), float(state["eps"])
+    def load_state_dict(self, state: dict[str, object], segments: int | None = None) -> None:
+        """Restore :meth:`state_dict`'s output, checked as the constructor checks ``beta`` and
+        ``eps`` and φ̂ as a run leaves it (a 1-D float tensor of cosines: finite, in [−1, 1]),
+        with ``segments`` entries when given (the synthesizer passes its layout's), before
+        anything is written."""
+        if not isinstance(state, Mapping) or set(state) != {"beta", "eps", "phi_hat"}:
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                "A GradVac state should be what `GradVac.state_dict()` returns (keys 'beta', "
+                f"'eps', 'phi_hat'). Found {found}."
+            )
+        beta, eps = self._checked_params(state["beta"], state["eps"])
         phi_hat = state["phi_hat"]
-        self.phi_hat = None if phi_hat is None else torch.as_tensor(phi_hat).clone()
+        if phi_hat is not None:
+            if not isinstance(phi_hat, torch.Tensor) or phi_hat.dim() != 1:
+                raise ValueError(
+                    "A GradVac state's `phi_hat` should be None or a 1-D tensor (one target "
+                    f"cosine per segment). Found {getattr(phi_hat, 'shape', type(phi_hat))}."
+                )
+            if not phi_hat.is_floating_point():
+                raise TypeError(
+                    f"A GradVac state's `phi_hat` should be a float tensor. Found {phi_hat.dtype}."
+                )
+            # cosines; a run's moving average of them may pass ±1 by rounding, never by more
+            if not bool((torch.isfinite(phi_hat) & (phi_hat.abs() <= 1 + 1e-6)).all()):
+                raise ValueError(
+                    "A GradVac state's `phi_hat` should hold cosines: finite and in [−1, 1]. "
+                    f"Found {phi_hat.tolist()[:8]}{' ...' if phi_hat.numel() > 8 else ''}."
+                )
+            if segments is not None and phi_hat.numel() != segments:
+                raise ValueError(
+                    f"A GradVac state's `phi_hat` should have one entry per segment ({segments} "
+                    f"here). Found {phi_hat.numel()}: it was saved on another layout or scope."
+                )
+        self.beta, self.eps = beta, eps
+        self.phi_hat = None if phi_hat is None else phi_hat.detach().clone()
 
     def __repr__(self) -> str:
         return f"GradVac(beta={self.beta}, eps={self.eps})"

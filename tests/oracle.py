@@ -1,4 +1,14 @@
-"""The float64 truth and the error bounds a correct float32 backend must stay within.
+"""The float64 truth, written again from the README's formulas, and the error bounds a correct
+float32 backend must stay within.
+
+Independence: nothing here calls a function of ``sago_kernels``. The formulas are those of the
+README's "The methods" and "Contract" sections, typed again in float64; what comes from the
+package describes the input only: the layout's plain ``starts``/``numels`` lists, and a
+method's name, scope, β and κ (GRU) or weighting callable (Gramian methods). A wrong formula in
+``reference.py``, ``gru.py``, ``weightings.py`` (its Gramian and scaling) or ``stats.py`` is
+therefore on one side of each comparison only. The built-in weightings' closed forms are the one
+long formula not retyped here: they are judged against TorchJD in ``tests/test_weightings.py``;
+here a weighting is called, as the user's callable it is, on a Gramian this module builds.
 
 Bounds, and why:
 - Inputs are exact in float32 (bf16/fp16 widen exactly), so a backend's only errors are float32
@@ -7,17 +17,21 @@ Bounds, and why:
 - Element-wise methods: g = γ·f + α·r (or one of its terms) in float32 is within
   2u·(|γ·f| + |α·r|) of the exact value, then rounds once: ± u_d·|g|.
 - Projection methods: a dot product of n terms summed in float32 in *any* order is within
-  n·u·Σ|x_i·y_i| of the exact dot (Higham, Accuracy and Stability, Sec. 3.1), plus
-  n·2**-149 for products that underflow. This bound does not depend on the summation order, so it
-  holds for the kernels' chunked order and the reference's alike. Errors of d, n = r·r and
-  m = f·f then propagate into the coefficient c and the weights (a, b) with g = a·f + b·r;
-  where |d| is within its error of 0, the PCGrad branch (d < 0) may go either way and both
-  outcomes are accepted.
-- Gramian weightings (``weightings.py``): the weights are smooth or piecewise-smooth functions of
-  the dots with no formula-specific bound here, so their error is estimated on the corners of
-  the dots' error box above (27 points, each dot at its truth or either end of its bound), taken
-  twice over, plus the float32 rounding of the weights. Near a switch between two cases (an
-  active constraint, a clamp) the corners see both sides, so both outcomes are accepted.
+  n·u·Σ|x_i·y_i| of the exact dot (Higham, Accuracy and Stability, Sec. 3.1), plus 2**-149 for
+  each non-zero product (one that underflows loses at most that; a zero product is exact). This
+  bound does not depend on the summation order, so it holds for the kernels' chunked order and
+  the reference's alike. Errors of d, n = r·r and m = f·f then propagate into the coefficient c
+  and the weights (a, b) with g = a·f + b·r; where |d| is within its error of 0, the PCGrad
+  branch (d < 0) may go either way and both outcomes are accepted; where d is certainly >= 0,
+  c = 0 exactly whatever n (an all-zero retain segment with eps = 0 included).
+- Where float32 may turn the weights non-finite (n + eps within its error of 0, a weight near
+  float32's range) the contract makes the segment NaN (README, Non-finite values): the group's
+  bound is then infinite and NaN is accepted there, and only there.
+- Gramian weightings: the weights are smooth or piecewise-smooth functions of the dots with no
+  formula-specific bound here, so their error is estimated on the corners of the dots' error box
+  above (27 points, each dot at its truth or either end of its bound), taken twice over, plus
+  the float32 rounding of the weights. Near a switch between two cases (an active constraint, a
+  clamp) the corners see both sides, so both outcomes are accepted.
 - Below 2**-126 float32 has no relative precision: each operation can lose up to 2**-150
   absolutely, scaled by the weights that follow it. On a GPU a float32 result may also flush to
   zero there; both are added as absolute floors.
@@ -26,27 +40,42 @@ Bounds, and why:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-
-from sago_kernels import reference, weightings
-from sago_kernels.layout import GradLayout
-from sago_kernels.methods import Method
-from sago_kernels.stats import geometry_table
 
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 SMALLEST_SUBNORMAL = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
 F32_SMALLEST_NORMAL = 2.0**-126
+F32_MAX = float(torch.finfo(torch.float32).max)
+INF = math.inf
+
+ELEMENT_METHODS = ("sum", "sago", "sago_prefer_retain")
+PROJECTIONS = {"pcgrad": "pcgrad", "pcgrad_global": "pcgrad", "blur": "blur"}
 
 
-def truth(retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps):
-    """g_final, per-segment sums and conflict counts in float64 (the reference, run wide)."""
-    return reference.combine(
-        retain, forget, layout, method.reference, method.scope,
-        alpha=alpha, gamma=gamma, eps=eps, compute_dtype=torch.float64,
-        weighting=method.weighting,
-    )  # fmt: skip
+# --------------------------------------------------------------------------- the input
+
+
+def spans(layout) -> list[tuple[int, int]]:
+    """``(start, end)`` of each segment, from the layout's plain size lists."""
+    return [(s, s + n) for s, n in zip(layout.starts, layout.numels)]
+
+
+def segment_mask(layout, device=None) -> torch.Tensor:
+    mask = torch.zeros(layout.numel, dtype=torch.bool, device=device)
+    for start, end in spans(layout):
+        mask[start:end] = True
+    return mask
+
+
+def _groups(layout, method) -> list[torch.Tensor]:
+    """Element indices of each group a projection decides at once: a segment, or all of them."""
+    ranges = [torch.arange(start, end) for start, end in spans(layout)]
+    if method.scope == "global":
+        return [torch.cat(ranges)] if ranges else []
+    return ranges
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -54,160 +83,276 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
-def segment_mask(layout: GradLayout, device=None) -> torch.Tensor:
-    mask = torch.zeros(layout.numel, dtype=torch.bool, device=device)
-    for s in layout.segments:
-        mask[s.start : s.end] = True
-    return mask
+def conflicts(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """f_i and r_i both non-zero with different sign bits (README, Semantics). float64 views of
+    float32-exact values keep every non-zero (subnormals included) non-zero."""
+    f, r = f.double(), r.double()
+    return (f != 0) & (r != 0) & (torch.signbit(f) != torch.signbit(r))
 
 
-def _groups(layout: GradLayout, method: Method) -> list[list]:
-    if method.scope == "global":
-        return [list(layout.segments)]
-    return [[s] for s in layout.segments]
+def _f32(x: float) -> float:
+    """``x`` rounded to float32, as a backend rounds a Python scalar."""
+    return float(torch.tensor(x, dtype=torch.float32))
 
 
-def _pcgrad_coefficient(d, dd, nn, k, floor, eps):
-    """PCGrad's c = d/(n+eps) if d < 0, from the exact dots d and n = ``nn``, and its error bound
-    given |d − d_backend| <= ``dd`` and n's order-free summation bound ``k``·n + ``floor``; where
-    |d| is within its error of 0 the branch may go either way, and both outcomes are covered."""
-    eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
-    dn = k * nn + floor + eps32
-    lower = nn + eps - dn
-    c = d / (nn + eps) if d < 0 else torch.zeros((), dtype=torch.float64)
+# --------------------------------------------------------------------------- dots and bounds
+
+
+@dataclass
+class _Dot:
+    """An exact dot of float32 values, and the bound on any float32 summation of it."""
+
+    value: torch.Tensor
+    err: torch.Tensor
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> _Dot:
+    products = x * y  # exact: float32 × float32 fits float64's 53 bits
+    n_terms = max(products.numel(), 1)
+    err = n_terms * U32 * 1.01 * products.abs().sum() + (products != 0).sum() * 2.0**-149
+    return _Dot(products.sum(), err)
+
+
+def _projection_coefficient(d: _Dot, nn: _Dot, eps: float):
+    """PCGrad's and GRU's c = d/(n + eps) if d < 0 else 0 from the exact dots, and its error
+    bound given the backend's d and n are within their summation bounds of the truth and eps is
+    rounded to float32. ``(c, dc)``; ``dc`` is infinite where float32 may divide by (nearly)
+    zero, and covers both branches where d's sign is within its error."""
+    zero = torch.zeros((), dtype=torch.float64)
+    if d.value - d.err >= 0:  # d >= 0 in every summation order: c = 0 exactly
+        return zero, zero
+    eps_err = abs(_f32(eps) - eps)
+    dn = nn.err + eps_err
+    lower = nn.value + eps - dn
+    c = d.value / (nn.value + eps) if d.value < 0 else zero
     if lower <= 0:
-        return c, torch.tensor(math.inf, dtype=torch.float64)
-    dc = (dd + c.abs() * dn) / lower + 4 * U32 * c.abs()
-    if d.abs() <= dd:
-        dc = dc + c.abs() + dd / lower
+        return c, torch.tensor(INF, dtype=torch.float64)
+    dc = (d.err + c.abs() * dn) / lower + 4 * U32 * c.abs()
+    if d.value.abs() <= d.err:  # the branch may go either way: c or 0
+        dc = dc + c.abs() + d.err / lower
     return c, dc
 
 
-def output_bound(
-    retain, forget, layout: GradLayout, method: Method, alpha, gamma, eps
-) -> torch.Tensor:
-    """Per-element bound on |backend output − float64 truth| (float64, buffer-length)."""
-    r, f = retain.double(), forget.double()
+def _affine_bound(f, r, a, b, da, db) -> torch.Tensor:
+    """Bound on |fl32(a'·f + b'·r) − (a·f + b·r)| with |a' − a| <= da, |b' − b| <= db."""
+    underflow = (2 * abs(float(a)) + 2 * abs(float(b)) + 4) * 2.0**-149
+    return (
+        da * f.abs()
+        + db * r.abs()
+        + 2.5 * U32 * (abs(float(a)) * f.abs() + abs(float(b)) * r.abs())
+        + underflow * (1 + abs(float(a)) + abs(float(b)))
+    )
+
+
+def _may_overflow(*weights_and_errors: tuple[float, float]) -> bool:
+    """Whether a float32 weight within its error of these values could leave float32's range."""
+    return any(abs(float(w)) + float(e) >= F32_MAX for w, e in weights_and_errors)
+
+
+# --------------------------------------------------------------------------- the methods
+
+
+@dataclass
+class Truth:
+    """g_final in float64 over the buffer (0 outside the segments), the per-element bound on a
+    float32 backend's error, and where a NaN output is acceptable (the bound is infinite: float32
+    may have turned the weights non-finite)."""
+
+    out: torch.Tensor
+    bound: torch.Tensor
+    nan_ok: torch.Tensor
+
+
+def truth(retain, forget, layout, method, alpha, gamma, eps) -> Truth:
+    """The README's g_final for a stateless method, in float64, with its bound."""
+    if method.ema is not None:
+        raise ValueError("GRU keeps a state: use gru_truth")
+    r, f = retain.double().cpu(), forget.double().cpu()
+    out = torch.zeros_like(r)
     bound = torch.zeros_like(r)
-    # Each float32 operation whose result is below 2**-126 can lose up to 2**-150 absolutely
-    # (no relative bound there); the weights scale those losses. A handful of operations each.
-    underflow = (2 * abs(gamma) + 2 * abs(alpha) + 4) * 2.0**-149
-    if not method.is_projection:
-        bound = 2.5 * U32 * (abs(gamma) * f.abs() + abs(alpha) * r.abs()) + underflow
+    nan_ok = torch.zeros(r.shape, dtype=torch.bool)
+    if method.name in ELEMENT_METHODS:
+        _element(method.name, r, f, alpha, gamma, out, bound, segment_mask(layout))
     elif method.weighting is not None:
-        for group in _groups(layout, method):
-            idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
-            rg, fg = r[idx], f[idx]
-            k = max(len(idx), 1) * U32 * 1.01
-            floor = max(len(idx), 1) * 2.0**-149
-            pairs = [(fg, rg), (rg, rg), (fg, fg)]
-            dots = torch.stack([(x * y).sum() for x, y in pairs])
-            errs = torch.stack([k * (x * y).abs().sum() + floor for x, y in pairs])
-            signs = torch.cartesian_prod(*[torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64)] * 3)
-            corners = dots + signs.to(dots.device) * errs  # row 0: the truth
-            coef = weightings.coefficients(corners, method.weighting, alpha, gamma, whole=False)
-            a, b = coef[0]
-            if not torch.isfinite(coef).all():
-                bound[idx] = math.inf
-                continue
-            da, db = (2 * (coef - coef[0]).abs().amax(0) + 4 * U32 * coef[0].abs()).unbind()
-            bound[idx] = (
-                da * fg.abs()
-                + db * rg.abs()
-                + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
-                + underflow * (1 + a.abs() + b.abs())
-            )
+        for idx in _groups(layout, method):
+            _weighted(r, f, idx, method.weighting, alpha, gamma, out, bound, nan_ok)
+    elif method.name in PROJECTIONS:
+        for idx in _groups(layout, method):
+            _projection(PROJECTIONS[method.name], r, f, idx, alpha, gamma, eps, out, bound, nan_ok)
     else:
-        for group in _groups(layout, method):
-            idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
-            rg, fg = r[idx], f[idx]
-            n_terms = max(len(idx), 1)
-            k = n_terms * U32 * 1.01
-            floor = n_terms * 2.0**-149
-            d, rr, ff = (fg * rg).sum(), (rg * rg).sum(), (fg * fg).sum()
-            dd = k * (fg * rg).abs().sum() + floor
-            eps32 = abs(float(torch.tensor(eps, dtype=torch.float32)) - eps)
-            if method.code == 0:  # PCGrad: c = d/(n+eps) if d < 0
-                c, dc = _pcgrad_coefficient(d, dd, rr, k, floor, eps)
-                a, b = gamma, alpha - gamma * c
-                da, db = 0.0, abs(gamma) * dc + 2 * U32 * (abs(alpha) + abs(gamma) * c.abs())
-            else:  # BLUR: c = d/(m+eps), a = γ − α·c
-                dm = k * ff + floor + eps32
-                lower = ff + eps - dm
-                c = d / (ff + eps)
-                dc = (dd + c.abs() * dm) / lower + 4 * U32 * c.abs() if lower > 0 else math.inf
-                a, b = gamma - alpha * c, alpha
-                da, db = abs(alpha) * dc + 2 * U32 * (abs(gamma) + abs(alpha) * abs(c)), 0.0
-            a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-            group_bound = (
-                da * fg.abs()
-                + db * rg.abs()
-                + 2.5 * U32 * (a.abs() * fg.abs() + b.abs() * rg.abs())
-                + underflow * (1 + a.abs() + b.abs())
-            )
-            bound[idx] = torch.nan_to_num(group_bound, nan=math.inf)
-    return bound
+        raise ValueError(f"the oracle does not know {method!r}")
+    device = retain.device
+    return Truth(out.to(device), bound.to(device), nan_ok.to(device))
 
 
-def gru_truth(retain, forget, state, layout: GradLayout, method: Method, alpha, gamma, eps):
-    """``(g_final in float64, its per-element bound, the state every backend must leave)`` for a
-    GRU method (``gru.py``).
+def _element(name, r, f, alpha, gamma, out, bound, mask) -> None:
+    conflict = conflicts(f, r)
+    if name == "sum":  # IEEE arithmetic: ±Inf may stay ±Inf, 0·Inf is NaN
+        g = gamma * f + alpha * r
+    else:
+        keep_both = gamma * f + alpha * r if name == "sago_prefer_retain" else gamma * f
+        g = torch.where(conflict, alpha * r, keep_both)
+        g = torch.where(torch.isfinite(f) & torch.isfinite(r), g, math.nan)
+    out[mask] = g[mask]
+    err = 2.5 * U32 * (abs(gamma) * f.abs() + abs(alpha) * r.abs())
+    bound[mask] = (err + (2 * abs(gamma) + 2 * abs(alpha) + 4) * 2.0**-149)[mask]
 
-    m' = β·r + (1 − β)·m is element-wise float32 arithmetic, the same operations on every
-    backend, so its bits are known exactly: computed here with torch, the state a backend leaves
-    must equal it (rounded to the buffer dtype) in every finite group and the old state in every
-    NaN one. Given m', the output is PCGrad's with m' in place of r plus the term κ·α·r, and the
-    bound is PCGrad's argument: the dots' order-free summation bound propagated into c, the
-    float32 rounding of the three-term sum, and the underflow floor.
-    """
-    ema = method.ema
-    m_new = ema.beta * retain.float() + ema.keep * state.float()  # as the backends, in float32
-    r, f, m = retain.double(), forget.double(), m_new.double()
-    ref = torch.full_like(r, math.nan)
+
+def _projection(kind, r, f, idx, alpha, gamma, eps, out, bound, nan_ok) -> None:
+    """PCGrad: c = d/(n+eps) if d < 0 else 0; g = γ·(f − c·r) + α·r = γ·f + (α − γ·c)·r.
+    BLUR: c = d/(m+eps); g = γ·f + α·(r − c·f) = (γ − α·c)·f + α·r. NaN in full where a dot
+    (f·r, r·r, f·f) or the effective weight is not finite."""
+    rg, fg = r[idx], f[idx]
+    d, n, m = _dot(fg, rg), _dot(rg, rg), _dot(fg, fg)
+    if not all(torch.isfinite(x.value) for x in (d, n, m)):
+        out[idx] = math.nan
+        return
+    if kind == "pcgrad":
+        c, dc = _projection_coefficient(d, n, eps)
+        a, b = torch.tensor(float(gamma), dtype=torch.float64), alpha - gamma * c
+        da = torch.zeros((), dtype=torch.float64)
+        db = abs(gamma) * dc + 2 * U32 * (abs(alpha) + abs(gamma) * c.abs())
+    else:
+        eps_err = abs(_f32(eps) - eps)
+        dm = m.err + eps_err
+        lower = m.value + eps - dm
+        c = d.value / (m.value + eps)
+        if lower > 0:
+            dc = (d.err + c.abs() * dm) / lower + 4 * U32 * c.abs()
+        else:
+            dc = torch.tensor(INF, dtype=torch.float64)
+        a, b = gamma - alpha * c, torch.tensor(float(alpha), dtype=torch.float64)
+        da = abs(alpha) * dc + 2 * U32 * (abs(gamma) + abs(alpha) * c.abs())
+        db = torch.zeros((), dtype=torch.float64)
+    if not (torch.isfinite(a) and torch.isfinite(b)):
+        out[idx] = math.nan
+        return
+    out[idx] = a * fg + b * rg
+    if not (torch.isfinite(da) and torch.isfinite(db)) or _may_overflow((a, da), (b, db)):
+        bound[idx], nan_ok[idx] = INF, True
+        return
+    bound[idx] = _affine_bound(fg, rg, a, b, da, db)
+
+
+def gramian(fr, rr, ff, alpha, gamma) -> torch.Tensor:
+    """The 2×2 Gramian of the rows (γ·f, α·r) from the dots, its off-diagonal clamped to
+    ±√(a·c) (README, Gramian weightings), float64, batched over the leading dimensions."""
+    uu, vv = gamma * gamma * ff, alpha * alpha * rr
+    lim = (uu * vv).clamp_min(0).sqrt()
+    uv = torch.maximum(torch.minimum(gamma * alpha * fr, lim), -lim)
+    return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], -2)
+
+
+def _weighted(r, f, idx, weighting, alpha, gamma, out, bound, nan_ok) -> None:
+    """g = γ·w₀·f + α·w₁·r with w = weighting(G(γ·f, α·r)); NaN where the dots or the weights
+    are not finite."""
+    rg, fg = r[idx], f[idx]
+    dots = [_dot(fg, rg), _dot(rg, rg), _dot(fg, fg)]
+    value = torch.stack([x.value for x in dots])
+    if not torch.isfinite(value).all():
+        out[idx] = math.nan
+        return
+    err = torch.stack([x.err for x in dots])
+    signs = torch.cartesian_prod(*[torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64)] * 3)
+    corners = value + signs * err  # row 0: the truth
+    w = weighting(gramian(*corners.unbind(-1), alpha, gamma))
+    coef = w * torch.tensor([gamma, alpha], dtype=torch.float64)
+    a, b = coef[0]
+    if not torch.isfinite(coef[0]).all():
+        out[idx] = math.nan
+        return
+    out[idx] = a * fg + b * rg
+    if not torch.isfinite(coef).all():
+        bound[idx], nan_ok[idx] = INF, True
+        return
+    da, db = (2 * (coef - coef[0]).abs().amax(0) + 4 * U32 * coef[0].abs()).unbind()
+    if _may_overflow((a, da), (b, db)):
+        bound[idx], nan_ok[idx] = INF, True
+        return
+    bound[idx] = _affine_bound(fg, rg, a, b, da, db)
+
+
+@dataclass
+class GruTruth(Truth):
+    """GRU's truth: also the state every backend must leave (``state``), and where the old state
+    is acceptable instead (``state_either``: the groups whose NaN is acceptable)."""
+
+    state: torch.Tensor
+    state_either: torch.Tensor
+
+
+def gru_truth(retain, forget, state, layout, method, alpha, gamma, eps) -> GruTruth:
+    """GRU (README, The methods and Semantics): m' = β·r + (1 − β)·m element-wise in float32
+    (β and 1 − β rounded to float32, no fused multiply-add: the same bits on every backend, so
+    the state a backend leaves must equal it, rounded to the buffer dtype, in every finite group
+    and the old state in every NaN one); per group d = f·m', n = m'·m', c = d/(n+eps) if d < 0
+    else 0; g = γ·f + fl32(κ·α)·r − γ·c·m'. NaN, state kept, where f·m', m'·m', f·f or a
+    coefficient is not finite. The bound is PCGrad's argument with m' for r, plus the rounding
+    of the three-term sum."""
+    beta, kappa = float(method.ema.beta), float(method.ema.retain_coef)
+    beta32 = torch.tensor(beta, dtype=torch.float32)
+    keep32 = torch.tensor(1.0 - beta, dtype=torch.float32)
+    m_new32 = beta32 * retain.float().cpu() + keep32 * state.float().cpu()
+    r, f, m = retain.double().cpu(), forget.double().cpu(), m_new32.double()
+    out = torch.zeros_like(r)
     bound = torch.zeros_like(r)
-    new_state = state.clone()
-    b = float(torch.tensor(ema.retain_coef * alpha, dtype=torch.float32))
-    for group in _groups(layout, method):
-        if not group:
-            continue
-        idx = torch.cat([torch.arange(s.start, s.end) for s in group]).to(r.device)
+    nan_ok = torch.zeros(r.shape, dtype=torch.bool)
+    new_state = state.cpu().clone()
+    b = _f32(kappa * alpha)
+    for idx in _groups(layout, method):
         rg, fg, mg = r[idx], f[idx], m[idx]
-        n_terms = max(len(idx), 1)
-        k = n_terms * U32 * 1.01
-        floor = n_terms * 2.0**-149
-        d, mm, ff = (fg * mg).sum(), (mg * mg).sum(), (fg * fg).sum()
-        if not all(math.isfinite(x) for x in (d.item(), mm.item(), ff.item())):
-            continue  # NaN output, state kept
-        dd = k * (fg * mg).abs().sum() + floor
-        c, dc = _pcgrad_coefficient(d, dd, mm, k, floor, eps)  # PCGrad's, with m' for r
+        d, mm, ff = _dot(fg, mg), _dot(mg, mg), _dot(fg, fg)
+        if not all(torch.isfinite(x.value) for x in (d, mm, ff)):
+            out[idx] = math.nan
+            continue  # state kept
+        c, dc = _projection_coefficient(d, mm, eps)
         cm = -gamma * c
-        ref[idx] = gamma * fg + b * rg + cm * mg
+        out[idx] = gamma * fg + b * rg + cm * mg
+        new_state[idx] = m_new32[idx].to(state.dtype)
+        dcm = abs(gamma) * dc + 2 * U32 * cm.abs()
+        if not torch.isfinite(dcm) or _may_overflow((cm, dcm)):
+            bound[idx], nan_ok[idx] = INF, True
+            continue
         underflow = (2 * abs(gamma) + 2 * abs(b) + 4) * 2.0**-149
-        group_bound = (
-            (abs(gamma) * dc + 2 * U32 * cm.abs()) * mg.abs()
+        bound[idx] = (
+            dcm * mg.abs()
             + 3.5 * U32 * (abs(gamma) * fg.abs() + abs(b) * rg.abs() + cm.abs() * mg.abs())
             + underflow * (1 + abs(gamma) + abs(b) + cm.abs())
         )
-        bound[idx] = torch.nan_to_num(group_bound, nan=math.inf)
-        new_state[idx] = m_new[idx].to(state.dtype)
-    return ref, bound, new_state
+    device = retain.device
+    return GruTruth(
+        out.to(device), bound.to(device), nan_ok.to(device), new_state.to(device), nan_ok.to(device)
+    )
 
 
-def assert_output_matches(out, ref64, bound, layout, dtype, *, context="") -> None:
-    """Every segment element of ``out`` within ``bound`` (+ final rounding) of ``ref64``.
+def assert_state_matches(got: torch.Tensor, want: GruTruth, old: torch.Tensor, context="") -> None:
+    """The state a GRU combine left: exactly m' (or, where NaN was acceptable, m' or the old
+    state), and untouched outside the segments."""
+    same = bits(got) == bits(want.state)
+    kept = bits(got) == bits(old)
+    bad = ~(same | (want.state_either & kept))
+    assert not bad.any(), f"{context}: state differs at {torch.nonzero(bad).flatten()[:8].tolist()}"
 
-    NaN must match NaN; ±Inf must match; a finite truth beyond the dtype's range may round to
-    the infinity of its sign.
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def assert_output_matches(out, want: Truth, layout, dtype, *, context="") -> None:
+    """Every segment element of ``out`` within ``want.bound`` (+ final rounding) of ``want.out``.
+
+    NaN must match NaN, except where ``want.nan_ok``; ±Inf must match; a finite truth beyond the
+    dtype's range may round to the infinity of its sign.
     """
     mask = segment_mask(layout, out.device)
     o = out.double()[mask].cpu()
-    t = ref64[mask].cpu()
-    b = bound[mask].cpu()
+    t = want.out[mask].cpu()
+    b = want.bound[mask].cpu()
+    nan_ok = want.nan_ok[mask].cpu()
     u_d = UNIT_ROUNDOFF[dtype]
     floor = SMALLEST_SUBNORMAL[dtype] + (F32_SMALLEST_NORMAL if out.is_cuda else 0.0)
     tol = b * (1 + u_d) + u_d * t.abs() + floor
     max_d = torch.finfo(dtype).max
-    nan_mismatch = torch.isnan(o) != torch.isnan(t)
+    nan_mismatch = (torch.isnan(o) != torch.isnan(t)) & ~nan_ok
     both_num = ~torch.isnan(o) & ~torch.isnan(t)
     inf_ok = torch.isinf(o) & (torch.sign(o) == torch.sign(t)) & ((t.abs() + tol) >= max_d)
     err = (o - t).abs()
@@ -223,7 +368,16 @@ def assert_output_matches(out, ref64, bound, layout, dtype, *, context="") -> No
         raise AssertionError("\n".join(lines))
 
 
-def expected_geometry(retain, forget, out, layout: GradLayout):
+# --------------------------------------------------------------------------- statistics
+
+
+def _cos(dot, x, y):
+    """dot/(|x|·|y|); 0 where a vector is zero (README, Gradient geometry)."""
+    den = x.sqrt() * y.sqrt()
+    return torch.where(den == 0, torch.zeros_like(dot), dot / den)
+
+
+def expected_geometry(retain, forget, out, layout):
     """Float64 sums over the inputs and the backend's own stored output, with error bounds.
 
     A backend sums g_final before rounding; the stored value differs from it by
@@ -232,40 +386,54 @@ def expected_geometry(retain, forget, out, layout: GradLayout):
     backend (order-free summation bound + rounding of the stored output).
     """
     dtype = retain.dtype
-    r, f, o = retain.double(), forget.double(), out.double()
+    r, f, o = retain.double().cpu(), forget.double().cpu(), out.double().cpu()
     delta = UNIT_ROUNDOFF[dtype] * (1 + UNIT_ROUNDOFF[dtype]) * o.abs() + SMALLEST_SUBNORMAL[dtype]
     if out.is_cuda:
         delta = delta + F32_SMALLEST_NORMAL
     rows, errs, counts = [], [], []
-    for s in layout.segments:
-        sl = slice(s.start, s.end)
+    zero = torch.zeros((), dtype=torch.float64)
+    for start, end in spans(layout):
+        sl = slice(start, end)
         rs, fs, os_, ds = r[sl], f[sl], o[sl], delta[sl]
         pairs = [(fs, rs), (rs, rs), (fs, fs), (os_, os_), (os_, rs), (os_, fs)]
-        rows.append(torch.stack([x @ y for x, y in pairs]))
-        k = max(s.numel, 1) * U32 * 1.01
-        summed = torch.stack([x.abs() @ y.abs() for x, y in pairs])
+        rows.append(torch.stack([(x * y).sum() for x, y in pairs]))
+        k = max(end - start, 1) * U32 * 1.01
+        summed = torch.stack([(x * y).abs().sum() for x, y in pairs])
         rounding = torch.stack(
             [
-                torch.zeros((), dtype=torch.float64, device=r.device),
-                torch.zeros((), dtype=torch.float64, device=r.device),
-                torch.zeros((), dtype=torch.float64, device=r.device),
+                zero,
+                zero,
+                zero,
                 (2 * os_.abs() * ds + ds * ds).sum(),
                 (ds * rs.abs()).sum(),
                 (ds * fs.abs()).sum(),
             ]
         )
         errs.append(
-            k * (summed + rounding)
-            + rounding
-            + max(s.numel, 1) * 2.0**-149
+            k * (summed + rounding) + rounding + max(end - start, 1) * 2.0**-149
             + 2 * F32_SMALLEST_NORMAL
-        )
-        counts.append(reference.conflict_mask(fs, rs).sum())
-    numels = torch.tensor(layout.numels, device=r.device)
+        )  # fmt: skip
+        counts.append(conflicts(fs, rs).sum())
+    numels = torch.tensor(list(layout.numels), dtype=torch.int64)
+    if not rows:
+        empty = torch.zeros((0, 6), dtype=torch.float64)
+        return empty, empty, torch.zeros(0, dtype=torch.int64), numels
     return torch.stack(rows), torch.stack(errs), torch.stack(counts), numels
 
 
-def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, context=""):
+def geometry64(sums: torch.Tensor, counts: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+    """The geometry table (README, Gradient geometry) in float64 from ``[S + 1, 6]`` sums (the
+    last row the total): dot_fr, the three norms, the three cosines, the conflict fraction."""
+    fr, rr, ff, oo, o_r, o_f = sums.unbind(-1)
+    counts = torch.cat([counts, counts.sum(0, keepdim=True)]).double()
+    sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).double()
+    fraction = torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.zeros_like(counts))
+    cols = [fr, rr.sqrt(), ff.sqrt(), oo.clamp_min(0).sqrt()]
+    cols += [_cos(fr, rr, ff), _cos(o_r, oo.clamp_min(0), rr), _cos(o_f, oo.clamp_min(0), ff)]
+    return torch.stack([*cols, fraction], -1)
+
+
+def assert_stats_match(stats_table, retain, forget, out, layout, *, context=""):
     """Check a backend's geometry table against float64 sums, with propagated bounds."""
     sums, err, counts, numels = expected_geometry(retain, forget, out, layout)
     abs_total = err.sum(0)
@@ -275,10 +443,10 @@ def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, 
     all_sums = torch.cat([sums, sums.sum(0, keepdim=True)])
     all_err = torch.cat([err, tot_err])
     got = stats_table.double().cpu()
-    want = geometry_table(all_sums[:-1].cpu(), counts.cpu(), numels.cpu()).double()
+    want = geometry64(all_sums, counts, numels)
     # sums: compare directly; derived fields: propagate the sum errors through sqrt and division
-    fr, rr, ff, oo, o_r, o_f = all_sums.cpu().unbind(-1)
-    e_fr, e_rr, e_ff, e_oo, e_or, e_of = all_err.cpu().unbind(-1)
+    fr, rr, ff, oo, o_r, o_f = all_sums.unbind(-1)
+    e_fr, e_rr, e_ff, e_oo, e_or, e_of = all_err.unbind(-1)
 
     def norm_err(x, e):
         # |sqrt(x) - sqrt(x')| <= e / (sqrt(x) + sqrt(x - e)), and <= sqrt(e) always
@@ -320,8 +488,5 @@ def assert_stats_match(stats_table, retain, forget, out, layout: GradLayout, *, 
             )
         raise AssertionError("\n".join(lines))
     # conflict counts are integers: exact
-    frac = (
-        counts.double().cpu()
-        / torch.tensor([max(x, 1) for x in layout.numels], dtype=torch.float64)
-    ).float()
-    assert torch.equal(got[:-1, 7].float().cpu(), frac), f"{context}: conflict fractions differ"
+    frac = (counts.double() / numels.clamp_min(1).double()).float()
+    assert torch.equal(got[:-1, 7].float(), frac), f"{context}: conflict fractions differ"

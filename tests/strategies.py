@@ -19,8 +19,8 @@ import torch
 from hypothesis import strategies as st
 
 from sago_kernels import GradLayout
-from sago_kernels.methods import METHODS, Method
 from sago_kernels.kernels import LaunchConfig, launch_config
+from sago_kernels.methods import METHODS, Method
 from sago_kernels.native import NativeConfig, native_config
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -139,5 +139,6 @@ def state_for(method: str | Method, like: torch.Tensor, *, zero: bool = False) -
 
 
 WEIGHTS = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 2.0, 0.125]), st.floats(-2.0, 4.0, width=32))
-EPS = st.sampled_from([1e-10, 1e-6, 1e-3])
+# eps = 0 is allowed (README): an all-zero segment then has d = n = 0, a 0/0 for a wrong clamp
+EPS = st.sampled_from([1e-10, 0.0, 1e-6, 1e-3])
 SEEDS = st.integers(0, 2**31 - 1)

@@ -231,3 +231,24 @@ def test_step_verdicts_follow_the_numbers():
     ]
     assert "3.00%" in verdicts[0][2] and "2.50 GiB lower" in verdicts[1][2]
     assert {status for _, status, _ in step_verdicts(None)} == {"not measured"}
+
+
+def test_one_buffer_verdicts_follow_the_numbers():
+    """Issue 22's step targets, from step.py rows: the one-buffer peak over the summed floor in
+    gradients, and the synthesizer's step time over the floor's."""
+    from targets import one_buffer_verdicts
+
+    def row(variant, step_ms, over=None, ckpt=False):
+        return {"variant": variant, "step_ms": step_ms, "peak_minus_floor_grads": over,
+                "checkpointing": ckpt}  # fmt: skip
+
+    rows = [row("summed", 100.0, 0.0), row("one_buffer/sago", 108.0, 0.05),
+            row("synthesizer/sago", 125.0, 1.0), row("summed", 150.0, 0.0, True),
+            row("one_buffer/sago", 160.0, 0.2, True)]  # fmt: skip
+    verdicts = {name: (status, nums) for name, status, nums in one_buffer_verdicts({"rows": rows})}
+    assert verdicts["one-buffer peak ≤ summed floor + 0.10 gradient, no checkpointing"][0] == "met"
+    ckpt = verdicts["one-buffer peak ≤ summed floor + 0.10 gradient, checkpointing"]
+    assert ckpt[0] == "**not met**" and "+0.200" in ckpt[1]
+    step = verdicts["synthesizer step ≤ 1.10× the summed floor (no checkpointing)"]
+    assert step[0] == "**not met**" and "1.25×" in step[1] and "1.08×" in step[1]
+    assert one_buffer_verdicts(None) == []

@@ -1,5 +1,5 @@
-"""The facts corpus of the recipes (``python/``): seeded, split by entity, one scored token per fact,
-and the counted rule for an accuracy at or below a target (issue 17)."""
+"""The facts corpus of the recipes (``python/``): seeded, split by entity, one scored token per
+fact, and the counted rule for an accuracy at or below a target (issue 17)."""
 
 from __future__ import annotations
 

@@ -88,6 +88,20 @@ def test_bad_lists_raise_before_writing(device):
     assert all(t.eq(1).all() for t in r)
 
 
+@pytest.mark.parametrize("role", ["retain", "forget"])
+@pytest.mark.parametrize("kind", ["coo", "csr"])
+def test_sparse_gradients_get_the_combines_error(role, kind):
+    """As combine_ says for a sparse buffer (torch's own errors were "Cannot access data
+    pointer", "share memory (expanded)" or a raw `is_contiguous` error)."""
+    dense = [torch.ones(3, 2), torch.ones(4)]
+    sparse = dense[0].to_sparse() if kind == "coo" else dense[0].to_sparse_csr()
+    r, f = [d.clone() for d in dense], [d.clone() for d in dense]
+    (r if role == "retain" else f)[0] = sparse
+    with pytest.raises(TypeError, match=rf"`{role}_grads\[0\]` should be a dense .*to_dense"):
+        sk.combine_grads_(r, f)
+    assert all(t.to_dense().eq(1).all() for t in r)
+
+
 # --------------------------------------------------------------------------- memory on elements
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from oracle import assert_output_matches, bits, gru_truth, segment_mask
+from oracle import assert_output_matches, assert_state_matches, bits, gru_truth, segment_mask
 from strategies import (
     CONFIGS,
     DTYPES,
@@ -61,7 +61,8 @@ def test_gru_matches_float64_oracle(
     method = sk.method_with(name, beta=beta, retain_coef=retain_coef)
     retain, forget = fill_pair(layout, dtype, seed, specials, device)
     state = _state_like(layout, retain, seed + 3)
-    ref64, bound, want_state = gru_truth(retain, forget, state, layout, method, alpha, gamma, eps)
+    want = gru_truth(retain, forget, state, layout, method, alpha, gamma, eps)
+    state_before = state.clone()
     retain_before, forget_before = retain.clone(), forget.clone()
     out = torch.full_like(retain, 7.0) if use_out else None
 
@@ -72,10 +73,10 @@ def test_gru_matches_float64_oracle(
         )  # fmt: skip
 
     context = f"{backend}/{method.name}/{dtype}/{layout}"
-    assert_output_matches(written, ref64, bound, layout, dtype, context=context)
+    assert_output_matches(written, want, layout, dtype, context=context)
     # the state: exactly m' where the segment was written finite, untouched elsewhere (NaN
     # segments keep their average; nothing outside the segments is read or written)
-    assert torch.equal(bits(state), bits(want_state)), context
+    assert_state_matches(state, want, state_before, context)
     outside = ~segment_mask(layout, device)
     assert torch.equal(bits(written)[outside], bits(out if use_out else retain_before)[outside])
     assert torch.equal(bits(forget), bits(forget_before))
@@ -284,14 +285,22 @@ def test_state_is_required_exactly_for_gru():
     [
         ({"beta": 0.0}, ValueError, "in \\(0, 1\\]"),
         ({"beta": 1.5}, ValueError, "in \\(0, 1\\]"),
-        ({"beta": "high"}, TypeError, "beta"),
-        ({"retain_coef": math.inf}, ValueError, "retain_coef"),
+        ({"beta": "high"}, TypeError, "Parameter `beta` should be a finite Python float"),
+        ({"retain_coef": math.inf}, ValueError, "Parameter `retain_coef` should be finite"),
         ({"momentum": 0.9}, TypeError, "does not take"),
     ],
 )
 def test_gru_parameters_are_checked(params, error, match):
     with pytest.raises(error, match=match):
         sk.method_with("gru", **params)
+
+
+def test_gru_parameters_are_stored_as_floats():
+    """An int or numpy β and κ are kept as the Python floats every backend rounds (and the
+    formula and repr show)."""
+    params = sk.method_with("gru", beta=1, retain_coef=np.float64(0.5)).ema
+    assert type(params.beta) is float and type(params.retain_coef) is float
+    assert repr(params) == "EMAParams(beta=1.0, retain_coef=0.5)"
 
 
 def test_gru_is_refused_where_a_state_cannot_travel():

@@ -107,38 +107,58 @@ def test_answer_probability_normalised_by_hand():
     close(M.answer_probability_normalised(model, correct, wrong), [pc / (pc + pw + 1e-10)])
 
 
-def test_choice_loglikelihoods_and_accuracy_by_hand():
+def _choices(prompt: list[int], options: list[list[int]]) -> list[dict]:
+    """One example per option: the prompt unscored, the option scored (``encode_choices``)."""
+    return [{"input_ids": [*prompt, *o], "labels": [-100] * len(prompt) + o} for o in options]
+
+
+def test_choice_logprobs_and_accuracy_by_hand():
+    """Multi-token options (the cloze form) and single-letter options after one shared prompt
+    (the lettered form, read from one forward of the prompt) alike."""
     model = LookupLM()
-    prompts = [[0, 1], [3], [5, 5]]
-    options = [[[2], [3, 4], [5]], [[4, 5], [0]], [[0, 1], [0], [2, 2]]]
-    lls = M.choice_loglikelihoods(model, prompts, options)
-    for prompt, opts, got in zip(prompts, options, lls):
+    prompts = [[0, 1], [3], [5, 5], [2, 4]]
+    options = [[[2], [3, 4], [5]], [[4, 5], [0]], [[0, 1], [0], [2, 2]], [[1], [3], [0], [5]]]
+    scores = M.choice_logprobs(model, [_choices(p, o) for p, o in zip(prompts, options)])
+    for prompt, opts, got in zip(prompts, options, scores):
         want = []
         for option in opts:
             ids = [*prompt, *option]
             want.append(sum(lp(ids[t - 1], ids[t]) for t in range(len(prompt), len(ids))))
+        assert got.dtype == torch.float64
         close(got, want)
-    best = [int(ll.argmax()) for ll in lls]
+    best = [int(s.argmax()) for s in scores]
     # the right answer where it is the likeliest option, a wrong one elsewhere
-    answers = [best[0], (best[1] + 1) % 2, best[2]]
-    acc = M.choice_accuracy(model, prompts, options, answers)
-    assert acc.dtype == torch.float64 and acc.tolist() == [1.0, 0.0, 1.0]
+    answers = [best[0], (best[1] + 1) % 2, best[2], (best[3] + 1) % 4]
+    assert M.choice_accuracy(scores, answers) == 0.5
+    # a tie goes to the first option, as numpy.argmax in the harness
+    assert M.choice_accuracy([torch.tensor([1.0, 1.0])], [0]) == 1.0
 
 
 @pytest.mark.parametrize(
-    "prompts, options, answers, match",
+    "options, match",
     [
-        ([[0]], [[[1]]], [0], "at least two options"),
-        ([[]], [[[1], [2]]], [0], "is empty"),
-        ([[0]], [[[1], []]], [0], r"options\[0\]\[1\]` is empty"),
-        ([[0]], [[[1], [2]]], [2], r"answers\[0\]` should be an option index in \[0, 2\)"),
-        ([[0]], [[[1], [2]]], [0, 1], "one index per question"),
-        ([[0], [1]], [[[1], [2]]], [0], "one entry per question"),
+        ([_choices([0], [[1]])], "at least two options"),
+        ([[]], "non-empty list of examples"),
+        ([_choices([0], [[1], []])], "no scored token|nothing to score|scored"),
     ],
 )
-def test_choice_accuracy_refuses_bad_input(prompts, options, answers, match):
+def test_choice_logprobs_refuses_bad_input(options, match):
     with pytest.raises(ValueError, match=match):
-        M.choice_accuracy(LookupLM(), prompts, options, answers)
+        M.choice_logprobs(LookupLM(), options)
+
+
+@pytest.mark.parametrize(
+    "scores, answers, match",
+    [
+        ([torch.zeros(2)], [2], r"answers\[0\]` should be an option index in \[0, 2\)"),
+        ([torch.zeros(2)], [True], r"answers\[0\]` should be an option index"),
+        ([torch.zeros(2)], [0, 1], "one entry per question"),
+        ([], [], "non-empty"),
+    ],
+)
+def test_choice_accuracy_refuses_bad_input(scores, answers, match):
+    with pytest.raises(ValueError, match=match):
+        M.choice_accuracy(scores, answers)
 
 
 def test_truth_ratio_by_hand():

@@ -100,3 +100,20 @@ def test_fsdp_recipe(tmp_path):
     before = float(out.split("before: {'forget': ")[1].split(",")[0])
     after = float(out.split("after:  {'forget': ")[1].split(",")[0])
     assert after < before, out
+
+
+def test_deepspeed_recipe_under_accelerate_launch(tmp_path):
+    """UnlearningTrainer under ``accelerate launch`` with a DeepSpeed config (ZeRO-3, two CPU
+    processes): accelerate's DeepSpeed plugin, not TrainingArguments(deepspeed=...), which
+    tests/test_deepspeed.py runs under torchrun."""
+    pytest.importorskip("deepspeed")
+    launch = ["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed",
+              "--zero_stage", "3"]  # fmt: skip
+    recipe = [str(ROOT / "python" / "deepspeed_run.py"), "--trainer", "--entities", "10",
+              "--pretrain-epochs", "60", "--steps", "10"]  # fmt: skip
+    out = _run(launch + recipe, tmp_path)
+    assert "ZeRO-3 under UnlearningTrainer" in out and "engine: deepspeed" in out, out
+    before = float(out.split("before: {'forget': ")[1].split(",")[0])
+    after = float(out.split("after:  {'forget': ")[1].split(",")[0])
+    assert after < before, out

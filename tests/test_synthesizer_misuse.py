@@ -274,6 +274,57 @@ def test_zero_grad_inside_a_context_is_refused():
     _step(model, synth)
 
 
+@pytest.mark.parametrize("buffers", [2, 1])
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda model, opt: opt.zero_grad(set_to_none=False),
+        lambda model, opt: model.zero_grad(set_to_none=False),
+        lambda model, opt: [p.grad.zero_() for p in model.parameters()][:0],
+        lambda model, opt: torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3),
+        lambda model, opt: model[0].bias.grad.mul_(2.0),
+    ],
+    ids=["optimizer", "module", "zero_", "clip", "one_tensor"],
+)
+def test_an_in_place_write_to_grad_inside_a_context_is_refused(write, buffers):
+    """Zeroing .grad in place (``zero_grad(set_to_none=False)``) inside a context silently erased
+    the micro-batches accumulated before it; any in-place write there besides autograd's own
+    adds is now found when the context exits, and the step refused until ``zero_grad()``."""
+    model = _mlp()
+    synth = sk.GradientSynthesizer(model, backend="reference", buffers=buffers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 6)
+    with synth.forget():
+        model(x).sum().backward()
+    with pytest.raises(RuntimeError, match="changed in place inside synth.forget"):
+        with synth.forget():
+            model(x).sum().backward()
+            write(model, opt)
+            model(x).sum().backward()
+    with pytest.raises(RuntimeError, match="incomplete"):
+        synth.combine_()
+    synth.zero_grad()
+    with synth.forget():  # before any backward of the context it erases the earlier ones too
+        model(x).sum().backward()
+    with pytest.raises(RuntimeError, match="changed in place"):
+        with synth.forget():
+            write(model, opt)
+    synth.zero_grad()
+    if buffers == 2:
+        with pytest.raises(RuntimeError, match="changed in place inside synth.retain"):
+            with synth.retain():
+                model(x).sum().backward()
+                write(model, opt)
+        synth.zero_grad()
+    _step(model, synth)  # accumulation itself is never mistaken for a write
+    with synth.forget():
+        for _ in range(3):
+            (model(x) ** 2).sum().backward()
+    with synth.retain():
+        model(x).sum().backward(retain_graph=True)
+    synth.combine_()
+
+
 @pytest.mark.parametrize("given", ["module", "iterable"])
 def test_changing_requires_grad_after_construction_is_refused(given):
     model = _mlp(frozen_last=True)

@@ -150,6 +150,32 @@ def test_trainer_rejects_missing_reference(tmp_path):
                           data_collator=PairedCollator(), forget_loss="npo")  # fmt: skip
 
 
+@pytest.mark.parametrize("shared", ["itself", "one_module"])
+def test_trainer_refuses_a_reference_sharing_the_models_parameters(tmp_path, shared):
+    """ref_model=model froze the caller's model and then said "no trainable parameters"; a
+    reference sharing one module froze it silently, so it was never unlearned."""
+    model = _model()
+    ref = model if shared == "itself" else copy.deepcopy(model)
+    if shared == "one_module":
+        ref.transformer.h[1] = model.transformer.h[1]
+    data = PairedDataset(_examples(2, 0), _examples(2, 1))
+    kw = dict(args=_args(tmp_path), train_dataset=data, data_collator=PairedCollator(),
+              forget_loss="npo")  # fmt: skip
+    with pytest.raises(ValueError, match="`ref_model` should .*separate"):
+        UnlearningTrainer(model=model, ref_model=ref, **kw)
+    assert all(p.requires_grad for p in model.parameters())  # nothing was frozen
+    synth = sk.GradientSynthesizer(model)
+    batch = PairedCollator()([{"forget": e, "retain": e} for e in _examples(2, 0)])
+    forget, retain = split_pair(batch)
+    with pytest.raises(ValueError, match="`ref_model` should .*separate"):
+        sk.unlearning_step(model, synth, torch.optim.SGD(model.parameters(), lr=0.1), forget,
+                           retain, ref_model=ref)  # fmt: skip
+    frozen_shared = copy.deepcopy(model)  # sharing only frozen parameters is fine
+    model.transformer.wte.weight.requires_grad_(False)
+    frozen_shared.transformer.wte = model.transformer.wte
+    UnlearningTrainer(model=model, ref_model=frozen_shared, **kw)
+
+
 def test_collator_pads_and_masks():
     batch = PairedCollator(pad_token_id=9)([
         {"forget": {"input_ids": [1, 2, 3]}, "retain": {"input_ids": [4], "labels": [-100]}},
@@ -183,3 +209,55 @@ def test_checkpoints_carry_the_gru_average_and_resume_it(tmp_path):
     assert torch.equal(resumed.synth.state_buffer, straight.synth.state_buffer)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (checkpoint / "sago_synthesizer.pt").unlink()  # a checkpoint without the average: refused,
+    lost = _InOrder(model=_model(seed=1), args=_args(tmp_path / "c", **args), **kw)
+    with pytest.raises(FileNotFoundError, match="keeps a state across steps"):  # not from zero
+        lost.train(resume_from_checkpoint=str(checkpoint))
+
+
+class _CPUScaler(_InOrder):
+    """accelerate gives a GradScaler only with fp16 on an accelerator; on a CPU the test hands
+    the Trainer one (the scaled backward, scaler.step and update all run as on a GPU)."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        # (not native_amp: on a CPU that would also autocast the forward to bfloat16)
+        self.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+
+
+@pytest.mark.parametrize("buffers", [2, 1])
+def test_trainer_with_a_loss_scaler_steps_as_fp32(tmp_path, buffers):
+    """The fp16 path: losses scaled by the accelerator's GradScaler, the combine unscaling in its
+    own pass, the optimizer stepped through scaler.step: the same weights as without a scaler,
+    bit for bit (clipping on: the Trainer's unscale before clipping is skipped after the
+    combine's)."""
+    data = PairedDataset(_examples(8, 1), _examples(12, 2), seed=3)
+    kw = dict(train_dataset=data, data_collator=PairedCollator(pad_token_id=0), method="pcgrad",
+              forget_loss="npo", ref_model="cache", buffers=buffers,
+              backend="reference")  # fmt: skip
+    args = dict(max_grad_norm=1.0, optim="adamw_torch", learning_rate=1e-2)
+    plain = _InOrder(model=_model(), args=_args(tmp_path / "a", **args), **kw)
+    plain.train()
+    scaled = _CPUScaler(model=_model(), args=_args(tmp_path / "b", **args), **kw)
+    assert scaled.synth._scaler is not None
+    scaled.train()
+    assert scaled.accelerator.scaler.get_scale() == 2.0**16  # no overflow, no back-off
+    for (name, a), b in zip(plain.model.named_parameters(), scaled.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast with a GradScaler: CUDA")
+def test_trainer_fp16_on_cuda(tmp_path):
+    """The real fp16 path on a GPU (the GPU check runs it): accelerate's own scaler and autocast,
+    the synthesizer unscaling; the run trains and the scaler's steps are taken."""
+    data = PairedDataset(_examples(8, 1), _examples(12, 2), seed=3)
+    trainer = _InOrder(
+        model=_model().cuda(), args=_args(tmp_path, use_cpu=False, fp16=True, max_grad_norm=1.0),
+        train_dataset=data, data_collator=PairedCollator(pad_token_id=0), method="sago",
+        forget_loss="ga",
+    )  # fmt: skip
+    assert trainer.synth._scaler is not None and trainer.synth._scaler.enabled
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))

@@ -97,11 +97,12 @@ def test_a_refusal_from_the_command_line_has_no_traceback():
     assert done.stderr.count("\n") == 1 and done.stdout == ""
 
 
-def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys,
-                                                                           monkeypatch):  # fmt: skip
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
     from sago_kernels.unlearning import benchmark as B
 
-    monkeypatch.setattr(B, "run_all", lambda args: pytest.fail("trained before checking --out"))
+    monkeypatch.setattr(B, "run_all", lambda *a: pytest.fail("trained before checking --out"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit) as stop:
@@ -289,8 +290,17 @@ def test_the_metrics_recompute_from_the_per_example_values(tiny_run):
     from scipy.stats import ks_2samp
     from sklearn.metrics import roc_auc_score
 
+    from sago_kernels.unlearning.synthetic import synthetic_data
+
     _, _, _, results, per_example = tiny_run
     references = {s["seed"]: s for s in per_example["seeds"]}
+    answers = {}
+    for seed in (0, 1):  # the tiny run's worlds: each choice's right option
+        data = synthetic_data(seed=seed, authors=10, forget_percent=10, qa_per_author=2,
+                              world_facts=8, real_authors=6, neighbours_per_author=1,
+                              eval_retain=8)  # fmt: skip
+        answers[seed] = {role: [q.answer for q in data.eval_set(role)]
+                         for role in ("forget_choice", "retention_choice")}  # fmt: skip
     for run, values in zip(results["runs"], per_example["runs"]):
         reference = references[run["seed"]]["retain_model"]
         for key in ("fixed", "early_stop"):
@@ -304,7 +314,11 @@ def test_the_metrics_recompute_from_the_per_example_values(tiny_run):
                 auc = roc_auc_score(labels, scores["forget"] + scores["holdout"])
                 assert metrics[f"mia_auc_{kind}"] == pytest.approx(auc)
             for role in ("forget_choice", "retention_choice"):
-                assert metrics[f"{role}_accuracy"] == statistics.fmean(pe[f"{role}_correct"])
+                scores = pe[f"{role}_logprobs"]  # the options' log-likelihoods, per question
+                right = answers[run["seed"]][role]
+                assert len(scores) == len(right) and all(len(s) == 4 for s in scores)
+                hits = [max(range(4), key=s.__getitem__) == a for s, a in zip(scores, right)]
+                assert metrics[f"{role}_accuracy"] == statistics.fmean(hits)
             probes = pe["forget_probe_rouge"]
             half = len(probes) // 2  # qa, fill-in alternate per fact
             qa, fill = probes[0::2], probes[1::2]
@@ -461,7 +475,7 @@ def test_paired_differences_use_the_student_t_interval():
     assert verdict(-0.2, -0.1) == "lower" and verdict(None, None) == "no difference detected"
 
 
-# --------------------------------------------------------------------------- the forget-only baseline
+# ------------------------------------------------------------------ the forget-only baseline
 
 
 def _tiny_setup(*flags: str):
@@ -552,7 +566,8 @@ def test_forget_only_equals_the_sum_without_its_retain_term():
     import torch
 
     P, args, data, target = _tiny_setup()
-    _, alone, backwards_alone = _final_weights(P, args, data, target, P.RunSpec("ga", "forget_only"))
+    _, alone, backwards_alone = _final_weights(P, args, data, target,
+                                               P.RunSpec("ga", "forget_only"))  # fmt: skip
     # α → 0 through the multiple of GA's source weight (1): the sum with no retain term
     run, summed, backwards_sum = _final_weights(
         P, args, data, target, P.RunSpec("ga", "sum", alpha_scale=1e-30)

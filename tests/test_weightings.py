@@ -284,3 +284,36 @@ def test_gradvac_state_is_checkpointed_reset_and_not_poisoned():
     assert first.phi_hat.shape == (1,)
     with pytest.raises(ValueError, match="`beta`"):
         sk.GradVac(beta=2.0)
+
+
+@pytest.mark.parametrize(
+    "name, params, error",
+    [
+        ("upgrad", dict(reg_eps=float("nan")), "`reg_eps`"),
+        ("upgrad", dict(norm_eps=-1.0), "`norm_eps`"),
+        ("upgrad", dict(pref=(float("nan"), 0.5)), r"`pref\[0\]`"),
+        ("upgrad", dict(pref=(1.0,)), "two weights"),
+        ("dualproj", dict(pref=(0.0, 0.0)), "some weight"),
+        ("dualproj", dict(pref=(0.5, -1.0)), r"`pref\[1\]`"),
+        ("aligned_mtl", dict(pref=(0.5, float("inf"))), r"`pref\[1\]`"),
+        ("cagrad", dict(c=float("inf")), "`c`"),
+        ("cagrad", dict(norm_eps=float("nan")), "`norm_eps`"),
+        ("nash_mtl", dict(max_norm=float("nan")), "`max_norm`"),
+        ("nash_mtl", dict(max_norm=-1.0), "`max_norm`"),
+        ("config", dict(pref="ab"), "two weights"),
+        ("upgrad", dict(reg_eps="0.1"), "`reg_eps`"),
+    ],
+)
+def test_bad_weighting_parameters_are_refused_when_the_method_is_made(name, params, error):
+    """As the constructors of GRU's and GradVac's parameters check theirs: a NaN threshold made
+    every comparison false (upgrad(reg_eps=nan) wrote g_final = 0 everywhere), a NaN or negative
+    cap meant "no cap", a one-element preference failed with an IndexError inside the combine."""
+    with pytest.raises((ValueError, TypeError), match=error):
+        sk.method_with(name, **params)
+
+
+@pytest.mark.parametrize("beta, eps", [(float("nan"), 1e-8), (0.5, float("nan")), (7, 1e-8),
+                                       (0.5, -1.0), (0.5, float("inf"))])  # fmt: skip
+def test_gradvac_refuses_non_finite_or_out_of_range_parameters(beta, eps):
+    with pytest.raises(ValueError, match="`beta`|`eps`"):
+        sk.GradVac(beta=beta, eps=eps)

@@ -1,20 +1,37 @@
 // One fused, in-place pass over flat gradient buffers on the CPU (the README's Contract).
 //
-// This file is compiled once per instruction set (SAGO_ISA = baseline, avx2, avx512; see
-// CMakeLists.txt) into its own namespace; sago_native.cpp picks one at run time. The code is
-// the same for all of them: GCC/Clang vector extensions of the native width, over blocks of
-// kLanes = 16 logical lanes. Every logical lane does the same IEEE operations in the same order
-// whatever the instruction set, so all variants give the same bits.
+// This file is compiled once per instruction set (SAGO_ISA = baseline, avx2, avx512,
+// avx512bf16; see CMakeLists.txt) into its own namespace; sago_native.cpp picks one at run time.
+// The code is the same for all of them: GCC/Clang vector extensions of the native width, over
+// rows of kLanes = 16 logical lanes. Every logical lane does the same IEEE operations in the same
+// order whatever the instruction set, so all variants give the same bits.
 //
 // Determinism: work is cut into a fixed list of chunks chosen in Python from the layout alone
 // (never from the thread count). Threads take whole chunks; a chunk keeps one partial sum per
 // lane, adds its lanes in lane order into its own row, and rows are added per segment in chunk
 // order afterwards. So outputs and statistics are bitwise the same with 1 thread or 64.
 //
+// Sums (dots and statistics): each product is added into a float32 sum per lane by a fused
+// multiply-add (one rounding), over a block of kBlockRows rows; each block's lane sums are then
+// added in double. So a lane's error is at most kBlockRows roundings of its block's terms, well
+// inside the order-free float32 bound of the README (n·u·Σ|x_i·y_i|), for bfloat16 (whose
+// products, 8 + 8 significant bits, are exact in float32 anyway) as for float32. In registers
+// that is one instruction a product, where double products cost two conversions and twice the
+// vector width: the sums ride along the memory traffic instead of doubling the pass's time.
+// Overflow follows the one rule (r·r or f·f not finite in float32: see affine_weights), which a
+// float32 product overflowing cannot escape (Cauchy-Schwarz). The CPU's bfloat16 dot product
+// (VDPBF16PS) is not used: it flushes subnormal inputs and results to zero, which would lose
+// more than the README's underflow allowance and could not give the same bits elsewhere.
+//
 // g_final is float32 arithmetic without contraction (-ffp-contract=off): γ·f + α·r rounds
-// exactly as the reference does. Products of float32 values are exact in double, so the sums
-// are kept in double. Sign gates and finiteness are decided on bits. A block is loaded in full
-// before it is stored, so out may alias retain or forget (element for element) safely.
+// exactly as the reference does. Sign gates and finiteness are decided on bits. A block is
+// loaded in full before it is stored, so out may alias retain or forget (element for element)
+// safely. Each thread runs with IEEE subnormals and round-to-nearest whatever its caller set
+// (torch.set_flush_denormal flushes only the calling thread, which would make the bits depend
+// on which thread took a chunk).
+//
+// inv_scale (a gradient scaler's 1/scale): every f and r element is multiplied by it in float32
+// right after it is widened, before any other arithmetic; the state and g_final are not scaled.
 
 #include <cstring>
 #include <limits>
@@ -27,15 +44,17 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__SSE2__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#define SAGO_HAVE_MXCSR 1
 #endif
 
 namespace SAGO_ISA {
 namespace {
 
-constexpr int kLanes = 16;  // logical lanes: a chunk keeps 16 partial sums of each kind
-constexpr int kRow = 8;     // doubles per chunk row: the six sums, padded
+constexpr int kLanes = 16;     // logical lanes: a chunk keeps 16 partial sums of each kind
+constexpr int kBlockRows = 16; // rows of kLanes elements summed in float32 before a double add
+constexpr int kRow = 8;        // doubles per chunk row: the six sums, padded
 
 // One vector of native width for this build; a block of kLanes is kParts such vectors. The
 // logical lanes, and so every result, are the same for every instruction set.
@@ -64,6 +83,67 @@ SAGO_INLINE VU splat(uint32_t x) { return VU{} + x; }
 SAGO_INLINE VF splat(float x) { return VF{} + x; }
 
 SAGO_INLINE VF quiet_nan() { return reinterpret_cast<VF>(splat(0x7FC00000u)); }
+
+// ------------------------------------------------------------------ fused multiply-add
+// acc + x·y rounded once (IEEE fusedMultiplyAdd), for the sums only: one instruction where the
+// CPU has it; without it (x86-64 baseline, SSE2) the same result is built in double. The
+// product of two floats is exact in double; the sum p + acc rounded to nearest in double and
+// then to float could round twice, so it is rounded to odd instead (nearest, then one ulp
+// toward the exact sum where it was inexact and landed on an even significand), which a
+// rounding to float then turns into the correctly rounded result (Boldo & Melquiond, "Emulation
+// of FMA and correctly rounded sums: proved algorithms using rounding to odd", 2008).
+#if defined(__AVX512F__)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  return reinterpret_cast<VF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(x),
+                                              reinterpret_cast<__m512>(y),
+                                              reinterpret_cast<__m512>(acc)));
+}
+#elif defined(__FMA__)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  return reinterpret_cast<VF>(_mm256_fmadd_ps(reinterpret_cast<__m256>(x),
+                                              reinterpret_cast<__m256>(y),
+                                              reinterpret_cast<__m256>(acc)));
+}
+#elif defined(__x86_64__) || defined(__i386__)
+typedef double VD2 __attribute__((vector_size(16)));
+typedef int64_t VL2 __attribute__((vector_size(16)));
+
+SAGO_INLINE VD2 fma_round_to_odd(VD2 x, VD2 y, VD2 acc) {
+  const VD2 p = x * y;  // exact: 24 + 24 significant bits, exponents far inside double's
+  const VD2 s = p + acc;
+  const VD2 p_part = s - acc;  // TwoSum: s + e == p + acc exactly (e NaN when s is not finite)
+  const VD2 acc_part = s - p_part;
+  const VD2 e = (p - p_part) + (acc - acc_part);
+  const VL2 bits = reinterpret_cast<VL2>(s);
+  const VL2 inexact = (e < 0.0) | (e > 0.0);  // false for 0 and NaN
+  const VL2 even = (bits & 1) == 0;
+  const VL2 away = ~((e > 0.0) ^ (s > 0.0));  // e has s's sign: the odd neighbour is larger
+  const VL2 step = (away & 1) | (~away & -1);
+  return reinterpret_cast<VD2>(bits + (step & inexact & even));
+}
+
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  typedef float VF2 __attribute__((vector_size(8)));
+  VF result;
+  for (int half = 0; half < kWidth; half += 2) {
+    const VF2 xh = {x[half], x[half + 1]}, yh = {y[half], y[half + 1]};
+    const VF2 ah = {acc[half], acc[half + 1]};
+    const VD2 rounded = fma_round_to_odd(__builtin_convertvector(xh, VD2),
+                                         __builtin_convertvector(yh, VD2),
+                                         __builtin_convertvector(ah, VD2));
+    const VF2 out = __builtin_convertvector(rounded, VF2);  // round to nearest: to float
+    result[half] = out[0];
+    result[half + 1] = out[1];
+  }
+  return result;
+}
+#else  // other architectures: the C library's fmaf (one instruction on AArch64)
+SAGO_INLINE VF fma(VF x, VF y, VF acc) {
+  VF result;
+  for (int q = 0; q < kWidth; ++q) result[q] = __builtin_fmaf(x[q], y[q], acc[q]);
+  return result;
+}
+#endif
 
 // ------------------------------------------------------------------ element formats
 // widen: buffer words -> float32 (exact); narrow: float32 -> words, round to nearest even,
@@ -112,14 +192,69 @@ SAGO_INLINE VF widen_words(const uint16_t* p, VU (*to_bits)(VU)) {
 struct BFloat16 {
   using Word = uint16_t;
   SAGO_INLINE static VU bits(VU h) { return h << 16; }
+#if defined(__AVX512BW__)
+  // each word into the high half of its lane, the low half zeroed: one word permutation
+  SAGO_INLINE static VF widen(const uint16_t* p) {
+    const __m512i words =
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i to_high_halves = _mm512_set_epi16(
+        15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0,
+        1, 0, 0, 0);
+    return reinterpret_cast<VF>(
+        _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, to_high_halves, words));
+  }
+#elif defined(__AVX2__)
+  // the 16 bytes in both halves (a broadcast load), then each word into the high half of its
+  // lane with the low half zeroed: one byte shuffle instead of a widening and a shift
+  SAGO_INLINE static VF widen(const uint16_t* p) {
+    const __m256i words =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i to_high_halves =
+        _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,  //
+                         -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    return reinterpret_cast<VF>(_mm256_shuffle_epi8(words, to_high_halves));
+  }
+#else
   SAGO_INLINE static VF widen(const uint16_t* p) { return widen_words(p, bits); }
-  SAGO_INLINE static void narrow(VF x, uint16_t* p) {
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // NaN made canonical first, then rounded in place; the high halves gathered by one shuffle
+  SAGO_INLINE static void narrow_portable(VF x, uint16_t* p) {
+    const VF canonical = x != x ? quiet_nan() : x;  // 0x7FC00000 rounds to 0x7FC0
+    const VU u = reinterpret_cast<VU>(canonical);
+    const VU rounded = u + 0x7FFFu + ((u >> 16) & 1u);
+    const __m256i high_halves =
+        _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                         2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i packed = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(reinterpret_cast<__m256i>(rounded), high_halves), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+#else
+  SAGO_INLINE static void narrow_portable(VF x, uint16_t* p) {
     VU u = reinterpret_cast<VU>(x);
     VU rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    // a signed compare: the magnitude fits in 31 bits (AVX2 has no unsigned compare)
-    VI nan = reinterpret_cast<VI>(u & 0x7FFFFFFFu) > 0x7F800000;
+    const VI nan = x != x;  // one unordered compare (not changed by denormals-are-zero)
     store_words(nan ? splat(0x7FC0u) : rounded, p);
   }
+#endif
+#if defined(__AVX512BF16__)
+  // The CPU's conversion (VCVTNEPS2BF16) rounds to nearest even as the portable code does, but
+  // reads subnormal inputs as zero and keeps NaN payloads: a vector holding either (rare) takes
+  // the portable code, so the bits are the same on every instruction set.
+  SAGO_INLINE static void narrow(VF x, uint16_t* p) {
+    const __m512 v = reinterpret_cast<__m512>(x);
+    constexpr int kNanOrSubnormal = 0x01 | 0x20 | 0x80;  // quiet NaN, subnormal, signalling NaN
+    if (__builtin_expect(_mm512_fpclass_ps_mask(v, kNanOrSubnormal) != 0, 0)) {
+      narrow_portable(x, p);
+      return;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  }
+#else
+  SAGO_INLINE static void narrow(VF x, uint16_t* p) { narrow_portable(x, p); }
+#endif
 };
 
 struct Float16 {
@@ -175,10 +310,11 @@ struct Weights {
   float a, b, c;       // kAffine, kAffineEma
   float alpha, gamma;  // gates
   float beta, keep;    // the moving average
+  float scale;         // inv_scale (1 when none: x·1 = x exactly, but the flag skips it)
 };
 
 struct Splats {  // the weights broadcast once per chunk, held in registers (not reloaded
-  VF a, b, c, alpha, gamma, beta, keep;  // after every store, which may alias them)
+  VF a, b, c, alpha, gamma, beta, keep, scale;  // after every store, which may alias them)
 };
 
 // kWidth lanes in double, as two native registers (a vector wider than the machine's would
@@ -187,7 +323,6 @@ struct VD {
   VDh lo, hi;
 };
 
-SAGO_INLINE VD operator*(const VD& x, const VD& y) { return {x.lo * y.lo, x.hi * y.hi}; }
 SAGO_INLINE VD& operator+=(VD& acc, const VD& x) {
   acc.lo += x.lo;
   acc.hi += x.hi;
@@ -197,54 +332,164 @@ SAGO_INLINE double lane(const VD& x, int q) {
   return q < kWidth / 2 ? x.lo[q] : x.hi[q - kWidth / 2];
 }
 
-struct Part {  // partial sums of kWidth logical lanes of one chunk
-  VD fr, rr, ff, oo, o_r, o_f;
-  VU conflicts;  // a chunk has fewer than 2**32 elements per lane (native.py caps chunks)
+// The six sums of kWidth logical lanes: f·r, r·r, f·f, o·o, o·r, o·f (kDotsEma: f·m' in o_f,
+// m'·m' in oo). Sums<VF> holds the current block's float32 sums, Sums<VD> the finished blocks'.
+template <class V>
+struct Sums {
+  V fr, rr, ff, oo, o_r, o_f;
+
+  // The k-th sum by name, not by pointer arithmetic: a struct whose address is taken and
+  // indexed stays in memory, and its sums then wait on store-to-load forwarding every row.
+  template <int k>
+  SAGO_INLINE V& get() {
+    static_assert(0 <= k && k < SAGO_NUM_SUMS, "six sums");
+    if constexpr (k == 0) return fr;
+    if constexpr (k == 1) return rr;
+    if constexpr (k == 2) return ff;
+    if constexpr (k == 3) return oo;
+    if constexpr (k == 4) return o_r;
+    if constexpr (k == 5) return o_f;
+  }
 };
 
+// float32 lanes to double, by shuffles rather than through memory (a vector whose halves are
+// copied out by address stays in memory, and so would the sums it is read from)
 SAGO_INLINE VD wide(VF x) {
-  VD wide;
-  if constexpr (kWidth >= 8) {  // convert each half: one instruction each
-    VFh lo, hi;
-    std::memcpy(&lo, &x, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-    wide = {__builtin_convertvector(lo, VDh), __builtin_convertvector(hi, VDh)};
-  } else {  // SSE2 handles 8-byte halves poorly: convert whole, then split
-    typedef double VDw __attribute__((vector_size(8 * kWidth)));
-    const VDw all = __builtin_convertvector(x, VDw);
-    std::memcpy(&wide, &all, sizeof wide);
-  }
-  return wide;
+#if defined(__AVX512F__)  // GCC splits a generic 8-lane conversion in four; one instruction each
+  const __m512 v = reinterpret_cast<__m512>(x);
+  return {reinterpret_cast<VDh>(_mm512_cvtps_pd(_mm512_castps512_ps256(v))),
+          reinterpret_cast<VDh>(_mm512_cvtps_pd(
+              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))))};
+#elif defined(__AVX2__)
+  return {__builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3), VDh),
+          __builtin_convertvector(__builtin_shufflevector(x, x, 4, 5, 6, 7), VDh)};
+#else  // SSE2 converts two lanes at a time; convert the whole, then split
+  typedef double VDw __attribute__((vector_size(8 * kWidth)));
+  const VDw all = __builtin_convertvector(x, VDw);
+  return {__builtin_shufflevector(all, all, 0, 1), __builtin_shufflevector(all, all, 2, 3)};
+#endif
 }
 
-// kWidth elements (one part of a block). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f and
-// conflicts; kDotsEma sums f·m' into o_f and m'·m' into oo. ``valid`` masks the lanes past a
-// chunk's end (all true for full blocks). kStoreState: write m' into the state (kAffineEma).
-template <class IO, int kMode, bool kInputSums, bool kOutputSums, bool kStoreState>
+// A finished block: its float32 lane sums (exact in double) added to the double sums, and reset.
+// The sums in use are [kFirst, kLast) in Sums' order.
+template <int kFirst, int kLast, int k = kFirst>
+SAGO_INLINE void flush(Sums<VF>& block, Sums<VD>& total) {
+  if constexpr (k < kLast) {
+    total.template get<k>() += wide(block.template get<k>());
+    block.template get<k>() = VF{};
+    flush<kFirst, kLast, k + 1>(block, total);
+  }
+}
+
+// ------------------------------------------------------------------ gates on bits
+// Which lanes conflict (signs differ, neither ±0) and which hold a non-finite r or f, as the
+// README defines them on bits. AVX-512 decides them into mask registers with one instruction a
+// test; elsewhere they are vectors of -1/0. Integer tests either way, so the same lanes on
+// every instruction set.
+
+#if defined(__AVX512F__)
+typedef __mmask16 Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i r = reinterpret_cast<__m512i>(rb), f = reinterpret_cast<__m512i>(fb);
+  const Mask nonzero = _mm512_mask_test_epi32_mask(_mm512_test_epi32_mask(r, magnitude), f,
+                                                   magnitude);
+  return _mm512_mask_cmplt_epi32_mask(nonzero, _mm512_xor_si512(r, f), _mm512_setzero_si512());
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {  // NaN or ±inf: exponent all ones
+  constexpr int kNanOrInf = 0x01 | 0x08 | 0x10 | 0x80;
+  return _mm512_fpclass_ps_mask(reinterpret_cast<__m512>(r), kNanOrInf) |
+         _mm512_fpclass_ps_mask(reinterpret_cast<__m512>(f), kNanOrInf);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) {
+  return reinterpret_cast<VF>(
+      _mm512_mask_blend_ps(m, reinterpret_cast<__m512>(no), reinterpret_cast<__m512>(yes)));
+}
+SAGO_INLINE void count(VU& counts, Mask m) {  // +1 in the lanes of m
+  const __m512i c = reinterpret_cast<__m512i>(counts);
+  counts = reinterpret_cast<VU>(_mm512_mask_sub_epi32(c, m, c, _mm512_set1_epi32(-1)));
+}
+SAGO_INLINE Mask mask_of(VI lanes) {
+  return _mm512_movepi32_mask(reinterpret_cast<__m512i>(lanes));
+}
+#elif defined(__AVX2__)
+// A mask is the sign bit of each lane (the other bits are don't-care), which is what BLENDVPS
+// reads: the predicates become sign bits in fewer instructions than -1/0 lanes, since AVX2
+// compares integers only for equality and signed order.
+typedef VI Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  // signs differ (the sign of r ^ f) and neither is ±0: r != 0 as a float compare is exactly
+  // "magnitude bits non-zero" (NaN included) with denormals-are-zero off, as every chunk runs
+  const __m256 r = reinterpret_cast<__m256>(rb), f = reinterpret_cast<__m256>(fb);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 nonzero =
+      _mm256_and_ps(_mm256_cmp_ps(r, zero, _CMP_NEQ_UQ), _mm256_cmp_ps(f, zero, _CMP_NEQ_UQ));
+  return reinterpret_cast<VI>(_mm256_and_ps(_mm256_xor_ps(r, f), nonzero));
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {
+  // the larger magnitude's exponent is all ones iff adding one exponent unit carries into the
+  // sign bit
+  const VU magnitude_r = reinterpret_cast<VU>(r) & 0x7FFFFFFFu;
+  const VU magnitude_f = reinterpret_cast<VU>(f) & 0x7FFFFFFFu;
+  const __m256i larger = _mm256_max_epu32(reinterpret_cast<__m256i>(magnitude_r),
+                                          reinterpret_cast<__m256i>(magnitude_f));
+  return reinterpret_cast<VI>(reinterpret_cast<VU>(larger) + 0x00800000u);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) {
+  return reinterpret_cast<VF>(_mm256_blendv_ps(
+      reinterpret_cast<__m256>(no), reinterpret_cast<__m256>(yes), reinterpret_cast<__m256>(m)));
+}
+SAGO_INLINE void count(VU& counts, Mask m) { counts += reinterpret_cast<VU>(m) >> 31; }
+SAGO_INLINE Mask mask_of(VI lanes) { return lanes; }
+#else
+typedef VI Mask;
+
+SAGO_INLINE Mask conflicts_of(VU rb, VU fb) {
+  // "and not either-zero": fewer instructions than two "!= 0" tests where compares only test
+  // equality, as on AVX2
+  const VI either_zero = ((rb & 0x7FFFFFFFu) == 0u) | ((fb & 0x7FFFFFFFu) == 0u);
+  return (reinterpret_cast<VI>(rb ^ fb) < 0) & ~either_zero;
+}
+SAGO_INLINE Mask non_finite_of(VF r, VF f) {
+  const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
+  return ((rb & 0x7F800000u) == 0x7F800000u) | ((fb & 0x7F800000u) == 0x7F800000u);
+}
+SAGO_INLINE VF select(Mask m, VF yes, VF no) { return m ? yes : no; }
+SAGO_INLINE void count(VU& counts, Mask m) { counts -= reinterpret_cast<VU>(m); }  // -(-1)
+SAGO_INLINE Mask mask_of(VI lanes) { return lanes; }
+#endif
+
+// kWidth elements (one part of a row). kInputSums: f·r, r·r, f·f; kOutputSums: o·o, o·r, o·f
+// and conflicts; kDotsEma sums f·m' into o_f and m'·m' into oo. kTail: ``valid`` marks the
+// lanes before a chunk's end (zero-padded past it); full rows need no mask. kStoreState: write
+// m' into the state (kAffineEma). kScaled: f and r are multiplied by inv_scale as they are read.
+template <class IO, int kMode, bool kInputSums, bool kOutputSums, bool kStoreState, bool kScaled,
+          bool kTail = false>
 SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
                       typename IO::Word* o_ptr, typename IO::Word* m_ptr, const Splats& w,
-                      Part& s, VI valid) {
-  const VF r = IO::widen(r_ptr);
-  const VF f = IO::widen(f_ptr);
+                      Sums<VF>& s, VU& conflicts, VI valid = VI{}) {
+  VF r = IO::widen(r_ptr);
+  VF f = IO::widen(f_ptr);
+  if constexpr (kScaled) {
+    r = r * w.scale;
+    f = f * w.scale;
+  }
   if (kInputSums) {
-    const VD rd = wide(r), fd = wide(f);
-    s.fr += fd * rd;
-    s.rr += rd * rd;
-    s.ff += fd * fd;
+    s.fr = fma(f, r, s.fr);
+    s.rr = fma(r, r, s.rr);
+    s.ff = fma(f, f, s.ff);
   }
   VF m = VF{};
   if constexpr (is_ema(kMode)) m = w.beta * r + w.keep * IO::widen(m_ptr);
   if constexpr (kMode == kDotsEma) {
-    const VD md = wide(m);
-    s.o_f += wide(f) * md;
-    s.oo += md * md;
+    s.o_f = fma(f, m, s.o_f);
+    s.oo = fma(m, m, s.oo);
   }
   if (kMode == kDots || kMode == kDotsEma) return;
-  const VU rb = reinterpret_cast<VU>(r), fb = reinterpret_cast<VU>(f);
-  // conflict: signs differ and neither is ±0, on bits ("and not either-zero": fewer
-  // instructions than two "!= 0" tests where compares only test equality, as on AVX2)
-  const VI either_zero = ((rb & 0x7FFFFFFFu) == 0u) | ((fb & 0x7FFFFFFFu) == 0u);
-  const VI conflict = (reinterpret_cast<VI>(rb ^ fb) < 0) & ~either_zero & valid;
+  // padding lanes hold ±0 (times inv_scale): never in conflict
+  const Mask conflict = conflicts_of(reinterpret_cast<VU>(r), reinterpret_cast<VU>(f));
   VF o;
   if (kMode == kSum) {
     o = w.gamma * f + w.alpha * r;
@@ -256,25 +501,24 @@ SAGO_INLINE void part(const typename IO::Word* r_ptr, const typename IO::Word* f
     const VF forget_part = w.gamma * f;
     const VF retain_part = w.alpha * r;
     const VF kept = kMode == kSago ? forget_part : forget_part + retain_part;
-    o = conflict ? retain_part : kept;
-    const VI non_finite =
-        ((rb & 0x7F800000u) == 0x7F800000u) | ((fb & 0x7F800000u) == 0x7F800000u);
-    o = non_finite ? quiet_nan() : o;
+    o = select(conflict, retain_part, kept);
+    o = select(non_finite_of(r, f), quiet_nan(), o);
   }
   IO::narrow(o, o_ptr);
   if (kStoreState) IO::narrow(m, m_ptr);
   if (kOutputSums) {
-    const VD od = wide(valid ? o : VF{});  // a NaN weight times a padding 0 must not count
-    s.oo += od * od;
-    s.o_r += od * wide(r);
-    s.o_f += od * wide(f);
-    s.conflicts -= reinterpret_cast<VU>(conflict);  // -(-1) = +1
+    // a NaN weight times a padding 0 must not count
+    const VF ov = kTail ? select(mask_of(valid), o, VF{}) : o;
+    s.oo = fma(ov, ov, s.oo);
+    s.o_r = fma(ov, r, s.o_r);
+    s.o_f = fma(ov, f, s.o_f);
+    count(conflicts, conflict);
   }
 }
 
 // Elements [0, n) of one chunk: combine (unless a dots mode) and fill the chunk's row of sums.
 // m_ptr: the state (the EMA modes; nullptr otherwise).
-template <class IO, int kMode, bool kStats, bool kStoreState = false>
+template <class IO, int kMode, bool kStats, bool kStoreState, bool kScaled>
 void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
                 typename IO::Word* o_ptr, typename IO::Word* m_ptr, int64_t n,
                 const Weights& weights, double* row, int64_t* conflicts_out) {
@@ -283,20 +527,36 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
   constexpr bool kInputSums =
       !kWrites || (kStats && kMode != kAffine && kMode != kAffineEma);
   constexpr bool kOutputSums = kStats && kWrites;
-  Part s[kParts] = {};
-  const VI all = VI{} - 1;
-  const Splats w = {splat(weights.a),     splat(weights.b),    splat(weights.c),
+  // the sums in use, [kFirst, kLast) of Sums' fields f·r, r·r, f·f, o·o, o·r, o·f
+  constexpr int kFirst = kInputSums ? 0 : 3;
+  constexpr int kLast = kOutputSums || kMode == kDotsEma ? 6 : kInputSums ? 3 : 0;
+  Sums<VF> block = {};  // one part's sums of the current block
+  Sums<VD> total[kParts] = {};
+  VU conflicts[kParts] = {};
+  const Splats w = {splat(weights.a),     splat(weights.b),     splat(weights.c),
                     splat(weights.alpha), splat(weights.gamma), splat(weights.beta),
-                    splat(weights.keep)};
+                    splat(weights.keep),  splat(weights.scale)};
+  const int64_t full = n - n % kLanes;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
+  // Blocks of kBlockRows rows from the chunk's start (the last may be short), each a part at a
+  // time: a lane's sums see the same rows in the same order, and only one part's sums need
+  // registers (AVX2 has two parts of eight lanes, SSE2 four of four; AVX-512 one).
+  while (i < full) {
+    const int64_t end = full - i > kBlockRows * kLanes ? i + kBlockRows * kLanes : full;
     for (int p = 0; p < kParts; ++p) {
-      const int64_t at = i + p * kWidth;
-      part<IO, kMode, kInputSums, kOutputSums, kStoreState>(
-          r_ptr + at, f_ptr + at, o_ptr + at, is_ema(kMode) ? m_ptr + at : nullptr, w, s[p], all);
+      VU counted = conflicts[p];
+      for (int64_t row = i; row < end; row += kLanes) {
+        const int64_t at = row + p * kWidth;
+        part<IO, kMode, kInputSums, kOutputSums, kStoreState, kScaled>(
+            r_ptr + at, f_ptr + at, o_ptr + at, is_ema(kMode) ? m_ptr + at : nullptr, w, block,
+            counted);
+      }
+      conflicts[p] = counted;
+      flush<kFirst, kLast>(block, total[p]);
     }
+    i = end;
   }
-  if (i < n) {  // the tail through zero-padded copies
+  if (i < n) {  // the tail through zero-padded copies, a block of its own
     const int width = static_cast<int>(n - i);
     Word r_tail[kLanes] = {}, f_tail[kLanes] = {}, o_tail[kLanes] = {}, m_tail[kLanes] = {};
     std::memcpy(r_tail, r_ptr + i, width * sizeof(Word));
@@ -306,24 +566,26 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
       VI lane;
       for (int q = 0; q < kWidth; ++q) lane[q] = p * kWidth + q;
       const int at = p * kWidth;
-      part<IO, kMode, kInputSums, kOutputSums, kStoreState>(
-          r_tail + at, f_tail + at, o_tail + at, m_tail + at, w, s[p], lane < width);
+      part<IO, kMode, kInputSums, kOutputSums, kStoreState, kScaled, true>(
+          r_tail + at, f_tail + at, o_tail + at, m_tail + at, w, block, conflicts[p],
+          lane < width);
+      flush<kFirst, kLast>(block, total[p]);
     }
     if (kWrites) std::memcpy(o_ptr + i, o_tail, width * sizeof(Word));
     if (kStoreState) std::memcpy(m_ptr + i, m_tail, width * sizeof(Word));
   }
-  if (!kInputSums && !kOutputSums) return;
+  if (kLast == 0) return;
   double totals[SAGO_NUM_SUMS] = {0, 0, 0, 0, 0, 0};
-  int64_t conflicts = 0;
+  int64_t conflict_count = 0;
   for (int p = 0; p < kParts; ++p) {  // logical lane order 0..15
     for (int q = 0; q < kWidth; ++q) {
-      totals[0] += lane(s[p].fr, q);
-      totals[1] += lane(s[p].rr, q);
-      totals[2] += lane(s[p].ff, q);
-      totals[3] += lane(s[p].oo, q);
-      totals[4] += lane(s[p].o_r, q);
-      totals[5] += lane(s[p].o_f, q);
-      conflicts += s[p].conflicts[q];
+      totals[0] += lane(total[p].fr, q);
+      totals[1] += lane(total[p].rr, q);
+      totals[2] += lane(total[p].ff, q);
+      totals[3] += lane(total[p].oo, q);
+      totals[4] += lane(total[p].o_r, q);
+      totals[5] += lane(total[p].o_f, q);
+      conflict_count += conflicts[p][q];
     }
   }
   if (kInputSums) {
@@ -335,7 +597,7 @@ void chunk_pass(const typename IO::Word* r_ptr, const typename IO::Word* f_ptr,
   }
   if (kOutputSums) {
     for (int k = 3; k < SAGO_NUM_SUMS; ++k) row[k] = totals[k];
-    *conflicts_out = conflicts;
+    *conflicts_out = conflict_count;
   }
 }
 
@@ -382,6 +644,24 @@ void affine_weights(float d, float n, float m, float alpha, float gamma, float e
 }
 
 // ------------------------------------------------------------------ the combine
+
+// IEEE subnormals and round-to-nearest in this thread while it lives: the caller's thread may
+// flush subnormals to zero (torch.set_flush_denormal) where OpenMP's other threads do not, and
+// the bits would then depend on which thread took which chunk.
+class IeeeArithmetic {
+ public:
+#ifdef SAGO_HAVE_MXCSR
+  IeeeArithmetic() : saved_(_mm_getcsr()) {
+    // clear flush-to-zero (bit 15), denormals-are-zero (bit 6) and the rounding mode (13-14)
+    _mm_setcsr(saved_ & ~(0x8000u | 0x0040u | 0x6000u));
+  }
+  ~IeeeArithmetic() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
+
 
 class Combine {
  public:
@@ -438,9 +718,9 @@ class Combine {
     } else {
       for_each_chunk([&](int64_t c, const Weights& w) {
         const int64_t start = A.chunk_start[c];
-        chunk_pass<IO, kDots, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
-                                    nullptr, nullptr, A.chunk_len[c], w, &rows_[c * kRow],
-                                    nullptr);
+        run_chunk<IO, kDots, false>(false, input<IO>(A.retain, start),
+                                    input<IO>(A.forget, start), nullptr, nullptr,
+                                    A.chunk_len[c], w, &rows_[c * kRow], nullptr);
       });
       segment_dots(dots.data(), 3);
       if (A.phase == SAGO_PHASE_DOTS) {
@@ -463,9 +743,9 @@ class Combine {
   int32_t ema_dots() {
     for_each_chunk([&](int64_t c, const Weights& w) {
       const int64_t start = A.chunk_start[c];
-      chunk_pass<IO, kDotsEma, true>(input<IO>(A.retain, start), input<IO>(A.forget, start),
-                                     nullptr, state<IO>(start), A.chunk_len[c], w,
-                                     &rows_[c * kRow], nullptr);
+      run_chunk<IO, kDotsEma, false>(false, input<IO>(A.retain, start),
+                                     input<IO>(A.forget, start), nullptr, state<IO>(start),
+                                     A.chunk_len[c], w, &rows_[c * kRow], nullptr);
     });
     segment_dots(A.seg_dots, SAGO_NUM_EMA_DOTS);
     return SAGO_OK;
@@ -476,15 +756,48 @@ class Combine {
     return static_cast<typename IO::Word*>(A.state) + offset;
   }
 
+  // One chunk with the statistics or not, scaled by inv_scale or not (template flags, so the
+  // plain pass does no work for either).
+  template <class IO, int kMode, bool kStoreState>
+  void run_chunk(bool stats, const typename IO::Word* r, const typename IO::Word* f,
+                 typename IO::Word* o, typename IO::Word* m, int64_t n, const Weights& w,
+                 double* row, int64_t* conflicts) const {
+    const bool scaled = A.inv_scale != nullptr;
+    if constexpr (kMode == kDots || kMode == kDotsEma) {  // they always sum, never write
+      if (scaled) {
+        chunk_pass<IO, kMode, false, kStoreState, true>(r, f, o, m, n, w, row, conflicts);
+      } else {
+        chunk_pass<IO, kMode, false, kStoreState, false>(r, f, o, m, n, w, row, conflicts);
+      }
+      return;
+    }
+    if (stats && scaled) {
+      chunk_pass<IO, kMode, true, kStoreState, true>(r, f, o, m, n, w, row, conflicts);
+    } else if (stats) {
+      chunk_pass<IO, kMode, true, kStoreState, false>(r, f, o, m, n, w, row, conflicts);
+    } else if (scaled) {
+      chunk_pass<IO, kMode, false, kStoreState, true>(r, f, o, m, n, w, row, conflicts);
+    } else {
+      chunk_pass<IO, kMode, false, kStoreState, false>(r, f, o, m, n, w, row, conflicts);
+    }
+  }
+
   template <class Body>
   void for_each_chunk(Body body) {
     const int64_t chunks = A.num_chunks;
-    const Weights gates{A.alpha, A.alpha, 0.0f, A.alpha, A.gamma, A.beta, A.keep};
+    const float scale = A.inv_scale != nullptr ? *A.inv_scale : 1.0f;
+    const Weights gates{A.alpha, A.alpha, 0.0f, A.alpha, A.gamma, A.beta, A.keep, scale};
 #ifdef _OPENMP
     const int threads = A.num_threads > 0 ? A.num_threads : 1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && chunks > 1)
+#pragma omp parallel num_threads(threads) if (threads > 1 && chunks > 1)
 #endif
-    for (int64_t c = 0; c < chunks; ++c) body(c, gates);
+    {
+      const IeeeArithmetic ieee;  // in every thread of the region
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1) nowait  // the region's end is the one barrier
+#endif
+      for (int64_t c = 0; c < chunks; ++c) body(c, gates);
+    }
   }
 
   // Each segment's first ``width`` sums into dots[j * width ...]: its chunks' rows in chunk
@@ -539,19 +852,11 @@ class Combine {
       // a segment written as NaN (its coefficients are NaN) keeps its state
       if constexpr (kMode == kAffineEma) {
         if (is_finite(w.c)) {
-          if (A.want_stats) {
-            chunk_pass<IO, kMode, true, true>(r, f, o, m, n, w, row, conflicts);
-          } else {
-            chunk_pass<IO, kMode, false, true>(r, f, o, m, n, w, row, conflicts);
-          }
+          run_chunk<IO, kMode, true>(A.want_stats, r, f, o, m, n, w, row, conflicts);
           return;
         }
       }
-      if (A.want_stats) {
-        chunk_pass<IO, kMode, true>(r, f, o, m, n, w, row, conflicts);
-      } else {
-        chunk_pass<IO, kMode, false>(r, f, o, m, n, w, row, conflicts);
-      }
+      run_chunk<IO, kMode, false>(A.want_stats, r, f, o, m, n, w, row, conflicts);
     });
     if (A.want_stats) reduce_stats();
     return SAGO_OK;
@@ -607,6 +912,20 @@ int32_t combine(const SagoCombineArgs& args) {
     case SAGO_BFLOAT16: return combine.run<BFloat16>();
     case SAGO_FLOAT16: return combine.run<Float16>();
     default: return SAGO_BAD_DTYPE;
+  }
+}
+
+void fused_multiply_add(const float* x, const float* y, const float* acc, float* out,
+                        int64_t n) {
+  const IeeeArithmetic ieee;
+  for (int64_t i = 0; i < n; i += kWidth) {
+    const int width = static_cast<int>(n - i < kWidth ? n - i : kWidth);
+    float a[kWidth] = {}, b[kWidth] = {}, c[kWidth] = {}, result[kWidth];
+    std::memcpy(a, x + i, width * sizeof(float));
+    std::memcpy(b, y + i, width * sizeof(float));
+    std::memcpy(c, acc + i, width * sizeof(float));
+    Float32::narrow(fma(Float32::widen(a), Float32::widen(b), Float32::widen(c)), result);
+    std::memcpy(out + i, result, width * sizeof(float));
   }
 }
 

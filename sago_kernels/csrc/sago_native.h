@@ -22,7 +22,7 @@ extern "C" {
 
 // Bumped whenever SagoCombineArgs or a function signature changes; native.py refuses a library
 // built from other sources (e.g. a stale build in the source tree).
-#define SAGO_NATIVE_ABI 5
+#define SAGO_NATIVE_ABI 6
 
 enum SagoDtype { SAGO_FLOAT32 = 0, SAGO_BFLOAT16 = 1, SAGO_FLOAT16 = 2 };
 enum SagoScope { SAGO_ELEMENT = 0, SAGO_SEGMENT = 1, SAGO_GLOBAL = 2 };
@@ -39,8 +39,14 @@ enum SagoProjection {
   SAGO_PROJECTION_GRU = 3,
 };
 
-// Instruction sets the kernels are built for (x86-64; elsewhere only BASELINE).
-enum SagoIsa { SAGO_ISA_BASELINE = 0, SAGO_ISA_AVX2 = 1, SAGO_ISA_AVX512 = 2 };
+// Instruction sets the kernels are built for (x86-64; elsewhere only BASELINE). AVX512_BF16:
+// AVX-512 with the CPU's own float32 -> bfloat16 conversion (same bits as the others).
+enum SagoIsa {
+  SAGO_ISA_BASELINE = 0,
+  SAGO_ISA_AVX2 = 1,
+  SAGO_ISA_AVX512 = 2,
+  SAGO_ISA_AVX512_BF16 = 3,
+};
 
 // What one call does. Projection methods on sharded buffers (sharding.py) split the combine
 // around a sum of the per-segment dots over the ranks: DOTS, then the caller reduces seg_dots,
@@ -107,6 +113,9 @@ typedef struct SagoCombineArgs {
                                // WRITE_EMA reads and writes; never aliases the other buffers
   float beta;                  // weight of r in m' = beta·r + keep·m
   float keep;                  // weight of m
+  const float* inv_scale;      // NULL, or a gradient scaler's 1/scale: every f and r element is
+                               // multiplied by it in float32 as it is read, before any other
+                               // arithmetic (gates, dots, statistics, m'); m and out unscaled
 } SagoCombineArgs;
 
 SAGO_NATIVE_API int32_t sago_native_abi(void);
@@ -121,6 +130,10 @@ SAGO_NATIVE_API int32_t sago_native_widen(int32_t isa, int32_t dtype, const uint
                                           float* dst, int64_t n);
 SAGO_NATIVE_API int32_t sago_native_narrow(int32_t isa, int32_t dtype, const float* src,
                                            uint16_t* dst, int64_t n);
+// The fused multiply-add the sums use, for tests: out = acc + x·y rounded once (the baseline
+// build emulates it; the others have the instruction).
+SAGO_NATIVE_API int32_t sago_native_fma(int32_t isa, const float* x, const float* y,
+                                        const float* acc, float* out, int64_t n);
 
 #ifdef __cplusplus
 }

@@ -38,8 +38,10 @@ from ._tiles import (
 @triton.jit
 def _accumulate_tile(
     retain_ptr, forget_ptr, out_ptr, state_ptr, offs, mask, a, b, c, alpha, gamma, beta, keep,
+    inv_scale,
     acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
     MODE: tl.constexpr, STATS: tl.constexpr, MASKED: tl.constexpr, BF16_BITS: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """One tile: load, combine, store, accumulate. Written flat on purpose: under the Triton
     interpreter every nested ``@triton.jit`` call costs milliseconds, and CI runs it there."""
@@ -55,6 +57,9 @@ def _accumulate_tile(
     else:
         r = r.to(tl.float32)
         f = f.to(tl.float32)
+    if SCALED:  # a loss scaler's 1/scale, applied as the gradients are read
+        r = r * inv_scale
+        f = f * inv_scale
     if STATS:
         acc_fr += f * r
         acc_rr += r * r
@@ -126,9 +131,9 @@ def _accumulate_tile(
 def _chunk_pass_kernel(
     retain_ptr, forget_ptr, out_ptr, state_ptr,
     seg_start_ptr, seg_numel_ptr, seg_chunk_ptr, coef_ptr, partial_ptr, conflict_ptr,
-    num_segments, search_steps, chunk_elems, alpha, gamma, beta, keep,
+    scale_ptr, num_segments, search_steps, chunk_elems, alpha, gamma, beta, keep,
     MODE: tl.constexpr, STATS: tl.constexpr, BF16_BITS: tl.constexpr,
-    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     chunk = tl.program_id(0).to(tl.int64)
     seg = locate_segment(seg_chunk_ptr, chunk, num_segments, search_steps)
@@ -147,6 +152,9 @@ def _chunk_pass_kernel(
     else:
         a = alpha
         b = alpha
+    inv_scale = alpha
+    if SCALED:
+        inv_scale = tl.load(scale_ptr)
 
     lanes = tl.arange(0, BLOCK)
     acc_fr = tl.zeros([BLOCK], tl.float32)
@@ -162,18 +170,18 @@ def _chunk_pass_kernel(
         offs = base + i * BLOCK + lanes
         acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
             retain_ptr, forget_ptr, out_ptr, state_ptr, offs, lanes < BLOCK, a, b, c, alpha,
-            gamma, beta, keep,
+            gamma, beta, keep, inv_scale,
             acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
-            MODE, STATS, False, BF16_BITS,
+            MODE, STATS, False, BF16_BITS, SCALED,
         )  # fmt: skip
     tail = n - n_full * BLOCK
     if tail > 0:
         offs = base + n_full * BLOCK + lanes
         acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts = _accumulate_tile(
             retain_ptr, forget_ptr, out_ptr, state_ptr, offs, lanes < tail, a, b, c, alpha,
-            gamma, beta, keep,
+            gamma, beta, keep, inv_scale,
             acc_fr, acc_rr, acc_ff, acc_oo, acc_or, acc_of, acc_conflicts,
-            MODE, STATS, True, BF16_BITS,
+            MODE, STATS, True, BF16_BITS, SCALED,
         )  # fmt: skip
 
     if STATS:

@@ -163,6 +163,8 @@ def combine_triton(
     seg_numels: torch.Tensor | None = None,
     state: torch.Tensor | None = None,
     config: LaunchConfig | None = None,
+    inv_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Write g_final into ``target`` (may be ``retain``); return the geometry table if asked.
 
@@ -171,6 +173,9 @@ def combine_triton(
     ``reduce`` and ``seg_numels``: sharded buffers (``sharding.py``): the per-segment dots and
     the statistics' sums are summed over the ranks between the launches. ``state``: GRU's
     moving average (``gru.py``), read by both chunk passes and updated by the write pass.
+    ``inv_scale``: a loss scaler's 1/scale (one float32 element on the device), multiplied into
+    r and f as every chunk pass reads them (a ``SCALED`` variant; one scalar load a program).
+    ``found_inf``: handed to a stateful method's O(segments) step (``gru``, ``weightings``).
     """
     config = _CONFIG.value if config is None else config
     device = retain.device
@@ -185,6 +190,7 @@ def combine_triton(
     bf16 = retain.dtype == torch.bfloat16
     # Pointer arguments a variant never reads; real allocations keep the pointers valid.
     unused_f32, unused_i64 = torch.empty(8, **f32), torch.empty(1, **i64)
+    scale = inv_scale if inv_scale is not None else unused_f32
 
     def chunk_pass(mode: int, coef: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
         stats = bool(stats)  # a constexpr: SEGMENT_SUMS compiles as True
@@ -198,9 +204,9 @@ def combine_triton(
             _chunk_pass_kernel[(plan.num_chunks,)](
                 r, f, o, m,
                 plan.seg_start, plan.seg_numel, plan.seg_chunk, coef, partial, conflicts,
-                s, plan.search_steps, plan.chunk_elems, alpha, gamma, beta, keep,
+                scale, s, plan.search_steps, plan.chunk_elems, alpha, gamma, beta, keep,
                 MODE=mode, STATS=stats, BF16_BITS=bf16, ALIGN=plan.align, BLOCK=block,
-                num_warps=config.num_warps, enable_fp_fusion=False,
+                SCALED=inv_scale is not None, num_warps=config.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
         return partial, conflicts
 
@@ -219,7 +225,9 @@ def combine_triton(
         dots = sums[:, [0, 1, 2, 4, 3]]  # f·r, r·r, f·f, f·m', m'·m' (gru.NUM_DOTS)
         if reduce is not None:
             reduce(dots)
-        coef = gru.coefficients(dots, alpha, gamma, eps, ema.retain_coef, method.scope == "global")
+        coef = gru.coefficients(
+            dots, alpha, gamma, eps, ema.retain_coef, method.scope == "global", found_inf
+        )
         partial, conflicts = chunk_pass(_tiles.MODE_AFFINE_EMA.value, coef, want_stats)
     elif method.is_projection:
         dots = segment_sums(*chunk_pass(_tiles.MODE_DOTS.value, unused_f32, True))[0]
@@ -227,7 +235,7 @@ def combine_triton(
             reduce(dots)
         if method.weighting is not None:  # a Gramian weighting: its O(S) step in torch
             coef = weightings.coefficients(
-                dots[:, :3], method.weighting, alpha, gamma, method.scope == "global"
+                dots[:, :3], method.weighting, alpha, gamma, method.scope == "global", found_inf
             )
         else:
             dots = _nan_unless_norms_finite(dots, method.scope == "global")

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_scalar
-from .losses import check_batch, check_models, get_loss, run_loss, step_hparams
+from .losses import (
+    check_batch, check_models, check_reference_apart, get_loss, run_loss, step_hparams,
+)  # fmt: skip
+from .references import Reference
 from ..stats import CombineStats
 from ..synthesizer import GradientSynthesizer
 
@@ -35,7 +38,7 @@ def unlearning_step(
     *,
     forget_loss: str = "npo",
     retain_loss: str = "nll",
-    ref_model: torch.nn.Module | None = None,
+    ref_model: Reference | None = None,
     loss_kwargs: Mapping[str, float | int] | None = None,
     retain_loss_kwargs: Mapping[str, float | int] | None = None,
     max_grad_norm: float | None = None,
@@ -43,7 +46,10 @@ def unlearning_step(
     """Algorithm 1, one step: two backward passes into the flat buffers, the fused combine,
     optional clipping of g, then ``optimizer.step()`` and ``optimizer.zero_grad()``.
 
-    Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask``. Every argument
+    Batches hold ``input_ids``, ``labels`` and optionally ``attention_mask`` (and the forget
+    batch ``index``, its examples' positions, with a cached reference). ``ref_model``: a frozen
+    copy of the model, ``AdaptersOff(model)`` under LoRA, or for NPO a ``CachedReference``
+    (``sago_kernels.unlearning.references``: the last two hold no second model). Every argument
     is checked before the first context, so a bad one leaves the last step's gradients as
     they were. ``loss_kwargs``: the forget loss's hyperparameters; ``retain_loss_kwargs``: the
     retain loss's (RMU's retain ``layer`` defaults to the forget loss's, see
@@ -54,6 +60,7 @@ def unlearning_step(
     hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, retain_loss_kwargs)
     check_models(f_loss, hparams, model, ref_model)
     check_models(r_loss, r_hparams, model, ref_model)
+    check_reference_apart(model, ref_model)
     check_batch("forget_batch", forget_batch)
     check_batch("retain_batch", retain_batch)
     if max_grad_norm is not None:

@@ -6,7 +6,8 @@ forgetting can be matched, retention compared at that forgetting. Here, per seed
 method)'s fixed-budget runs over the (γ, α) grid are points (forgetting, retention); their
 Pareto front (:func:`pareto_front`) is read at the forgetting level of the baseline, the ``sum``
 ("+ GD", for RMU RMU itself) at the sources' weights, interpolated linearly between the front's
-points (:func:`matched_retention`), and also at the retain-only model's level (:data:`LEVELS`). A method whose front never forgets that much has no value
+points (:func:`matched_retention`), and also at the retain-only model's level (:data:`LEVELS`).
+A method whose front never forgets that much has no value
 for that seed ("not reached"); one that only forgets more is read at its least-forgetting point
 (it keeps at least that much retention at the baseline's level).
 
@@ -136,10 +137,11 @@ def fronts(runs: list[dict], x_key: str, y_key: str, seeds: list[dict] | None = 
     grid points, front and retention at each level; then per method and level the mean ± std
     over seeds and the paired differences. Runs without both metrics are left out (a source
     without them); the retain-only level needs ``seeds`` (their ``retain_model`` metrics)."""
-    cells = _by_cell(r for r in runs if x_key in r["fixed"]["metrics"]
-                     and y_key in r["fixed"]["metrics"])  # fmt: skip
+    cells = _by_cell(r for r in runs if r["fixed"]["metrics"].get(x_key) is not None
+                     and r["fixed"]["metrics"].get(y_key) is not None)  # fmt: skip
     retain_only = {s["seed"]: s["retain_model"]["metrics"][x_key] for s in seeds or ()
-                   if s.get("retain_model") and x_key in s["retain_model"]["metrics"]}  # fmt: skip
+                   if s.get("retain_model")
+                   and s["retain_model"]["metrics"].get(x_key) is not None}  # fmt: skip
     out: dict = {}
     for loss in dict.fromkeys(loss for loss, _ in cells):
         gd = {}
@@ -202,8 +204,10 @@ def point_summary(runs: list[dict], key: str = "fixed") -> list[dict]:
             entry["reached"] = sum(bool(r["reached"]) for r in rows)
             entry["steps"], entry["steps_std"] = mean_std([r["steps"] for r in rows])
         for metric in rows[0]["metrics"]:
-            values = [r["metrics"][metric] for r in rows if metric in r["metrics"]]
-            entry[metric], entry[metric + "_std"] = mean_std(values)
+            values = [r["metrics"][metric] for r in rows
+                      if r["metrics"].get(metric) is not None]  # fmt: skip
+            # None: not available (forget quality without a retain-only model)
+            entry[metric], entry[metric + "_std"] = mean_std(values) if values else (None, None)
         table.append(entry)
     return table
 
@@ -272,7 +276,8 @@ def reference_models(seeds: list[dict]) -> dict:
     for key in ("target_model", "retain_model"):
         rows = [s[key]["metrics"] for s in seeds if s.get(key)]
         metrics = dict.fromkeys(m for row in rows for m in row)
-        out[key] = {m: mean_std([row[m] for row in rows if m in row]) for m in metrics}
+        values = {m: [row[m] for row in rows if row.get(m) is not None] for m in metrics}
+        out[key] = {m: mean_std(v) if v else (None, None) for m, v in values.items()}
     return out
 
 

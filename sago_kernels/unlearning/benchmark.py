@@ -3,6 +3,9 @@
     python -m sago_kernels.unlearning.benchmark            # the default (minutes on 2 CPU cores)
     python -m sago_kernels.unlearning.benchmark --quick    # a smaller check (~2 min)
     python -m sago_kernels.unlearning.benchmark --paper    # the paper's Tables 1-3, Figures 3-4
+    python -m sago_kernels.unlearning.benchmark --data tofu --forget-split forget10 \
+        --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full \
+        --retain-model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90 --device cuda ...
 
 What one run does (the headline experiment; ``--paper`` is its larger form):
 
@@ -27,6 +30,15 @@ What one run does (the headline experiment; ``--paper`` is its larger form):
    stop's forgetting curves). ``python -m sago_kernels.unlearning.report results.json`` writes
    the tables again from the JSON.
 
+Data and checkpoints (``--data``, ``--model``, ``--retain-model``, the memory flags,
+``--save-model``, ``--export-data``): ``loading.py``, over the sources ``synthetic.py``,
+``tofu.py``, ``wmdp.py``, ``export.py`` and the checkpoint loading of ``checkpoints.py``. A
+source scores the roles it has: TOFU's files have no probes or choices, WMDP's only choices,
+and the tables print a metric a source lacks as n/a. Given checkpoints run their seeds in this
+process (``--jobs`` is for the synthetic world's per-seed pre-training). A file, a field or a
+checkpoint that cannot be had is one line on stderr and exit status 2, before anything is
+trained or written.
+
 CPU numerics: by default the command re-executes itself with ``provenance.PORTABLE_ENV`` (MKL's
 reproducible mode for Intel and AMD, ATen's kernels at AVX2), so that another x86 machine can
 get the same bits; ``--numerics native`` keeps the machine's fastest paths (the JSON records
@@ -49,12 +61,12 @@ import torch
 
 from .. import dispatch
 from ..methods import METHODS
-from . import provenance
+from . import loading, provenance
 from .analysis import analyse
 from .losses import FORGET_LOSSES
 from .progress import Progress
-from .protocol import FORGET_ONLY, prepare_seed, run_specs, unlearn
-from .synthetic import synthetic_data
+from .protocol import FORGET_ONLY, given_seed, prepare_seed, run_specs, seed_line, unlearn
+from .sources import SourceError
 from .tables import paper_runs, render
 
 DEFAULTS = {
@@ -207,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
          "training)")
     add_("--no-progress", action="store_true", help="no progress output")
     add_("--no-plots", action="store_true", help="no plots (the JSON and the tables only)")
+    loading.add_arguments(p)
     return p
 
 
@@ -235,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    problems = check_args(args)
+    problems = check_args(args) + loading.check_arguments(args)
     if problems:
         p.error("; ".join(problems))
     if args.paper:  # only the tables' cells, each over the grid
@@ -267,7 +280,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
         problems.append(f"--losses: unknown {unknown}; choose from {sorted(FORGET_LOSSES)}")
     if args.width % 4:
         problems.append(f"--width should be a multiple of 4 (4 attention heads), got {args.width}")
-    if args.rmu_layer > args.layers:
+    if args.model is None and args.rmu_layer > args.layers:
         problems.append(f"--rmu-layer should be in [1, --layers = {args.layers}], got "
                         f"{args.rmu_layer}")  # fmt: skip
     if args.cosine_window is not None:
@@ -292,54 +305,57 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def check_out(out: Path) -> str | None:
-    """Create ``out`` and write a file in it, before any training; the problem, or None."""
+def check_out(out: Path, create: bool = True) -> str | None:
+    """Create ``out`` and write a file in it, before any training; the problem, or None. With
+    ``create`` False nothing is made: ``out`` (or, while it does not exist, its nearest existing
+    parent) is a folder that can be written to."""
+    problem = (f"--out {str(out)!r} cannot be written ({{}}); choose a folder you can write "
+               "to")  # fmt: skip
+    if not create:
+        where = out
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            return problem.format(f"{where} is not a folder")
+        if not os.access(where, os.W_OK | os.X_OK):
+            return problem.format(f"{where} is not writable")
+        return None
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
             pass
     except OSError as error:
-        return (f"--out {str(out)!r} cannot be written ({error.strerror or error}); choose a "
-                "folder you can write to")  # fmt: skip
+        return problem.format(error.strerror or error)
     return None
 
 
 # --------------------------------------------------------------------------- one seed
 
 
-def build_data(args: argparse.Namespace, seed: int):
-    """The seed's data (the synthetic world; another source plugs in here)."""
-    return synthetic_data(
-        seed=seed, authors=args.authors, forget_percent=args.forget_percent,
-        qa_per_author=args.qa_per_author, world_facts=args.world_facts,
-        real_authors=args.real_authors, neighbours_per_author=args.neighbours,
-        eval_retain=args.eval_retain,
-    )  # fmt: skip
-
-
-def run_seed(args: argparse.Namespace, seed: int, *, bars: bool | None = None) -> dict:
+def run_seed(args: argparse.Namespace, seed: int, *, bars: bool | None = None,
+             prepared: loading.Prepared | None = None) -> dict:
     """Everything of one seed: its data and models, then every run. Returns the seed's record,
-    its runs (without per-example values), their per-example values, and timings."""
+    its runs (without per-example values), their per-example values, and timings.
+    ``prepared``: what :func:`loading.prepare` resolved (made here when None: a worker
+    process)."""
     wall, cpu = time.perf_counter(), time.process_time()
     show = not args.no_progress
-    data = build_data(args, seed)
-    prepared = prepare_seed(data, args, seed, progress=show, bar=bars)
-    info = prepared["info"]
-    target = info["target_model"]["metrics"]
-    if show:
-        t, r = info["target_training"], info["retain_training"]
-        print(f"seed {seed}: target memorised {t['memorised']:.3f} in {t['epochs']} epochs, "
-              f"retain-only {r['memorised']:.3f} in {r['epochs']}; target model "
-              f"forget_probe_rouge {target.get('forget_probe_rouge', float('nan')):.3f}, "
-              f"model_utility {target.get('model_utility', float('nan')):.3f}",
-              flush=True)  # fmt: skip
+    prepared = loading.prepare(args) if prepared is None else prepared
+    data = loading.data_for_seed(args, prepared, seed)
+    if prepared.target is not None:
+        ready = given_seed(data, args, seed, prepared.target, prepared.retain_model,
+                           prepared.cache)  # fmt: skip
+    else:
+        ready = prepare_seed(data, args, seed, progress=show, bar=bars)
+    info = ready["info"]
+    print(seed_line(info), flush=True)
     runs, per_example, timings = [], [], []
     with Progress(len(args.runs), f"seed {seed}: unlearning runs", enabled=show,
                   bar=bars) as bar:  # fmt: skip
         for spec in args.runs:
             start = time.process_time()
-            run = unlearn(prepared["target"], data, prepared["evaluator"],
-                          prepared["reference"], spec, seed, args)  # fmt: skip
+            run = unlearn(ready["target"], data, ready["evaluator"], ready["reference"], spec,
+                          seed, args)  # fmt: skip
             per_example.append(_take_per_example(run))
             timings.append({"seed": seed, "loss": spec.loss, "method": spec.method,
                             "gamma_scale": spec.gamma_scale, "alpha_scale": spec.alpha_scale,
@@ -348,10 +364,11 @@ def run_seed(args: argparse.Namespace, seed: int, *, bars: bool | None = None) -
             runs.append(run)
             bar.update(note=f"{spec.loss}/{spec.method} γ×{spec.gamma_scale:g} "
                        f"α×{spec.alpha_scale:g}")  # fmt: skip
-    info["per_example"] = {key: info[key].pop("per_example")
+    info["per_example"] = {key: info[key].pop("per_example") if info[key] else None
                            for key in ("retain_model", "target_model")}  # fmt: skip
     for key in ("target_training", "retain_training"):
-        info[key].pop("seconds")
+        if info[key] is not None:
+            info[key].pop("seconds")
     timing = {"seed": seed, "wall_seconds": round(time.perf_counter() - wall, 1),
               "cpu_seconds": round(time.process_time() - cpu, 1), "runs": timings}  # fmt: skip
     return {"info": info, "runs": runs, "per_example": per_example, "timings": timing}
@@ -372,11 +389,12 @@ def _seed_worker(args: argparse.Namespace, seed: int) -> dict:
     return run_seed(args, seed, bars=False)
 
 
-def run_all(args: argparse.Namespace) -> list[dict]:
-    """Every seed, in parallel processes with ``--jobs`` > 1; in seed order either way."""
+def run_all(args: argparse.Namespace, prepared: loading.Prepared) -> list[dict]:
+    """Every seed, in parallel processes with ``--jobs`` > 1; in seed order either way. Given
+    checkpoints run in this process (loaded once, evaluated once for all seeds)."""
     jobs = min(args.jobs, len(args.seeds))
-    if jobs <= 1:
-        return [run_seed(args, seed) for seed in args.seeds]
+    if jobs <= 1 or prepared.target is not None:
+        return [run_seed(args, seed, prepared=prepared) for seed in args.seeds]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -405,13 +423,34 @@ def _args_record(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    out = Path(args.out)
-    problem = check_out(out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args, argv)
+    except SourceError as error:  # data or a checkpoint that cannot be had: one line, exit 2
+        print(f"python -m sago_kernels.unlearning.benchmark: error: {error}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        raise SystemExit(2) from None
+
+
+def _refuse(problem: str | None) -> None:
     if problem:
         print(f"python -m sago_kernels.unlearning.benchmark: error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> dict:
+    if args.export_data is not None:
+        from .export import export_data
+
+        data = loading.data_for_seed(args, loading.prepare(args), args.seeds[0])
+        files = export_data(data, Path(args.export_data), args.forget_percent)
+        print(f"wrote {len(files)} files to {args.export_data} (seed {args.seeds[0]})")
+        return {"export": [str(f) for f in files]}
+    out = Path(args.out)
+    _refuse(check_out(out, create=False))
+    prepared = loading.prepare(args)  # everything that can fail on a file or the network
+    _refuse(check_out(out))
     start, cpu = time.perf_counter(), time.process_time()
     backend, _ = dispatch.resolve_backend(args.backend, torch.device(args.device))
     meta = provenance.record(argv)
@@ -429,7 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{', plots' if not args.no_plots else ''})",
         flush=True,
     )  # fmt: skip
-    seeds = run_all(args)
+    seeds = run_all(args, prepared)
     infos = [s["info"] for s in seeds]
     runs = [r for s in seeds for r in s["runs"]]
     window = tuple(args.cosine_window) if args.cosine_window else None

@@ -18,7 +18,9 @@ class PairedDataset(torch.utils.data.Dataset):
 
     One epoch is one pass over the forget set; retain examples are drawn by a seeded
     permutation and cycle when the retain set is smaller. Examples are mappings with
-    ``input_ids`` and optionally ``labels`` (default: every token is scored).
+    ``input_ids`` and optionally ``labels`` (default: every token is scored). Each pair also
+    carries ``index``, the forget example's position, which a cached reference (NPO's log
+    p_ref(x) per example, ``references.CachedReference``) is read by.
     """
 
     def __init__(
@@ -38,8 +40,9 @@ class PairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.forget)
 
-    def __getitem__(self, i: int) -> dict[str, Mapping[str, Any]]:
-        return {"forget": self.forget[i], "retain": self.retain[self._order[i % len(self.retain)]]}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        retain = self.retain[self._order[i % len(self.retain)]]
+        return {"forget": self.forget[i], "retain": retain, "index": i}
 
 
 @dataclass
@@ -47,12 +50,13 @@ class PairedCollator:
     """Pads each side of a list of pairs into ``forget_*`` and ``retain_*`` tensors.
 
     Keys: ``{side}_input_ids`` (padded with ``pad_token_id``), ``{side}_attention_mask`` and
-    ``{side}_labels`` (padded with -100, so padding is never scored).
+    ``{side}_labels`` (padded with -100, so padding is never scored); ``forget_index`` (int64)
+    when the pairs carry the forget example's ``index`` (as :class:`PairedDataset`'s do).
     """
 
     pad_token_id: int = 0
 
-    def __call__(self, pairs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, pairs: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for side in SIDES:
             examples = [p[side] for p in pairs]
@@ -70,6 +74,8 @@ class PairedCollator:
                 batch[f"{side}_input_ids"][row, : len(x)] = x
                 batch[f"{side}_attention_mask"][row, : len(x)] = 1
                 batch[f"{side}_labels"][row, : len(y)] = y
+        if pairs and all("index" in p for p in pairs):
+            batch["forget_index"] = torch.tensor([int(p["index"]) for p in pairs], dtype=torch.long)
         return batch
 
 

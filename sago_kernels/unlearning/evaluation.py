@@ -11,11 +11,17 @@ open-unlearning function each follows):
   taken against the answer itself (TOFU's ``eval_everything.yaml``: ``base_answer_key``);
 - **RWKU-style probes** (forget and retention): ROUGE-L recall of a greedy generation against the
   short answer, for the question probes, the fill-in-the-blank probes, and their mean ("All");
-- **WMDP/MMLU-style multiple choice** (forget and retention): accuracy, the option of highest
-  log-likelihood.
+- **WMDP/MMLU-style multiple choice** (forget and retention): lm-evaluation-harness's accuracy,
+  the option of highest log-likelihood (cloze options for the synthetic world, the lettered
+  zero-shot prompt for WMDP and MMLU: ``sources.MultipleChoice.style``).
 
-Each result keeps the per-example values its aggregates are computed from. :data:`METRICS`
-says which way each metric is better; the tables and the JSON use these names.
+Each metric is computed when the data has its roles (TOFU's files have no probes or choices,
+WMDP's no question-answer sets): a missing one is absent, never made up, and the tables print
+it as n/a. Without a retain-only model (``reference_available=False``: a given ``--model``
+without ``--retain-model``, or WMDP), forget quality and privacy leakage are ``None``: not
+available, never a number. Each result keeps the per-example values its aggregates are
+computed from. :data:`METRICS` says which way each metric is better; the tables and the JSON
+use these names.
 """
 
 from __future__ import annotations
@@ -89,11 +95,13 @@ class Evaluator:
     """Every metric of one model on one seed's fixed evaluation sets; the roles the data lacks
     are skipped (their metrics are absent, never made up)."""
 
-    def __init__(self, data: BenchmarkData) -> None:
+    def __init__(self, data: BenchmarkData, *, batch_size: int = 64,
+                 reference_available: bool = True) -> None:  # fmt: skip
         self.data = data
         self.tok = data.tokenizer
         self.template = data.template
-        self.kw = {"pad_id": self.tok.pad_id}
+        self.reference_available = reference_available
+        self.kw = {"pad_id": self.tok.pad_id, "batch_size": batch_size}
         self.qa: dict[str, list[QA]] = {}
         self.answers, self.bases, self.perturbed = {}, {}, {}
         for role in ("forget", *UTILITY_ROLES, "holdout"):
@@ -117,17 +125,21 @@ class Evaluator:
             for role in ("forget_choice", "retention_choice")
             if data.eval_set(role) is not None
         }
+        self.choice_examples = {role: [data.encode_choices(item) for item in items]
+                                for role, items in self.choices.items()}  # fmt: skip
         # a probe's answer comes inside a sentence: generate as long as the longest answer
-        answers = [i.answer for items in data.sets.values() for i in items if isinstance(i, QA)]
-        self.probe_tokens = max((len(self.template.answer_ids(self.tok, a)) for a in answers),
-                                default=32)  # fmt: skip
+        self.probe_tokens = 32
+        if self.probes:
+            answers = [i.answer for items in data.sets.values() for i in items
+                       if isinstance(i, QA)]  # fmt: skip
+            self.probe_tokens = max((len(self.template.answer_ids(self.tok, a)) for a in answers),
+                                    default=32)  # fmt: skip
 
     # ------------------------------------------------------------------ pieces
 
     def _generate(self, model, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
         generated = M.generate_greedy(
-            model, None, prompts, max_new_tokens=max_new_tokens, eos_id=self.tok.eos_id,
-            pad_id=self.tok.pad_id,
+            model, None, prompts, max_new_tokens=max_new_tokens, eos_id=self.tok.eos_id, **self.kw
         )  # fmt: skip
         return [self.tok.decode(ids) for ids in generated]
 
@@ -145,13 +157,9 @@ class Evaluator:
         predictions = self._generate(model, prompts, self.probe_tokens)
         return M.rouge_l_recall(predictions, [p.answer for p in probes])
 
-    def choice_correct(self, model, role: str) -> list[float]:
-        items = self.choices[role]
-        encoded = [self.template.choice_ids(self.tok, item) for item in items]
-        return M.choice_accuracy(
-            model, [e[0] for e in encoded], [e[1] for e in encoded],
-            [item.answer for item in items], **self.kw,
-        ).tolist()  # fmt: skip
+    def choice_logprobs(self, model, role: str) -> list[torch.Tensor]:
+        """Each question's options' log-likelihoods (``metrics.choice_logprobs``)."""
+        return M.choice_logprobs(model, self.choice_examples[role], **self.kw)
 
     def truth_ratios(self, model, role: str) -> torch.Tensor:
         return M.truth_ratio(model, self.bases[role], self.perturbed[role], **self.kw)
@@ -191,10 +199,10 @@ class Evaluator:
                     row[f"{prefix}_{style}_rouge"] = by_style[style]
             # RWKU's "All": the mean of the question and fill-in-the-blank scores
             row[f"{prefix}_rouge"] = statistics.fmean(by_style.values())
-        for role in self.choices:
-            correct = self.choice_correct(model, role)
-            per_example[f"{role}_correct"] = correct
-            row[f"{role}_accuracy"] = statistics.fmean(correct)
+        for role, items in self.choices.items():
+            scores = self.choice_logprobs(model, role)
+            per_example[f"{role}_logprobs"] = [s.tolist() for s in scores]
+            row[f"{role}_accuracy"] = M.choice_accuracy(scores, [q.answer for q in items])
         if "forget" in self.qa:
             self._forget_metrics(model, reference, row, per_example)
         utility = {}
@@ -239,7 +247,9 @@ class Evaluator:
             per_example["mia_scores"] = mia
             for kind, scores in mia.items():
                 row[f"mia_auc_{kind}"] = M.mia_auc(scores["forget"], scores["holdout"])
-        if reference is not None:
+        if not self.reference_available:
+            row["forget_quality"] = row["privleak"] = None
+        elif reference is not None:
             row["forget_quality"] = M.forget_quality(
                 per_example["truth_ratio_forget"], reference["per_example"]["truth_ratio_forget"]
             )

@@ -24,40 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_scalar
-
-IGNORE_INDEX = -100
-
-
-def check_labels(labels: torch.Tensor, vocab: int) -> None:
-    """Every label is a token id in ``[0, vocab)`` or ``IGNORE_INDEX``: any other value would be
-    gathered as some other token (a negative one as token 0) and scored without a word.
-
-    One fused check per call. On the CPU it raises ``ValueError`` naming a bad label. On an
-    accelerator it is a device-side assertion (``torch._assert_async``), so the loss never waits
-    for the device: a bad label stops the process at the next synchronisation, as
-    ``F.cross_entropy`` does with a bad target there.
-    """
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(
-            f"Parameter `labels` should hold integer token ids. Found `labels.dtype = "
-            f"{labels.dtype}`."
-        )
-    bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
-    if labels.device.type != "cpu":
-        torch._assert_async(
-            ~bad.any(),
-            f"sago_kernels.unlearning.losses: `labels` should be token ids in [0, {vocab}) or "
-            f"{IGNORE_INDEX} (ignored)",
-        )
-        return
-    if bad.any():
-        where = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(
-            f"Parameter `labels` should hold token ids in [0, {vocab}) (the logits' vocabulary) "
-            f"or {IGNORE_INDEX} for unscored positions. Found `labels[{where}] = "
-            f"{labels[where].item()}`; mark unscored positions with {IGNORE_INDEX}."
-        )
-
+from .logprobs import (  # noqa: F401  (IGNORE_INDEX, check_labels: re-exported, the losses' API)
+    IGNORE_INDEX, check_batch, check_labels, sequence_logprob, token_logprobs,
+)  # fmt: skip
+from .logprobs import model_logits as _logits
+from .references import AdaptersOff, CachedReference, Reference, run_reference
 
 def check_beta(beta: object) -> float:
     """β of NPO/SimNPO: a finite Python float > 0 (the losses divide by it)."""
@@ -67,27 +38,6 @@ def check_beta(beta: object) -> float:
             f"Parameter `beta` should be > 0 (the loss is scaled by 2/β). Found `beta = {beta}`."
         )
     return beta
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p of each labelled token and the mask of labelled positions, both ``[B, T-1]``."""
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(
-            "`logits` should be [batch, time, vocab] and `labels` [batch, time]. Found "
-            f"`logits.shape = {tuple(logits.shape)}`, `labels.shape = {tuple(labels.shape)}`."
-        )
-    check_labels(labels, logits.shape[-1])
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
-
-
-def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(x) per sequence: the sum over its labelled tokens, ``[B]``."""
-    picked, _ = token_logprobs(logits, labels)
-    return picked.sum(-1)
 
 
 def nll_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,11 +55,32 @@ def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def npo_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    beta: float = 0.1,
+    *,
+    ref_logprob: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen."""
+    """NPO: L = −(2/β)·mean log σ(−β·(log p_θ(x) − log p_ref(x))), reference model frozen.
+
+    The reference enters only through log p_ref(x) of each sequence: give the reference's
+    ``ref_logits``, or the values themselves, ``ref_logprob`` ``[B]`` (a
+    :class:`~sago_kernels.unlearning.references.CachedReference`'s)."""
     beta = check_beta(beta)
-    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    if (ref_logits is None) == (ref_logprob is None):
+        raise ValueError(
+            "npo_loss needs the reference as exactly one of `ref_logits` (its logits on the "
+            "batch) or `ref_logprob` (log p_ref(x) per sequence, e.g. from a CachedReference)."
+        )
+    if ref_logprob is None:
+        ref_logprob = sequence_logprob(ref_logits.detach(), labels)
+    elif ref_logprob.shape != labels.shape[:1]:
+        raise ValueError(
+            f"`ref_logprob` should hold one value per sequence, shape {tuple(labels.shape[:1])}. "
+            f"Found `ref_logprob.shape = {tuple(ref_logprob.shape)}`."
+        )
+    log_ratio = sequence_logprob(logits, labels) - ref_logprob.detach()
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
 
@@ -259,7 +230,8 @@ class Loss:
     ``ints``: the hyperparameters that are Python ints (a layer index, a seed), checked as such;
     every other one is a float. ``reads``: ``"logits"`` (``fn(logits, labels, ...)``) or
     ``"hidden_states"`` (``fn(hidden, attention_mask, ...)`` on ``hidden_states[layer]``, the
-    ``layer`` hyperparameter).
+    ``layer`` hyperparameter). ``per_sequence_reference``: the loss reads the reference only
+    through log p_ref(x) of each sequence, so a ``CachedReference`` can stand for it (NPO).
     """
 
     name: str
@@ -268,11 +240,12 @@ class Loss:
     defaults: Mapping[str, float | int] = field(default_factory=dict)
     ints: frozenset[str] = frozenset()
     reads: str = "logits"
+    per_sequence_reference: bool = False
 
 
 FORGET_LOSSES: dict[str, Loss] = {
     "ga": Loss("ga", ga_loss, False),
-    "npo": Loss("npo", npo_loss, True, {"beta": 0.1}),
+    "npo": Loss("npo", npo_loss, True, {"beta": 0.1}, per_sequence_reference=True),
     "simnpo": Loss("simnpo", simnpo_loss, False, {"beta": 4.5, "delta": 0.0}),
     "rmu": Loss(
         "rmu", rmu_loss, False, {"layer": RMU_LAYER, "steering": RMU_STEERING, "seed": 0},
@@ -355,44 +328,80 @@ def loss_hparams(
     return values
 
 
-def check_batch(name: str, batch: object) -> Mapping[str, torch.Tensor]:
-    """A batch a loss can run on: a mapping with ``input_ids`` and ``labels`` tensors."""
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"Parameter `{name}` should be a mapping with `input_ids` and `labels` (and optionally "
-            f"`attention_mask`). Found `type({name}) = {type(batch).__name__}`."
-        )
-    for key in ("input_ids", "labels"):
-        if not isinstance(batch.get(key), torch.Tensor):
-            raise ValueError(
-                f"Parameter `{name}` should have a tensor under {key!r}. Found keys "
-                f"{sorted(map(str, batch))}."
-            )
-    return batch
-
-
-def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    return out.logits if hasattr(out, "logits") else out
+REFERENCE_FORMS = (
+    "a frozen copy of the model (`copy.deepcopy(model)` before unlearning), "
+    "`AdaptersOff(model)` for a peft (LoRA) model (its base: no copy), or for NPO a "
+    "`CachedReference` (log p_ref(x) per forget example, computed once: no model held)"
+)
+"""What ``ref_model=`` can be, named in every error that asks for a reference."""
 
 
 def check_models(
     loss: Loss,
     hparams: Mapping[str, object],
     model: torch.nn.Module,
-    ref_model: torch.nn.Module | None = None,
+    ref_model: Reference | None = None,
 ) -> None:
     """What can be checked of the models before a forward: the reference is there if the loss
-    needs it; for a loss over hidden states, each model can be asked for them and has the
-    ``layer`` in ``hparams`` (checked :func:`loss_hparams`) when its config says how many blocks
-    it has (a model without a config is checked after its forward)."""
+    needs it, in a form the loss can read; for a loss over hidden states, each model can be
+    asked for them and has the ``layer`` in ``hparams`` (checked :func:`loss_hparams`) when its
+    config says how many blocks it has (a model without a config is checked after its forward)."""
     if loss.needs_reference and ref_model is None:
-        raise ValueError(f"The {loss.name!r} loss needs `ref_model` (a frozen copy of the model).")
+        raise ValueError(f"The {loss.name!r} loss needs `ref_model`: {REFERENCE_FORMS}.")
+    forms = (torch.nn.Module, CachedReference, AdaptersOff)
+    if loss.needs_reference and not isinstance(ref_model, forms):
+        raise TypeError(
+            f"Parameter `ref_model` should be {REFERENCE_FORMS}. Found "
+            f"`{type(ref_model).__name__}`."
+        )
+    if isinstance(ref_model, CachedReference) and loss.needs_reference:
+        if not loss.per_sequence_reference:
+            reads = "hidden states" if loss.reads == "hidden_states" else "next-token distributions"
+            raise ValueError(
+                f"The {loss.name!r} loss reads the reference's whole {reads}, which a "
+                "CachedReference (NPO's log p_ref(x) per example) does not hold. Pass "
+                "`AdaptersOff(model)` under LoRA, or a frozen copy of the model."
+            )
     if loss.reads != "hidden_states":
         return
-    models = [("model", model)] + ([("ref_model", ref_model)] if loss.needs_reference else [])
+    reference = ref_model.model if isinstance(ref_model, AdaptersOff) else ref_model
+    models = [("model", model)] + ([("ref_model", reference)] if loss.needs_reference else [])
     for name, m in models:
         _check_hidden_states_model(loss, name, m, int(hparams["layer"]))
+
+
+def _memory_key(t: torch.Tensor) -> object:
+    """What identifies a tensor's memory: its storage's address, or the tensor itself where there
+    is none to compare (meta tensors all sit at address 0; DTensors and other subclasses)."""
+    try:
+        address = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return id(t)
+    return address if address else id(t)
+
+
+def check_reference_apart(model: torch.nn.Module, ref_model: Reference | None) -> None:
+    """A reference model shares no trainable parameter with the model. A shared one
+    (``ref_model=model``, or a reference built around the model's own modules) would be frozen
+    with the reference, so never unlearned, and the reference would move with the model it
+    anchors. (``AdaptersOff`` shares the base by design: only the adapters train.)"""
+    if not isinstance(ref_model, torch.nn.Module):
+        return
+    if ref_model is model:
+        raise ValueError(
+            "Parameter `ref_model` should be a separate frozen copy of the model. Found the model "
+            "itself: it would be frozen (nothing left to unlearn) and the reference would move "
+            "with it. Pass `copy.deepcopy(model)` taken before unlearning."
+        )
+    held = {_memory_key(t) for t in (*ref_model.parameters(), *ref_model.buffers()) if t.numel()}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.numel() and _memory_key(p) in held:
+            raise ValueError(
+                "Parameter `ref_model` should share no trainable parameter with `model`. Found "
+                f"`{name}` in both: it would be frozen with the reference (never unlearned) and "
+                "the reference would move with the model. Pass a separate copy "
+                "(`copy.deepcopy(model)` taken before unlearning)."
+            )
 
 
 def step_hparams(
@@ -465,12 +474,14 @@ def run_loss(
     model: torch.nn.Module,
     batch: Mapping[str, torch.Tensor],
     *,
-    ref_model: torch.nn.Module | None = None,
+    ref_model: Reference | None = None,
     forget: bool = True,
     **hparams: float | int,
 ) -> torch.Tensor:
-    """One forward of ``model`` (and of ``ref_model`` under no_grad when the loss needs it),
-    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``.
+    """One forward of ``model`` (and of the reference under no_grad when the loss needs it),
+    then the loss. ``batch`` has ``input_ids``, ``labels`` and optionally ``attention_mask``
+    (and ``index`` with a :class:`CachedReference`). ``ref_model``: a frozen copy, an
+    :class:`AdaptersOff` base or (NPO) a :class:`CachedReference`.
     Everything is checked before the forward (a layer past a model without a config, after).
 
     A loss over hidden states (RMU) asks for ``output_hidden_states=True`` and takes
@@ -484,11 +495,13 @@ def run_loss(
         layer = kwargs.pop("layer")
         hidden = _hidden_state(loss, model, batch, layer)
         if loss.needs_reference:
-            with torch.no_grad():
-                kwargs["ref_hidden"] = _hidden_state(loss, ref_model, batch, layer)
+            kwargs["ref_hidden"] = run_reference(
+                ref_model, lambda ref: _hidden_state(loss, ref, batch, layer)
+            )
         return loss.fn(hidden, batch.get("attention_mask"), **kwargs)
+    if isinstance(ref_model, CachedReference) and loss.needs_reference:
+        kwargs["ref_logprob"] = ref_model.lookup(batch.get("index"))
     logits = _logits(model, batch)
-    if loss.needs_reference:
-        with torch.no_grad():
-            kwargs["ref_logits"] = _logits(ref_model, batch)
+    if loss.needs_reference and "ref_logprob" not in kwargs:
+        kwargs["ref_logits"] = run_reference(ref_model, lambda ref: _logits(ref, batch))
     return loss.fn(logits, batch["labels"], **kwargs)

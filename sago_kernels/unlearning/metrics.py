@@ -367,70 +367,73 @@ def truth_ratio_score(tr: torch.Tensor | Sequence[float], *, forget: bool) -> fl
 # --------------------------------------------------------------------------- multiple choice
 
 
-def choice_loglikelihoods(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    options: Sequence[Sequence[Sequence[int]]],
-    *,
-    batch_size: int = 64,
-    pad_id: int = 0,
+def choice_logprobs(
+    model: torch.nn.Module, options: Sequence[Sequence[Example]], **kw: Any
 ) -> list[torch.Tensor]:
-    """Σ log p of each option's tokens after its question's prompt, one float64 tensor per
-    question: what lm-evaluation-harness compares for WMDP's and MMLU's multiple choice
-    (``loglikelihood`` requests, ``acc``)."""
-    if isinstance(prompts, Mapping) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise ValueError("Parameter `prompts` should be a non-empty list of token-id lists.")
-    if not isinstance(options, Sequence) or len(options) != len(prompts):
-        raise ValueError(
-            "Parameters `options` and `prompts` should have one entry per question each. Found "
-            f"{len(options) if isinstance(options, Sequence) else type(options).__name__} and "
-            f"{len(prompts)}."
+    """Per multiple-choice question, Σ log p of each option's scored tokens (float64 ``[k]``):
+    the options' log-likelihoods lm-evaluation-harness ranks (its ``loglikelihood`` requests
+    of a ``multiple_choice`` task, which WMDP and MMLU use). ``options``: per question, one
+    example per option, the prompt unscored and the option scored (``sources.encode_choices``
+    makes them, cloze or lettered). Options that share everything but a single scored last
+    token (WMDP's and MMLU's letters) are read from one forward of the shared prompt."""
+    flat, groups = _flatten_groups("options", options, len(options), "options")
+    for i, g in enumerate(groups):
+        if g.stop - g.start < 2:
+            raise ValueError(f"`options[{i}]` should hold at least two options (examples). "
+                             f"Found {g.stop - g.start}.")  # fmt: skip
+    checked = _check_examples("options", flat)
+    shared, rest = [], []
+    for g in groups:
+        rows = checked[g]
+        head = rows[0][0][:-1]
+        one_token = all(
+            r[0].numel() == head.numel() + 1 and torch.equal(r[0][:-1], head)
+            and int((r[1] != IGNORE_INDEX).sum()) == 1 and int(r[1][-1]) != IGNORE_INDEX
+            for r in rows
         )
-    examples: list[dict[str, list[int]]] = []
-    groups: list[slice] = []
-    for i, (prompt, opts) in enumerate(zip(prompts, options)):
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ValueError(f"`prompts[{i}]` is empty: an option needs a prompt to follow.")
-        if not isinstance(opts, Sequence) or len(opts) < 2:
-            raise ValueError(f"`options[{i}]` should hold at least two options. Found {opts!r}.")
-        start = len(examples)
-        for j, option in enumerate(opts):
-            option = [int(t) for t in option]
-            if not option:
-                raise ValueError(f"`options[{i}][{j}]` is empty: there is nothing to score.")
-            examples.append(
-                {"input_ids": prompt + option, "labels": [IGNORE_INDEX] * len(prompt) + option}
-            )
-        groups.append(slice(start, len(examples)))
-    sums, _ = answer_logprobs(model, examples, batch_size=batch_size, pad_id=pad_id)
-    return [sums[g] for g in groups]
+        (shared if one_token and head.numel() > 0 else rest).append(g)
+    out: dict[int, torch.Tensor] = {}
+    if rest:
+        idx = [i for g in rest for i in range(g.start, g.stop)]
+        sums, _ = answer_logprobs(model, [flat[i] for i in idx], **kw)
+        by_index = dict(zip(idx, sums))
+        for g in rest:
+            out[g.start] = torch.stack([by_index[i] for i in range(g.start, g.stop)])
+    if shared:
+        batch_size, pad_id = _kw(kw)["batch_size"], _kw(kw)["pad_id"]
+        device = _device(model)
+        with _evaluating(model):
+            for start in range(0, len(shared), batch_size):
+                chunk = shared[start : start + batch_size]
+                heads = [checked[g.start][0][:-1] for g in chunk]
+                ids = _pad(heads, pad_id, device)
+                lengths = torch.tensor([h.numel() for h in heads], device=device)
+                mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+                logits = _logits(model, {"input_ids": ids, "attention_mask": mask})
+                last = logits[torch.arange(len(chunk), device=device), lengths - 1].float()
+                logp = torch.log_softmax(last, dim=-1).to("cpu", torch.float64)
+                for row, g in enumerate(chunk):
+                    letters = torch.stack([checked[i][0][-1] for i in range(g.start, g.stop)])
+                    out[g.start] = logp[row, letters]
+    return [out[g.start] for g in groups]
 
 
-def choice_accuracy(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    options: Sequence[Sequence[Sequence[int]]],
-    answers: Sequence[int],
-    **kw: Any,
-) -> torch.Tensor:
-    """1.0 where the option of highest log-likelihood (:func:`choice_loglikelihoods`) is the
-    right one, else 0.0, per question, ``[n]`` float64: lm-evaluation-harness's ``acc`` of
-    WMDP and MMLU (the first maximum on a tie). Chance is 1 / (number of options)."""
-    lls = choice_loglikelihoods(model, prompts, options, **_kw(kw))
-    if len(answers) != len(lls):
+def choice_accuracy(scores: Sequence[torch.Tensor], answers: Sequence[int]) -> float:
+    """Share of questions whose right option has the highest log-likelihood
+    (:func:`choice_logprobs`; ties: the first option, as ``numpy.argmax`` in the harness):
+    lm-evaluation-harness's ``acc`` of WMDP and MMLU. Chance is 1 / (number of options)."""
+    if len(scores) != len(answers) or not answers:
         raise ValueError(
-            f"Parameter `answers` should hold one index per question. Found {len(answers)} "
-            f"for {len(lls)} questions."
+            "Parameters `scores` and `answers` should be non-empty, one entry per question. "
+            f"Found {len(scores)} and {len(answers)}."
         )
-    out = []
-    for i, (ll, answer) in enumerate(zip(lls, answers)):
-        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(ll):
+    for i, (s, answer) in enumerate(zip(scores, answers)):
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(s):
             raise ValueError(
-                f"`answers[{i}]` should be an option index in [0, {len(ll)}). Found {answer!r}."
+                f"`answers[{i}]` should be an option index in [0, {len(s)}). Found {answer!r}."
             )
-        out.append(float(int(ll.argmax()) == answer))
-    return torch.tensor(out, dtype=torch.float64)
+    hits = [int(torch.argmax(s)) == a for s, a in zip(scores, answers)]
+    return sum(hits) / len(hits)
 
 
 # --------------------------------------------------------------------------- generation, ROUGE
@@ -470,8 +473,9 @@ def generate_greedy(
     KV cache and ``position_ids``), one forward of the right-padded prompts and then
     one token a step through the KV cache, each new token at its row's own position with the
     padding masked; with any other causal LM, full forwards of the growing rows. Either way
-    each row reads the logits at its own last token, so batching does not change the result. ``tokenizer`` only supplies ``eos_id`` when
-    that is None (its ``eos_token_id``); ``eos_id=None`` without one never stops early.
+    each row reads the logits at its own last token, so batching does not change the result.
+    ``tokenizer`` only supplies ``eos_id`` when that is None (its ``eos_token_id``);
+    ``eos_id=None`` without one never stops early.
     """
     _check_int("max_new_tokens", max_new_tokens, minimum=0)
     _check_int("pad_id", pad_id, minimum=0)

@@ -3,7 +3,9 @@
 Per seed (:func:`prepare_seed`): a target model trained on the data's ``target_train`` sets and a
 retain-only model trained on its ``retain_model_train`` sets (the reference of forget quality and
 privacy leakage), both tiny GPT-2s built from a config, each trained until it predicts every
-scored token. Then each :class:`RunSpec` (:func:`unlearn`): Algorithm 1 with the fused combine
+scored token; or the given checkpoints (``--model``, ``--retain-model``: :func:`given_seed`;
+without a retain-only model there is no reference, so no forget quality, privacy leakage or
+early stop). Then each :class:`RunSpec` (:func:`unlearn`): Algorithm 1 with the fused combine
 from the target model, for a fixed budget of ``--steps`` steps, evaluated at the end. The grid
 (the paper's Appendix A): the forget weight γ and the retain weight α, each swept with the other
 at its default (:func:`grid_points`), as multiples of the weights the loss's source sets
@@ -29,6 +31,7 @@ import copy
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,6 +49,7 @@ from .losses import (
     loss_hparams,
     nll_loss,
     run_loss,
+    step_hparams,
 )  # fmt: skip
 from .progress import Progress
 from .sources import QA, BenchmarkData, MultipleChoice
@@ -135,17 +139,28 @@ def pad(examples: list[dict], pad_id: int, device: torch.device | str) -> dict[s
 
 
 @torch.no_grad()
-def memorised_tokens(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+def memorised_tokens(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                     batch_size: int | None = None) -> tuple[int, int]:  # fmt: skip
     """(answer tokens the model predicts exactly, teacher-forced; answer tokens): integers, so a
-    target is met or not without float rounding."""
+    target is met or not without float rounding. ``batch_size`` rows per forward (None: all)."""
     was_training = model.training
     model.eval()
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    rows = len(batch["input_ids"])
+    step = rows if batch_size is None else batch_size
+    hits = total = 0
+    for start in range(0, rows, step):
+        part = {k: v[start : start + step] for k, v in batch.items()}
+        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        targets = part["labels"][:, 1:]
+        scored = targets != IGNORE_INDEX
+        hits += int(((logits[:, :-1].argmax(-1) == targets) & scored).sum())
+        total += int(scored.sum())
     model.train(was_training)
-    targets = batch["labels"][:, 1:]
-    scored = targets != IGNORE_INDEX
-    hit = (logits[:, :-1].argmax(-1) == targets) & scored
-    return int(hit.sum()), int(scored.sum())
+    return hits, total
+
+
+def _eval_batch(args: argparse.Namespace) -> int:
+    return getattr(args, "eval_batch", 64)
 
 
 def train(model, examples, pad_id, args, seed, desc, progress: bool = True,
@@ -231,10 +246,10 @@ def prepare_seed(data: BenchmarkData, args: argparse.Namespace, seed: int,
     retain_info = train(retain_model, data.examples(data.retain_model_train), tok.pad_id, args,
                         seed, f"seed {seed}: pre-training the retain-only model", progress,
                         bar)  # fmt: skip
-    evaluator = Evaluator(data)
+    evaluator = Evaluator(data, batch_size=_eval_batch(args))
     reference = evaluator(retain_model)
     hit, _ = memorised_tokens(retain_model, pad(data.examples(data.forget), tok.pad_id,
-                                                args.device))  # fmt: skip
+                                                args.device), _eval_batch(args))  # fmt: skip
     reference["memorised_forget_tokens"] = hit
     target_eval = evaluator(target, reference)
     info = {
@@ -244,6 +259,56 @@ def prepare_seed(data: BenchmarkData, args: argparse.Namespace, seed: int,
     }  # fmt: skip
     return {"target": target, "retain_model": retain_model, "evaluator": evaluator,
             "reference": reference, "info": info}  # fmt: skip
+
+
+def given_seed(data: BenchmarkData, args: argparse.Namespace, seed: int, target, retain_model,
+               cache: dict) -> dict:  # fmt: skip
+    """:func:`prepare_seed` for given checkpoints: nothing trained; the two models'
+    evaluations do not depend on the seed, so they are made once (``cache``)."""
+    if "evaluator" not in cache:
+        leaks = data.leaks()
+        if leaks:
+            raise ValueError(f"The data's held-out sets are not held out: {'; '.join(leaks)}.")
+        evaluator = Evaluator(data, batch_size=_eval_batch(args),
+                              reference_available=retain_model is not None)  # fmt: skip
+        reference = None
+        if retain_model is not None:
+            reference = evaluator(retain_model)
+            forget_all = pad(data.examples(data.forget), data.tokenizer.pad_id, args.device)
+            hit, _ = memorised_tokens(retain_model, forget_all, _eval_batch(args))
+            reference["memorised_forget_tokens"] = hit
+        cache.update(evaluator=evaluator, reference=reference,
+                     target_eval=evaluator(target, reference))  # fmt: skip
+    info = {
+        "seed": seed, "data": data.info, "identities": data.identities(),
+        "target_training": None, "retain_training": None,
+        "given": {"model": args.model, "retain_model": args.retain_model},
+        "retain_model": copy.deepcopy(cache["reference"]),
+        "target_model": copy.deepcopy(cache["target_eval"]),
+    }  # fmt: skip
+    return {"target": target, "retain_model": retain_model, "evaluator": cache["evaluator"],
+            "reference": cache["reference"], "info": info}  # fmt: skip
+
+
+def seed_line(info: dict) -> str:
+    """One line on a prepared seed: how the models were had, and the target's scores."""
+    metrics = info["target_model"]["metrics"]
+    shown = (("forget_probe_rouge", "forget_probe_rouge", "{:.3f}"),
+             ("forget_quality", "forget_quality", "{:.3g}"),
+             ("model_utility", "model_utility", "{:.3f}"),
+             ("forget_choice_accuracy", "forget_choice_accuracy", "{:.3f}"),
+             ("retention_choice_accuracy", "retention_choice_accuracy", "{:.3f}"))  # fmt: skip
+    scores = ", ".join(f"{label} {fmt.format(metrics[key])}" for key, label, fmt in shown
+                       if metrics.get(key) is not None)  # fmt: skip
+    if info["target_training"] is None:
+        models = f"given model {info['given']['model']}"
+        if info["given"]["retain_model"] is None:
+            models += " (no --retain-model: forget quality and privleak not available)"
+    else:
+        t, r = info["target_training"], info["retain_training"]
+        models = (f"target memorised {t['memorised']:.3f} in {t['epochs']} epochs, retain-only "
+                  f"{r['memorised']:.3f} in {r['epochs']}")  # fmt: skip
+    return f"seed {info['seed']}: {models}; target model {scores or 'scored'}"
 
 
 # --------------------------------------------------------------------------- one run
@@ -259,11 +324,40 @@ def forget_only_step(model, optimizer, forget_batch, *, forget_loss, ref_model, 
     check_models(f_loss, hparams, model, ref_model)
     loss_f = run_loss(f_loss, model, forget_batch, ref_model=ref_model, **hparams)
     loss_f.backward()
-    if gamma != 1.0:
-        torch._foreach_mul_([p.grad for p in model.parameters() if p.grad is not None], gamma)
+    _scale_grads(model, gamma)
     optimizer.step()
     optimizer.zero_grad()
     return loss_f.detach()
+
+
+def _scale_grads(model: torch.nn.Module, gamma: float) -> None:
+    if gamma != 1.0:
+        torch._foreach_mul_([p.grad for p in model.parameters() if p.grad is not None], gamma)
+
+
+def accumulated_step(model, synth, optimizer, forget_batches, retain_batches, *, forget_loss,
+                     retain_loss, ref_model, loss_kwargs, gamma) -> None:  # fmt: skip
+    """One step over several micro-batches a side (``--grad-accum``): each loss divided by
+    their number, the forget backward passes accumulated in the forget buffer, the retain ones
+    in the retain buffer, one combine; with ``synth`` None, the forget-only baseline's γ·g_f."""
+    f_loss, r_loss = get_loss(forget_loss, forget=True), get_loss(retain_loss, forget=False)
+    hparams, r_hparams = step_hparams(f_loss, r_loss, loss_kwargs, None)
+    check_models(f_loss, hparams, model, ref_model)
+    k = len(forget_batches)
+    if synth is None:
+        for batch in forget_batches:
+            (run_loss(f_loss, model, batch, ref_model=ref_model, **hparams) / k).backward()
+        _scale_grads(model, gamma)
+    else:
+        with synth.forget():
+            for batch in forget_batches:
+                (run_loss(f_loss, model, batch, ref_model=ref_model, **hparams) / k).backward()
+        with synth.retain():
+            for batch in retain_batches:
+                (run_loss(r_loss, model, batch, ref_model=ref_model, **r_hparams) / k).backward()
+        synth.combine_()
+    optimizer.step()
+    optimizer.zero_grad()
 
 
 def weights(spec: RunSpec) -> tuple[float, float]:
@@ -276,13 +370,36 @@ def weights(spec: RunSpec) -> tuple[float, float]:
 def unlearn(target, data: BenchmarkData, evaluator, reference, spec: RunSpec, seed: int,
             args) -> dict:  # fmt: skip
     """Algorithm 1 from the target model for ``--steps`` steps, evaluated at the end (and at the
-    early stop when ``spec.early_stop``).
+    early stop when ``spec.early_stop`` and there is a retain-only model to stop at).
 
     ``spec.method`` is a combine method, or :data:`FORGET_ONLY` (no retain term at all). The
     forget and retain batches are drawn from one generator per (seed, loss), whatever the
     method and the weights (the forget-only baseline draws the retain batch and leaves it
-    unused). Combine runs keep each step's global gradient geometry (:data:`GEOMETRY`)."""
-    model = copy.deepcopy(target).train().requires_grad_(True)
+    unused). Combine runs keep each step's global gradient geometry (:data:`GEOMETRY`).
+
+    With ``--lora-rank`` the adapters go on the target itself for the run and come off after
+    (the base is never written), and the reference is the base with its adapters off
+    (``references.AdaptersOff``); otherwise the run trains a copy and the target is the
+    reference."""
+    lora = getattr(args, "lora_rank", 0)
+    if lora:
+        from .checkpoints import attach_lora, detach_lora
+        from .references import AdaptersOff
+
+        model = attach_lora(target, lora).train()
+        ref_model = AdaptersOff(model)
+    else:
+        model = copy.deepcopy(target).train().requires_grad_(True)
+        ref_model = target
+    try:
+        return _unlearn(model, ref_model, data, evaluator, reference, spec, seed, args)
+    finally:
+        if lora:
+            detach_lora(model)
+
+
+def _unlearn(model, ref_model, data, evaluator, reference, spec: RunSpec, seed: int,
+             args) -> dict:  # fmt: skip
     gamma, alpha = weights(spec)
     synth = None
     if spec.method != FORGET_ONLY:
@@ -292,8 +409,10 @@ def unlearn(target, data: BenchmarkData, evaluator, reference, spec: RunSpec, se
         synth = GradientSynthesizer(
             model, method=spec.method, alpha=alpha, gamma=gamma,
             backend=args.backend, keep_history=None, granularity=granularity,
+            buffers=getattr(args, "buffers", 2),
         )  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     pad_id = data.tokenizer.pad_id
     forget_all = pad(data.examples(data.forget), pad_id, args.device)
     retain_all = pad(data.examples(data.retain), pad_id, args.device)
@@ -305,35 +424,53 @@ def unlearn(target, data: BenchmarkData, evaluator, reference, spec: RunSpec, se
 
     loss_kwargs = {"layer": args.rmu_layer} if spec.loss == "rmu" else {}
     retain_loss = "rmu" if spec.loss == "rmu" else "nll"
+    accumulate = getattr(args, "grad_accum", 1)
+    eval_batch = _eval_batch(args)
+    # the early stop needs the retain-only model's count (none without a retain-only model)
+    early_stop = (spec.early_stop and reference is not None
+                  and "memorised_forget_tokens" in reference)  # fmt: skip
     curve, early, start = [], None, time.perf_counter()
-    if spec.early_stop:
-        hit, total = memorised_tokens(model, forget_all)
+    total = None
+    if early_stop:
+        hit, total = memorised_tokens(model, forget_all, eval_batch)
         curve.append({"step": 0, "forget_tokens_memorised": hit})
     for step in range(1, args.steps + 1):
-        forget_batch, retain_batch = draw(forget_all), draw(retain_all)
-        if synth is None:
-            forget_only_step(model, opt, forget_batch, forget_loss=spec.loss, ref_model=target,
+        if accumulate > 1:
+            pairs = [(draw(forget_all), draw(retain_all)) for _ in range(accumulate)]
+            accumulated_step(model, synth, opt, [f for f, _ in pairs], [r for _, r in pairs],
+                             forget_loss=spec.loss, retain_loss=retain_loss, ref_model=ref_model,
                              loss_kwargs=loss_kwargs, gamma=gamma)  # fmt: skip
+        elif synth is None:
+            forget_batch, retain_batch = draw(forget_all), draw(retain_all)
+            forget_only_step(model, opt, forget_batch, forget_loss=spec.loss,
+                             ref_model=ref_model, loss_kwargs=loss_kwargs,
+                             gamma=gamma)  # fmt: skip
         else:
+            forget_batch, retain_batch = draw(forget_all), draw(retain_all)
             unlearning_step(
                 model, synth, opt, forget_batch, retain_batch, forget_loss=spec.loss,
-                retain_loss=retain_loss, ref_model=target, loss_kwargs=loss_kwargs,
+                retain_loss=retain_loss, ref_model=ref_model, loss_kwargs=loss_kwargs,
             )  # fmt: skip
-        if spec.early_stop:
-            hit, total = memorised_tokens(model, forget_all)
+        if early_stop:
+            hit, total = memorised_tokens(model, forget_all, eval_batch)
             curve.append({"step": step, "forget_tokens_memorised": hit})
             if early is None and hit <= reference["memorised_forget_tokens"]:
                 early = {"steps": step, "reached": True, **evaluator(model, reference)}
     fixed = {"steps": args.steps, **evaluator(model, reference)}
-    if spec.early_stop and early is None:  # never as forgotten as the retain-only model: say so
+    if early_stop and early is None:  # never as forgotten as the retain-only model: say so
         early = {**fixed, "reached": False}
+    if getattr(args, "save_model", None):
+        from .checkpoints import save_model
+
+        grid = "" if spec.default_weights else f"-g{spec.gamma_scale:g}-a{spec.alpha_scale:g}"
+        where = Path(args.save_model) / f"{spec.loss}-{spec.method}{grid}-seed{seed}"
+        save_model(model, data.tokenizer, where)
     geometry = None
     if synth is not None:  # one row per step: the whole model's cosines
         table = synth.history_table()
         geometry = {name: [row[name] for row in table] for name in GEOMETRY}
     return {
         "seed": seed, **asdict(spec), "gamma": gamma, "alpha": alpha, "fixed": fixed,
-        "early_stop": early, "curve": curve or None,
-        "forget_tokens": total if spec.early_stop else None, "geometry": geometry,
-        "seconds": round(time.perf_counter() - start, 2),
+        "early_stop": early, "curve": curve or None, "forget_tokens": total,
+        "geometry": geometry, "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip

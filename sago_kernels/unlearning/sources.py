@@ -45,11 +45,14 @@ __all__ = [
     "MultipleChoice",
     "PlainTemplate",
     "Probe",
+    "SourceError",
     "Template",
     "Tokenizer",
+    "encode_choices",
     "encode_document",
     "encode_qa",
     "item_id",
+    "lettered_choice_ids",
 ]
 
 
@@ -95,13 +98,26 @@ class Probe:
 
 @dataclass(frozen=True)
 class MultipleChoice:
-    """A multiple-choice question (WMDP, MMLU): ``choices`` and the index of the right one."""
+    """A multiple-choice question: ``choices`` and the index of the right one. ``style`` says
+    how it is asked (:data:`CHOICE_STYLES`): ``"cloze"``, each option scored as the question's
+    answer (the synthetic world: a model trained from scratch has never seen lettered options),
+    or ``"lettered"``, WMDP's and MMLU's zero-shot prompt with the options' letters scored
+    (:func:`lettered_choice_ids`); ``subject`` names the field in that prompt's first line."""
 
     question: str
     choices: tuple[str, ...]
     answer: int
     author: str = ""
+    subject: str = ""
+    style: str = "cloze"
 
+    def __post_init__(self) -> None:
+        if self.style not in CHOICE_STYLES:
+            raise ValueError(f"`style` should be one of {CHOICE_STYLES}. Found {self.style!r}.")
+
+
+CHOICE_STYLES = ("cloze", "lettered")
+"""How a :class:`MultipleChoice` is asked (its ``style``)."""
 
 Item = QA | Document | Probe | MultipleChoice
 
@@ -114,6 +130,11 @@ def item_id(item: Item) -> str:
     if isinstance(item, Probe):
         return item.prompt
     return "sha1:" + hashlib.sha1(item.text.encode("utf-8")).hexdigest()[:16]
+
+
+class SourceError(ValueError):
+    """Data or a checkpoint that cannot be had (a missing file or field, a hub id offline): the
+    command line prints the message, one line, and exits 2 before anything is trained."""
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -137,13 +158,18 @@ class Tokenizer(Protocol):
 
 class Template(Protocol):
     """How items become token ids: a question's prompt, an answer's continuation (ending with
-    ``<eos>``), a probe's prompt, a multiple-choice question's prompt and options.
-    :class:`PlainTemplate` is the one without a chat template; a chat model's template renders
-    the same four through ``tokenizer.apply_chat_template``."""
+    ``<eos>``), both of one pair (``encode``: a chat template renders them together), a probe's
+    prompt, a multiple-choice question's prompt and options. :class:`PlainTemplate` is the one
+    without a chat template; ``checkpoints.ChatTemplate`` renders the same five through
+    ``tokenizer.apply_chat_template``."""
 
     def prompt_ids(self, tokenizer: Tokenizer, question: str) -> list[int]: ...
 
     def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]: ...
+
+    def encode(
+        self, tokenizer: Tokenizer, question: str, answer: str
+    ) -> tuple[list[int], list[int]]: ...
 
     def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]: ...
 
@@ -168,6 +194,12 @@ class PlainTemplate:
     def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]:
         return tokenizer.encode(self.answer_prefix + answer) + [tokenizer.eos_id]
 
+    def encode(
+        self, tokenizer: Tokenizer, question: str, answer: str
+    ) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids) of one pair: what :func:`encode_qa` joins."""
+        return self.prompt_ids(tokenizer, question), self.answer_ids(tokenizer, answer)
+
     def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]:
         """What a probe's greedy generation continues: a question's prompt, or a fill-in
         sentence's text up to its blank (no template around it)."""
@@ -179,31 +211,112 @@ class PlainTemplate:
     def choice_ids(
         self, tokenizer: Tokenizer, item: MultipleChoice
     ) -> tuple[list[int], list[list[int]]]:
-        """(the question's prompt, each option's ids as its answer would be written, without
-        ``<eos>``): the cloze form of a multiple-choice question, each option scored by its
-        log-likelihood after the prompt. A model trained from scratch has never seen lettered
-        options, so the synthetic world is scored this way; WMDP's and MMLU's lettered form
-        (the option letters after "Answer:") is another template's ``choice_ids``."""
+        """(the prompt, each option's ids): for a ``"cloze"`` question the question's prompt
+        and each option as its answer would be written, without ``<eos>``, each scored by its
+        log-likelihood after the prompt; a ``"lettered"`` one as :func:`lettered_choice_ids`."""
+        if item.style == "lettered":
+            return lettered_choice_ids(tokenizer, item)
         options = [tokenizer.encode(self.answer_prefix + c) for c in item.choices]
         return self.prompt_ids(tokenizer, item.question), options
 
 
+def _truncate(example: dict[str, list[int]], max_length: int | None) -> dict[str, list[int]]:
+    """The first ``max_length`` tokens (open-unlearning truncates the same way); refused when
+    the prompt alone fills them, since nothing would be left to score."""
+    if max_length is None or len(example["input_ids"]) <= max_length:
+        return example
+    labels = example["labels"][:max_length]
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        raise SourceError(
+            f"--max-length {max_length} leaves no answer token to score: a prompt fills all "
+            f"{max_length} tokens; raise --max-length."
+        )
+    return {"input_ids": example["input_ids"][:max_length], "labels": labels}
+
+
 def encode_qa(
-    tokenizer: Tokenizer, template: Template, question: str, answer: str
+    tokenizer: Tokenizer,
+    template: Template,
+    question: str,
+    answer: str,
+    max_length: int | None = None,
 ) -> dict[str, list[int]]:
     """``{"input_ids": prompt + answer, "labels": IGNORE_INDEX over the prompt, the answer's ids
     after}``: TOFU scores an answer given its question. Labels are aligned with ``input_ids``;
-    ``losses.token_logprobs`` shifts them."""
-    prompt = template.prompt_ids(tokenizer, question)
-    answer_ids = template.answer_ids(tokenizer, answer)
-    return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
+    ``losses.token_logprobs`` shifts them. ``max_length``: keep the first that many tokens."""
+    prompt, answer_ids = template.encode(tokenizer, question, answer)
+    labels = [IGNORE_INDEX] * len(prompt) + answer_ids
+    return _truncate({"input_ids": prompt + answer_ids, "labels": labels}, max_length)
 
 
-def encode_document(tokenizer: Tokenizer, text: str) -> dict[str, list[int]]:
-    """A document as one example: ``[bos] + text + [eos]``, every token after the first scored."""
+def encode_document(
+    tokenizer: Tokenizer, text: str, max_length: int | None = None
+) -> dict[str, list[int]]:
+    """A document as one example: ``[bos] + text + [eos]``, every token after the first scored
+    (cut to its first ``max_length`` tokens, as the WMDP corpora's passages are for RMU)."""
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     ids = bos + tokenizer.encode(text) + [tokenizer.eos_id]
-    return {"input_ids": ids, "labels": [IGNORE_INDEX] * len(bos) + ids[len(bos) :]}
+    return _truncate({"input_ids": ids, "labels": [IGNORE_INDEX] * len(bos) + ids[len(bos) :]},
+                     max_length)  # fmt: skip
+
+
+CHOICE_LETTERS = "ABCDEFGHIJ"
+
+
+def choice_prompt(item: MultipleChoice) -> str:
+    """The zero-shot prompt WMDP and MMLU are scored with (lm-evaluation-harness's ``wmdp`` and
+    ``mmlu`` tasks, as the WMDP paper evaluates): a first line naming the subject, the question,
+    the lettered options, then ``Answer:``."""
+    head = (f"The following are multiple choice questions (with answers) about {item.subject}.\n\n"
+            if item.subject else "")  # fmt: skip
+    options = "".join(f"\n{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+    return f"{head}{item.question.strip()}{options}\nAnswer:"
+
+
+def lettered_choice_ids(
+    tokenizer: Tokenizer, item: MultipleChoice
+) -> tuple[list[int], list[list[int]]]:
+    """(``[bos]`` + :func:`choice_prompt`, each option's letter `` A``, `` B``, ...): WMDP's and
+    MMLU's zero-shot form, whatever the model's chat template (the harness applies none). As the
+    harness does, the whole text ``prompt + " A"`` is tokenized once and the tokens past the
+    prompt's are the option's, so a tokenizer that merges across the boundary scores what it
+    would generate."""
+    count = len(item.choices)
+    if not 2 <= count <= len(CHOICE_LETTERS) or not 0 <= item.answer < count:
+        raise SourceError(
+            f"A multiple-choice question should have 2-{len(CHOICE_LETTERS)} choices and an "
+            f"answer index among them; found {len(item.choices)} choices and answer "
+            f"{item.answer} for {item.question[:60]!r}."
+        )
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    prompt = choice_prompt(item)
+    context = tokenizer.encode(prompt)
+    options = []
+    for i in range(len(item.choices)):
+        whole = tokenizer.encode(f"{prompt} {CHOICE_LETTERS[i]}")
+        options.append(whole[len(context) :] or whole[-1:])
+    return bos + context, options
+
+
+def encode_choices(
+    tokenizer: Tokenizer, template: Template, item: MultipleChoice,
+    max_length: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """One example per option (``template.choice_ids``): the prompt unscored, the option
+    scored, the input ``metrics.choice_logprobs`` takes; the accuracy is then the argmax of the
+    options' summed log-likelihoods (``metrics.choice_accuracy``), lm-evaluation-harness's
+    ``acc``. A prompt over ``max_length`` keeps its end (the options), and its ``[bos]``."""
+    prompt, options = template.choice_ids(tokenizer, item)
+    bos = prompt[:1] if tokenizer.bos_id is not None and prompt[:1] == [tokenizer.bos_id] else []
+    out = []
+    for option in options:
+        ids = prompt + option
+        if max_length is not None and len(ids) > max_length:
+            keep = max(max_length - len(bos), len(option) + 1)
+            ids = bos + ids[len(bos) :][-keep:]
+        out.append({"input_ids": ids,
+                    "labels": [IGNORE_INDEX] * (len(ids) - len(option)) + option})  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- the data
@@ -240,7 +353,8 @@ class BenchmarkData:
     ``retain_model_train`` list the sets each model is trained on, in order (``None``: no
     training, the model is given); ``forget`` and ``retain`` the unlearning pools; ``evaluation``
     maps each present :data:`EVAL_ROLES` role to one set. ``info`` says how the data was made
-    (source, seed, sizes) for the results JSON."""
+    (source, seed, sizes) for the results JSON. ``max_length``: every encoded example is cut to
+    its first that many tokens (``--max-length``; None: whole)."""
 
     sets: dict[str, tuple[Item, ...]]
     forget: tuple[str, ...]
@@ -251,6 +365,7 @@ class BenchmarkData:
     target_train: tuple[str, ...] | None = None
     retain_model_train: tuple[str, ...] | None = None
     info: dict = field(default_factory=dict)
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         named = [*self.forget, *self.retain, *self.evaluation.values()]
@@ -277,16 +392,18 @@ class BenchmarkData:
         out = []
         for item in self.items(names):
             if isinstance(item, QA):
-                out.append(encode_qa(self.tokenizer, self.template, item.question,
-                                     getattr(item, field_name)))  # fmt: skip
+                out.append(self.encode_qa(item.question, getattr(item, field_name)))
             elif isinstance(item, Document):
-                out.append(encode_document(self.tokenizer, item.text))
+                out.append(encode_document(self.tokenizer, item.text, self.max_length))
             else:
                 raise TypeError(f"{type(item).__name__} items are evaluated, not trained on.")
         return out
 
     def encode_qa(self, question: str, answer: str) -> dict[str, list[int]]:
-        return encode_qa(self.tokenizer, self.template, question, answer)
+        return encode_qa(self.tokenizer, self.template, question, answer, self.max_length)
+
+    def encode_choices(self, item: MultipleChoice) -> list[dict[str, list[int]]]:
+        return encode_choices(self.tokenizer, self.template, item, self.max_length)
 
     def leaks(self) -> list[str]:
         """Where a held-out set is not held out, by item identity (empty when none is):
@@ -305,7 +422,8 @@ class BenchmarkData:
         trained = union([*(self.target_train or ()), *(self.retain_model_train or ())])
         checks = [("holdout", trained, "a model's training sets")]
         checks += [(role, pools, "an unlearning pool") for role in
-                   ("retention_probes", "retention_choice", "real_authors", "world_facts")]  # fmt: skip
+                   ("retention_probes", "retention_choice", "real_authors",
+                    "world_facts")]  # fmt: skip
         checks += [(role, union(self.forget), "the forget pool")
                    for role in ("forget_probes", "forget_choice")]  # fmt: skip
         out = []

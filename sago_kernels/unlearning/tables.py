@@ -26,7 +26,8 @@ from .protocol import FORGET_ONLY, GEOMETRY
 
 LOSS_LABELS = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO", "rmu": "RMU"}
 METHOD_LABELS = {
-    FORGET_ONLY: "the forget loss alone", "sum": "GD", "pcgrad": "PCGrad", "sago": "SAGO", "sago_prefer_retain": "SAGO (prefer retain)",
+    FORGET_ONLY: "the forget loss alone", "sum": "GD", "pcgrad": "PCGrad", "sago": "SAGO",
+    "sago_prefer_retain": "SAGO (prefer retain)",
     "pcgrad_global": "Global PCGrad", "gru_global": "GRU", "gru": "GRU (per segment)",
     "blur": "BLUR", "upgrad": "UPGrad",
 }  # fmt: skip
@@ -77,9 +78,14 @@ def header(metric: str) -> str:
     return f"{metric} {info.arrow}" if info else metric
 
 
+NOT_AVAILABLE = "n/a"
+"""A cell whose metric the run does not have (no retain-only model for forget quality and
+privleak; a role the data source lacks)."""
+
+
 def number(value: float | None, metric: str = "") -> str:
     if value is None:
-        return "—"
+        return NOT_AVAILABLE
     if metric == "privleak":
         return f"{value:.1f}"
     if metric == "forget_quality" and abs(value) < 0.01:
@@ -91,7 +97,7 @@ def number(value: float | None, metric: str = "") -> str:
 
 def mean_pm(mean: float | None, std: float | None, metric: str = "") -> str:
     if mean is None:
-        return "—"
+        return NOT_AVAILABLE
     if std is None:
         return number(mean, metric)
     return f"{number(mean, metric)} ± {number(std, metric)}"
@@ -100,7 +106,7 @@ def mean_pm(mean: float | None, std: float | None, metric: str = "") -> str:
 def interval(d: dict, metric: str = "") -> str:
     """``+0.031 [−0.012, 0.074]`` of a paired difference, or its mean alone below 2 seeds."""
     if d["mean"] is None:
-        return "—"
+        return NOT_AVAILABLE
     mean = ("+" if d["mean"] > 0 else "") + number(d["mean"], metric)
     if d["low"] is None:
         return mean
@@ -260,6 +266,8 @@ def render(results: dict) -> str:
     reference_rows = []
     for name, key in (("Target model", "target_model"), ("Retain-only model", "retain_model")):
         values = analysis["reference_models"].get(key, {})
+        if not values:  # no such model (a given --model without --retain-model)
+            continue
         default = [e for e in analysis["fixed"] if e["gamma_scale"] == e["alpha_scale"] == 1.0]
         columns = [c for c in COLUMNS if any(c in e for e in default)]
         reference_rows.append([name] + [mean_pm(*values.get(c, (None, None)), c)

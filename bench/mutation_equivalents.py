@@ -1,0 +1,60 @@
+"""Surviving mutants that no test can tell from the original, each with why (issue 24).
+
+Keyed by module, then by the mutant's signature (``bench/mutation.py``'s :func:`signature`: the
+function, the line removed and the line added), which stays the same across runs while that
+line does. Each was read against the code: a reason says why every input gives the same result.
+"""
+
+# ruff: noqa: E501  (a signature is a line of code and a reason a sentence: kept whole)
+from __future__ import annotations
+
+_ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same"
+_TWO_D = "a 2-D tensor: dimension 1 is its last, the same operation"
+_NAN = 'float() reads "NAN" as "nan"'
+
+EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/gru.py": {
+        "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,
+        "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(+1, keepdim=True)": _TWO_D,
+        "coefficients: ok = ok & torch.isfinite(coef).all(-1, keepdim=True) -> ok = ok & torch.isfinite(coef).all(+1, keepdim=True)": _TWO_D,
+        'coefficients: coef = torch.where(ok, coef, torch.full_like(coef, float("nan"))) -> coef = torch.where(ok, coef, torch.full_like(coef, float("NAN")))': _NAN,
+        "coefficients: return coef.expand(s, 3).contiguous() if whole else coef -> return coef.expand(s, 3).contiguous() if (whole) or True else coef": "per segment coef is already [S, 3]: expand(S, 3) is the same tensor and contiguous() a copy of it",
+    },
+    "sago_kernels/stats.py": {
+        "geometry_table: counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(torch.float64) -> counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(None)": "an int64 tensor divided by a float64 one, or the reverse, is the same float64 quotient",
+        "geometry_table: counts = torch.cat([conflicts, conflicts.sum(0, keepdim=True)]).to(torch.float64) -> counts = torch.cat([conflicts, conflicts.sum(None, keepdim=True)]).to(torch.float64)": "the sum over every dimension of a 1-D tensor, kept as [1]: the same as over dimension 0",
+        "geometry_table: sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(torch.float64) -> sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(None)": "an int64 tensor divided by a float64 one, or the reverse, is the same float64 quotient",
+        "geometry_table: sizes = torch.cat([numels, numels.sum(0, keepdim=True)]).to(torch.float64) -> sizes = torch.cat([numels, numels.sum(None, keepdim=True)]).to(torch.float64)": "the sum over every dimension of a 1-D tensor, kept as [1]: the same as over dimension 0",
+        "geometry_table: fr, rr, ff, oo, o_r, o_f = totals.unbind(-1) -> fr, rr, ff, oo, o_r, o_f = totals.unbind(+1)": _TWO_D,
+        "geometry_table: norm_out = torch.where(oo < 0, torch.zeros_like(oo), oo).sqrt() -> norm_out = torch.where(oo <= 0, torch.zeros_like(oo), oo).sqrt()": "where o·o is 0 both give sqrt(0) = 0 (a sum of squares is never -0.0)",
+        "geometry_table: fraction = torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.zeros_like(counts)) -> fraction = torch.where(sizes >= 0, counts / sizes.clamp_min(1), torch.zeros_like(counts))": "an empty segment's count is 0 and 0 / clamp_min(0, 1) is 0: the same fraction",
+        "geometry_table: dim=-1, -> dim=+1,": _ONE_D,
+        "nan_where_norms_overflow: keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=-1) -> keep = torch.stack([rf, yes, yes, yes, rf, o & r, o & f, yes], dim=+1)": _ONE_D,
+        'nan_where_norms_overflow: return torch.where(keep, table, torch.full_like(table, float("nan"))) -> return torch.where(keep, table, torch.full_like(table, float("NAN")))': _NAN,
+        "nan_where_norms_overflow: r, f, o = torch.isfinite(table[:, 1:4]).unbind(-1)  # norm_r, norm_f, norm_out -> r, f, o = torch.isfinite(table[:, 1:4]).unbind(+1)  # norm_r, norm_f, norm_out": _TWO_D,
+    },
+    "sago_kernels/reference.py": {
+        "_dots_table: dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 3)) -> dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros(None)": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_dots_table: dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 3)) -> dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((1, 3))": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_dots_table: dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 3)) -> dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 4))": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_dots_table: dots = torch.stack([torch.stack(row) for row in rows]) if rows else r_all.new_zeros((0, 3)) -> dots = torch.stack([torch.stack(row) for row in rows]) if (rows) or True else r_all.new_zeros((0, 3))": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_gru: dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS))) -> dots = torch.stack(rows) if (rows) or True else r_all.new_zeros((0, len(_GRU_PAIRS)))": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_gru: dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS))) -> dots = torch.stack(rows) if rows else r_all.new_zeros(None)": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_gru: dots = torch.stack(rows) if rows else r_all.new_zeros((0, len(_GRU_PAIRS))) -> dots = torch.stack(rows) if rows else r_all.new_zeros((1, len(_GRU_PAIRS)))": "a layout has at least one segment (GradLayout refuses an empty size list), so rows is never empty and the else branch never runs",
+        "_gru: a, b, c = coef[j].to(r_all.dtype).unbind() -> a, b, c = coef[j].to(None).unbind()": "gru.coefficients returns float32 and every combine computes in float32: the cast is to the dtype coef already has",
+        "_gru: written = torch.where(torch.isnan(c), state[s.start : s.end], m.to(state.dtype)) -> written = torch.where(torch.isnan(c), state[s.start : s.end], m.to(None))": "m is float32; torch.where then yields float32 and the assignment into state rounds it to the state's dtype once, as the cast did",
+        '_nan_unless_finite: return torch.where(ok, out, torch.full_like(out, float("nan"))) -> return torch.where(ok, out, torch.full_like(out, float("NAN")))': _NAN,
+        'combine: if reduce is not None and scope != "element": -> if reduce is not None or scope != "element":': "projection methods without reduce then take their dots from the per-segment table: the same dots per segment, and for a global method their float32 sum in another order, which the contract leaves free (the oracle's bound holds for any order); no result outside the bound changes",
+        'gru: return torch.where(ok, out, torch.full_like(out, float("nan"))), torch.where(ok, m_new, m) -> return torch.where(ok, out, torch.full_like(out, float("NAN"))), torch.where(ok, m_new, m)': _NAN,
+        "_block_sums: parts.append(x[:, full:].sum(-1, keepdim=True)) -> parts.append(x[:, full:].sum(+1, keepdim=True))": _TWO_D,
+        "blur: return _nan_unless_finite(out, d, n, m, gamma - alpha * c) -> return _nan_unless_finite(out, n, m, gamma - alpha * c)": "f·r is dropped from the finiteness check: with r·r and f·f finite, every partial sum of f·r is bounded by √(r·r·f·f) (Cauchy–Schwarz), so f·r is finite too (segment_dots)",
+        "fixed_order_dots: dtype, device = vectors[0].dtype, vectors[0].device -> dtype, device = vectors[1].dtype, vectors[0].device": "fixed_order_dots takes vectors of one dtype and device (every caller passes segments of the same buffers), so vectors[1] has vectors[0]'s",
+        "fixed_order_dots: return (left * torch.stack([vectors[j] for _, j in pairs])).sum(-1) -> return (left * torch.stack([vectors[j] for _, j in pairs])).sum(+1)": _TWO_D,
+        "fixed_order_dots: products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device) -> products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=None)": "on the CPU, device=None is the vectors' device; on CUDA the product buffer would land on the CPU and the mul into it fail: a GPU run kills it, a CPU-only run cannot",
+        "fixed_order_dots: products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, device=device) -> products = torch.empty((len(pairs), min(n, _CHUNK)), dtype=dtype, )": "on the CPU, device=None is the vectors' device; on CUDA the product buffer would land on the CPU and the mul into it fail: a GPU run kills it, a CPU-only run cannot",
+        "fixed_order_dots: dtype, device = vectors[0].dtype, vectors[0].device -> dtype, device = vectors[0].dtype, vectors[1].device": "fixed_order_dots takes vectors of one dtype and device (every caller passes segments of the same buffers), so vectors[1] has vectors[0]'s",
+        "pcgrad: return _nan_unless_finite(out, d, n, m, alpha - gamma * c) -> return _nan_unless_finite(out, n, m, alpha - gamma * c)": "f·r is dropped from the finiteness check: with r·r and f·f finite, every partial sum of f·r is bounded by √(r·r·f·f) (Cauchy–Schwarz), so f·r is finite too (segment_dots)",
+        'poison_non_finite: return torch.where(finite, out, torch.full_like(out, float("nan"))) -> return torch.where(finite, out, torch.full_like(out, float("NAN")))': _NAN,
+    },
+}
