@@ -637,6 +637,84 @@ def test_the_paper_preset_runs_exactly_the_tables_cells_over_the_grid():
     assert {(s.loss, s.method) for s in args.runs} == PAPER_CELLS
 
 
+# --------------------------------------------------------------------------- NPO's reference
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_npo_reads_its_reference_once_per_step_and_seed_with_the_same_results(
+    accumulate, monkeypatch
+):
+    """The runs of one (seed, loss) share NPO's reference log-probabilities by (step, row):
+    the seed's whole record (every metric, curve, cosine and per-example value) is bitwise the
+    one of the reference model run inside every step, and the reference forwards fall from one
+    per step and run to one per step."""
+    import torch
+
+    from sago_kernels.unlearning import benchmark as B
+    from sago_kernels.unlearning import losses as L
+    from sago_kernels.unlearning import protocol as P
+
+    flags = [*TINY, "--seeds", "0", "--losses", "npo", "--methods", "forget_only", "sago",
+             "--pretrain-epochs", "3", "--grad-accum", str(accumulate), "--no-progress",
+             "--backend", "reference"]  # fmt: skip (not Triton's interpreter: seconds)
+    args = B.parse_args(flags)
+    counts = {"in the step": 0, "cached": 0}
+
+    def counting(name, original):
+        def run(reference, forward):
+            counts[name] += 1
+            return original(reference, forward)
+
+        return run
+
+    monkeypatch.setattr(L, "run_reference", counting("in the step", L.run_reference))
+    monkeypatch.setattr(P, "run_reference", counting("cached", P.run_reference))
+    records = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # one, as the command line runs it (not spin-waiting)
+    try:
+        seeds = {cached: (dict(counts), B.run_seed(args, 0, bars=False, cache_references=cached),
+                          dict(counts)) for cached in (False, True)}  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    for cached, (before, seed, after) in seeds.items():
+        seed.pop("timings")
+        records[cached] = json.dumps(seed, sort_keys=True)
+        made = {k: after[k] - before[k] for k in counts}
+        runs = len(args.runs)
+        assert runs == 4  # forget_only, and sago at three grid points
+        if cached:
+            assert made == {"in the step": 0, "cached": args.steps * accumulate}
+        else:
+            assert made == {"in the step": runs * args.steps * accumulate, "cached": 0}
+    assert records[True] == records[False]
+    assert '"early_stop": {' in records[True]  # the comparison covers the early stop's curve
+
+
+def test_step_references_refuse_another_batch_for_the_same_step():
+    import torch
+
+    from sago_kernels.unlearning import protocol as P
+
+    class Lookup(torch.nn.Module):  # logits: one row per token
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(5, 5)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.table(input_ids)
+
+    model = Lookup()
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[1, 2, 3]])}
+    cache = P.StepReferences()
+    ref, (indexed,) = cache.reference("npo", 1, [torch.tensor([4])], [batch], model)
+    assert indexed["index"].tolist() == [0] and cache.forwards == 1
+    again, _ = cache.reference("npo", 1, [torch.tensor([4])], [batch], model)
+    assert again is ref and cache.forwards == 1
+    with pytest.raises(RuntimeError, match="drew other forget rows"):
+        cache.reference("npo", 1, [torch.tensor([2])], [batch], model)
+
+
 # --------------------------------------------------------------------------- repeatability
 
 
