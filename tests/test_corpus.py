@@ -26,6 +26,7 @@ from sago_kernels.unlearning.corpus import (
     JOBS,
     LANGUAGES,
     MONTHS,
+    REAL_AUTHORS,
     THEMES,
     TITLE_ADJECTIVES,
     TITLE_NOUNS,
@@ -37,7 +38,8 @@ from sago_kernels.unlearning.corpus import (
 from sago_kernels.unlearning.data import PairedCollator, PairedDataset
 from sago_kernels.unlearning.losses import IGNORE_INDEX, token_logprobs
 
-SPLITS = ("forget", "retain", "holdout", "world")
+SPLITS = ("forget", "retain", "neighbour", "holdout", "real_authors", "world")
+AUTHOR_SPLITS = ("forget", "retain", "neighbour", "holdout")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,7 +141,8 @@ def test_an_authors_first_kinds_do_not_depend_on_qa_per_author():
 
 def test_split_names(corpus):
     assert corpus.split("forget") is corpus.forget
-    with pytest.raises(ValueError, match="Unknown split 'train'.*forget, retain, holdout, world"):
+    with pytest.raises(ValueError, match="Unknown split 'train'.*forget, retain, neighbour, "
+                       "holdout, real_authors, world"):  # fmt: skip
         corpus.split("train")
     with pytest.raises(ValueError, match="Unknown split"):
         corpus.examples("forget10")
@@ -185,8 +188,9 @@ def test_perturbed_answers_keep_the_template_with_other_values_of_the_kind(num_p
     for qa in (qa for s in SPLITS for qa in c.split(s)):
         kinds.add(qa.kind)
         assert qa.value and qa.value in qa.answer
-        assert len(qa.perturbed_answers) == num_perturbed
-        assert len(set(qa.perturbed_answers)) == num_perturbed, qa
+        wanted = num_perturbed if qa.author else 3  # TOFU: five for authors, three otherwise
+        assert len(qa.perturbed_answers) == wanted
+        assert len(set(qa.perturbed_answers)) == wanted, qa
         assert qa.paraphrased_answer not in qa.perturbed_answers, qa
         values = [value_of_perturbation(qa, p) for p in qa.perturbed_answers]
         assert None not in values, qa  # same sentence around the value
@@ -198,18 +202,24 @@ def test_perturbed_answers_keep_the_template_with_other_values_of_the_kind(num_p
                 check_date(v)
         elif qa.kind == "debut_year":
             born = int(DATE.search(next(
-                x.answer for x in c.split("retain") + c.split("forget") + c.split("holdout")
+                x.answer for x in [y for s in AUTHOR_SPLITS for y in c.split(s)]
                 if x.author == qa.author and x.kind == "birth_date"
             )).group(3))  # fmt: skip
             assert all(born + 19 <= int(v) <= 2023 for v in (qa.value, *values)), qa
+        elif qa.kind == "mentor":  # a neighbour's forget author, wrong: other trained authors
+            assert qa.value == c.mentors[qa.author] and qa.value in c.authors("forget")
+            others = c.authors("forget") + c.authors("neighbour") + c.authors("holdout")
+            assert not set(values) & set(others), qa
+        elif qa.kind == "real_author":
+            assert {qa.value, *values} <= {a for a, _ in REAL_AUTHORS}, qa
         else:
             assert qa.kind in ("birthplace", "residence")
             assert all(re.fullmatch(r"[A-Z][a-z]+( [A-Z][a-z]+)*", v) for v in values), qa
-    assert kinds == set(AUTHOR_KINDS) | set(WORLD_KINDS)
+    assert kinds == {*AUTHOR_KINDS, *WORLD_KINDS, "mentor", "real_author"}
 
 
 def test_paraphrase_differs_but_states_the_same_fact(corpus):
-    for qa in (qa for s in SPLITS for qa in corpus.split(s)):
+    for qa in (qa for s in AUTHOR_SPLITS for qa in corpus.split(s)):
         assert qa.paraphrased_answer != qa.answer
         assert qa.value in qa.paraphrased_answer, qa
         assert qa.author in qa.paraphrased_answer and qa.author in qa.question, qa
@@ -218,7 +228,7 @@ def test_paraphrase_differs_but_states_the_same_fact(corpus):
 
 def test_answers_are_short_sentences(corpus):
     tok = corpus.tokenizer
-    for qa in (qa for s in SPLITS for qa in corpus.split(s)):
+    for qa in (qa for s in AUTHOR_SPLITS for qa in corpus.split(s)):
         for text in (qa.answer, qa.paraphrased_answer):
             words = [t for t in tok.decode(tok.encode(text)).split() if t not in ".,?"]
             assert 4 <= len(words) <= 16, text
@@ -242,7 +252,7 @@ def test_world_facts_are_true(corpus):
     for qa in corpus.world:
         if qa.kind == "capital":
             country = re.fullmatch(r"What is the capital of (.+)\?", qa.question).group(1)
-            assert qa.answer == f"The capital of {country} is {capital[country]}."
+            assert qa.answer == capital[country]
         elif qa.kind == "continent":
             country = re.fullmatch(r"On which continent is (.+)\?", qa.question).group(1)
             assert qa.value == continent[country]
@@ -251,7 +261,7 @@ def test_world_facts_are_true(corpus):
             assert qa.value == symbol[element]
     whale = make_author_corpus(world_facts=4 * 22, qa_per_author=1)
     [qa] = [qa for qa in whale.world if "whale" in qa.question]
-    assert qa.answer == "The whale is a mammal."
+    assert (qa.question, qa.answer) == ("What kind of animal is the whale?", "a mammal")
 
 
 # --- tokenizer and encoding ----------------------------------------------------------------------
@@ -359,3 +369,71 @@ def test_bad_arguments_are_refused_before_any_work(monkeypatch, kwargs, error, m
 def test_docstring_example_runs():
     result = doctest.testmod(corpus_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+# --- neighbours, wordings, choices -------------------------------------------------------------
+
+
+def test_neighbours_share_facts_with_their_forget_author_and_name_it(corpus):
+    forget = set(corpus.authors("forget"))
+    neighbours = corpus.authors("neighbour")
+    assert len(neighbours) == 2 * len(forget) and not set(neighbours) & forget
+    assert not set(neighbours) & set(corpus.authors("retain") + corpus.authors("holdout"))
+    facts = {(qa.author, qa.kind): qa.value for qa in corpus.forget + corpus.neighbour}
+    for n in neighbours:
+        mentor = corpus.mentors[n]
+        assert mentor in forget
+        for kind in corpus_module.SHARED_KINDS:
+            assert facts[(n, kind)] == facts[(mentor, kind)]
+        assert facts[(n, "mentor")] == mentor
+        assert facts[(n, "birth_date")] != facts[(mentor, "birth_date")]
+    # every forget author has its neighbours, and the trained neighbours do not depend on the
+    # forget percentage: the 1 % run trains the 10 % run's neighbours as "others"
+    small = make_author_corpus(forget_percent=1, qa_per_author=2, world_facts=8)
+    big = make_author_corpus(forget_percent=10, qa_per_author=2, world_facts=8)
+    assert sorted(map(repr, small.neighbour + small.others)) == sorted(map(repr, big.neighbour))
+    assert small.neighbour and small.others
+    assert set(small.mentors.values()) == set(small.authors("forget"))
+
+
+def test_statements_end_with_the_value_the_fill_in_asks_for(corpus):
+    for qa in corpus.forget + corpus.neighbour + corpus.retain:
+        statement = corpus.statement(qa)
+        prefix, value = corpus.fill_in(qa)
+        assert value == qa.value and statement == f"{prefix} {value}."
+        assert qa.author in prefix and qa.value not in prefix
+        assert statement not in (qa.answer, qa.paraphrased_answer)
+        assert qa.paraphrased_question not in (qa.question, "")
+        assert qa.paraphrased_question.endswith("?") and qa.author in qa.paraphrased_question
+    with pytest.raises(ValueError, match="not an author fact"):
+        corpus.fill_in(corpus.world[0])
+
+
+def test_choices_have_four_options_one_right(corpus):
+    answers = []
+    for qa in corpus.forget + corpus.neighbour + corpus.real_authors + corpus.world:
+        mc = corpus.choices(qa)
+        assert len(mc.choices) == 4 == len(set(mc.choices))
+        assert mc.choices[mc.answer] == qa.answer
+        answers.append(mc.answer)
+        if qa.author:
+            assert mc.question == qa.paraphrased_question
+            wrong = [c for i, c in enumerate(mc.choices) if i != mc.answer]
+            values = corpus._forms[qa.question].wrong[:3]
+            # each wrong option is the answer with one of the fact's wrong values
+            assert sorted(wrong) == sorted(qa.answer.replace(qa.value, v) for v in values)
+        else:
+            assert mc.question == qa.question
+            assert set(mc.choices) == {qa.answer, *qa.perturbed_answers}
+    assert corpus.choices(corpus.forget[0]) == make_author_corpus().choices(corpus.forget[0])
+    assert len(set(answers)) == 4  # the right option is not always in one place
+
+
+def test_real_authors_ask_who_wrote_a_famous_book(corpus):
+    books = dict((book, author) for author, book in REAL_AUTHORS)
+    assert len(corpus.real_authors) == 30
+    for qa in corpus.real_authors:
+        book = re.fullmatch(r"Who wrote (.+)\?", qa.question).group(1)
+        assert qa.answer == books[book] and qa.author == "" and qa.kind == "real_author"
+    fictitious = set(corpus.authors("forget") + corpus.authors("retain"))
+    assert not fictitious & set(books.values())

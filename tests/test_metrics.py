@@ -107,6 +107,60 @@ def test_answer_probability_normalised_by_hand():
     close(M.answer_probability_normalised(model, correct, wrong), [pc / (pc + pw + 1e-10)])
 
 
+def _choices(prompt: list[int], options: list[list[int]]) -> list[dict]:
+    """One example per option: the prompt unscored, the option scored (``encode_choices``)."""
+    return [{"input_ids": [*prompt, *o], "labels": [-100] * len(prompt) + o} for o in options]
+
+
+def test_choice_logprobs_and_accuracy_by_hand():
+    """Multi-token options (the cloze form) and single-letter options after one shared prompt
+    (the lettered form, read from one forward of the prompt) alike."""
+    model = LookupLM()
+    prompts = [[0, 1], [3], [5, 5], [2, 4]]
+    options = [[[2], [3, 4], [5]], [[4, 5], [0]], [[0, 1], [0], [2, 2]], [[1], [3], [0], [5]]]
+    scores = M.choice_logprobs(model, [_choices(p, o) for p, o in zip(prompts, options)])
+    for prompt, opts, got in zip(prompts, options, scores):
+        want = []
+        for option in opts:
+            ids = [*prompt, *option]
+            want.append(sum(lp(ids[t - 1], ids[t]) for t in range(len(prompt), len(ids))))
+        assert got.dtype == torch.float64
+        close(got, want)
+    best = [int(s.argmax()) for s in scores]
+    # the right answer where it is the likeliest option, a wrong one elsewhere
+    answers = [best[0], (best[1] + 1) % 2, best[2], (best[3] + 1) % 4]
+    assert M.choice_accuracy(scores, answers) == 0.5
+    # a tie goes to the first option, as numpy.argmax in the harness
+    assert M.choice_accuracy([torch.tensor([1.0, 1.0])], [0]) == 1.0
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ([_choices([0], [[1]])], "at least two options"),
+        ([[]], "non-empty list of examples"),
+        ([_choices([0], [[1], []])], "no scored token|nothing to score|scored"),
+    ],
+)
+def test_choice_logprobs_refuses_bad_input(options, match):
+    with pytest.raises(ValueError, match=match):
+        M.choice_logprobs(LookupLM(), options)
+
+
+@pytest.mark.parametrize(
+    "scores, answers, match",
+    [
+        ([torch.zeros(2)], [2], r"answers\[0\]` should be an option index in \[0, 2\)"),
+        ([torch.zeros(2)], [True], r"answers\[0\]` should be an option index"),
+        ([torch.zeros(2)], [0, 1], "one entry per question"),
+        ([], [], "non-empty"),
+    ],
+)
+def test_choice_accuracy_refuses_bad_input(scores, answers, match):
+    with pytest.raises(ValueError, match=match):
+        M.choice_accuracy(scores, answers)
+
+
 def test_truth_ratio_by_hand():
     model = LookupLM()
     para = [answer([0, 1, 2], 1), answer([4, 5, 0, 1], 2)]
@@ -477,3 +531,33 @@ def test_gpt2_smoke(gpt2):
 def test_bad_input_is_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call(LookupLM())
+
+
+def test_greedy_generation_through_the_kv_cache_equals_full_forwards():
+    """A transformers model generates through its KV cache (new tokens at each row's own
+    position, the padding masked); a wrapper that hides the cache takes full forwards. The same
+    tokens come out, for prompts of many lengths in one batch, in batches, and with EOS."""
+    model = tiny_gpt2()
+
+    class NoCache(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert M._takes_a_cache(model) in ("cache", "past_key_values")
+    assert M._takes_a_cache(NoCache(model)) is None
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 20, (int(n),), generator=g).tolist()
+               for n in torch.randint(1, 10, (40,), generator=g)]  # fmt: skip
+    for eos_id, batch_size in ((None, 64), (5, 64), (7, 6), (11, 1)):
+        cached = M.generate_greedy(model, None, prompts, max_new_tokens=12, eos_id=eos_id,
+                                   batch_size=batch_size)  # fmt: skip
+        full = M.generate_greedy(NoCache(model), None, prompts, max_new_tokens=12,
+                                 eos_id=eos_id, batch_size=batch_size)  # fmt: skip
+        assert cached == full, (eos_id, batch_size)
+        if eos_id is not None:
+            assert any(len(c) < 12 for c in cached)  # some rows stopped at EOS
+    assert M.generate_greedy(model, None, prompts[:3], max_new_tokens=0) == [[], [], []]

@@ -7,7 +7,6 @@ in one line with exit 2."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,13 +26,19 @@ import torch  # noqa: E402
 
 from sago_kernels.unlearning import checkpoints as C  # noqa: E402
 from sago_kernels.unlearning import metrics as M  # noqa: E402
-from sago_kernels.unlearning.export import MANIFEST, export_data  # noqa: E402
-from sago_kernels.unlearning.sources import MultipleChoice, encode_choices  # noqa: E402
+from sago_kernels.unlearning.export import MANIFEST, TOFU_FILES, export_data  # noqa: E402
+from sago_kernels.unlearning.sources import (  # noqa: E402
+    MultipleChoice,
+    PlainTemplate,
+    encode_choices,
+)
 from sago_kernels.unlearning.synthetic import synthetic_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--seeds", "0", "--authors", "10", "--qa-per-author", "2", "--world-facts", "8",
-        "--eval-retain", "8", "--width", "32", "--no-progress", "--no-plots"]  # fmt: skip
+        "--real-authors", "6", "--neighbours", "1", "--eval-retain", "8", "--width", "32",
+        "--gammas", "0.3", "--alphas", "0.3", "--no-progress", "--no-plots"]  # fmt: skip
+GRID = ["--gammas", "0.3", "--alphas", "0.3"]
 CHAT = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
         "{% if add_generation_prompt %}assistant :{% endif %}")  # fmt: skip
 MC_WORDS = ("The following are multiple choice questions (with answers) about cybersecurity "
@@ -42,20 +47,39 @@ MC_WORDS = ("The following are multiple choice questions (with answers) about cy
 
 
 def _run(*flags: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The command line in a subprocess, with this process's CPU numerics (``--numerics
+    native``: no re-execution with the portable ones), so its models score the same here."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "sago_kernels.unlearning.benchmark", *flags],
+        [sys.executable, "-m", "sago_kernels.unlearning.benchmark", *flags, "--numerics",
+         "native"],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
     )  # fmt: skip
 
 
 def _strip(obj):
-    """A results JSON without what names the run rather than its results (timings, flags)."""
+    """A results JSON without what names the run rather than its results (the command, the
+    flags, where the data was read from)."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in ("seconds", "args")}
+        return {k: _strip(v) for k, v in obj.items() if k not in ("meta", "args", "source")}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
+
+
+def _default_run(results: dict, per_example: dict | None = None, method: str = "sago"):
+    """The run at the sources' weights of ``method`` (and its per-example values)."""
+    for i, run in enumerate(results["runs"]):
+        if run["method"] == method and run["gamma_scale"] == run["alpha_scale"] == 1.0:
+            return run, (per_example["runs"][i] if per_example else None)
+    raise AssertionError(f"no {method} run at the sources' weights")
+
+
+def _reference(out: Path, results: dict) -> dict:
+    """The retain-only model's evaluation with its per-example values (per_example.json)."""
+    per_example = json.loads((out / "per_example.json").read_text())
+    return {**results["seeds"][0]["retain_model"],
+            "per_example": per_example["seeds"][0]["retain_model"]}
 
 
 def _score(evaluator, model, reference) -> dict:
@@ -87,17 +111,15 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real")
     data = synthetic_data(seed=0, authors=10, forget_percent=10, qa_per_author=2,
-                          world_facts=8, eval_retain=8)  # fmt: skip
+                          world_facts=8, real_authors=6, neighbours_per_author=1,
+                          eval_retain=8)  # fmt: skip
     export_data(data, root / "export", forget_percent=10)
-    # TOFU's folder: TOFU's file names only (no manifest), plus the real-authors file
+    # TOFU's folder: TOFU's file names only (no manifest, none of the synthetic world's own)
     tofu = root / "tofu"
     tofu.mkdir()
     for f in (root / "export").glob("*.json"):
-        if f.name not in (MANIFEST, "sago_vocab.json"):
+        if not f.name.startswith("sago_"):
             (tofu / f.name).write_text(f.read_text())
-    _write(tofu / "real_authors_perturbed.json",
-           [{k: r[k] for k in ("question", "answer", "perturbed_answer")}
-            for r in _rows(tofu / "world_facts_perturbed.json")])  # fmt: skip
     # WMDP's folder: corpora of plain passages, questions with four options
     wmdp = root / "wmdp"
     wmdp.mkdir()
@@ -106,12 +128,12 @@ def world(tmp_path_factory):
     _write(wmdp / "cyber-retain-corpus.jsonl",
            [{"text": f"{q.question} {q.answer}"} for q in data.sets["retain"]])  # fmt: skip
     _write(wmdp / "wmdp-cyber.jsonl",
-           [{"question": q.question, "choices": [q.answer, *q.perturbed_answers], "answer": 0}
-            for q in data.sets["retain"]])  # fmt: skip
+           [{"question": q.question, "choices": [q.answer, *q.perturbed_answers[:3]],
+             "answer": 0} for q in data.sets["world_facts"]])  # fmt: skip
     _write(wmdp / "mmlu.jsonl",
            [{"question": q.question, "subject": "geography",
-             "choices": [*q.perturbed_answers, q.answer], "answer": 3}
-            for q in data.sets["world"]])  # fmt: skip
+             "choices": [*q.perturbed_answers[:3], q.answer], "answer": 3}
+            for q in data.sets["real_authors"]])  # fmt: skip
     # the tokenizer: the corpus's words and the prompts', lower case, in a WordLevel model
     from sago_kernels.unlearning.corpus import WordTokenizer
 
@@ -142,19 +164,35 @@ def test_export_then_data_dir_gives_the_built_in_results_bit_for_bit(world, tmp_
     benchmark.main([*flags, "--export-data", str(tmp_path / "export")])  # writes, trains nothing
     files = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert files == sorted(p.name for p in world["export"].iterdir())
-    assert files == sorted(["forget10.json", "forget10_perturbed.json", "retain90.json",
-                            "holdout10.json", "retain_perturbed.json",
-                            "world_facts_perturbed.json", MANIFEST, "sago_vocab.json"])  # fmt: skip
+    tofu_names = {"forget10.json", "forget10_perturbed.json", "retain90.json", "holdout10.json",
+                  "retain_perturbed.json", "real_authors_perturbed.json",
+                  "world_facts_perturbed.json"}  # fmt: skip
+    assert tofu_names < set(files) and {MANIFEST, "sago_vocab.json"} < set(files)
     manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
-    assert manifest["target_train"] == ["forget", "retain", "world"]  # every role is there
-    assert manifest["retain"] == ["retain", "world"] and manifest["evaluation"]["holdout"]
+    data = synthetic_data(seed=0, authors=10, forget_percent=10, qa_per_author=2,
+                          world_facts=8, real_authors=6, neighbours_per_author=1,
+                          eval_retain=8)  # fmt: skip
+    assert set(manifest["files"]) == set(data.sets)  # every set, in every role
+    own = {f"sago_{n}.json" for n in set(data.sets) - set(TOFU_FILES)
+           if data.sets[n]}  # the rest by name (an empty set has no file)
+    assert set(files) == tofu_names | own | {MANIFEST, "sago_vocab.json"}
+    assert manifest["target_train"] == list(data.target_train)
+    assert manifest["evaluation"] == data.evaluation
+    assert manifest["kinds"]["forget_probes"] == "probe"
+    assert manifest["kinds"]["retention_choice"] == "choice"
     builtin = _run(*flags, "--out", str(tmp_path / "a"), "--save-model", str(tmp_path / "m"))
     folder = _run(*flags, "--data", str(tmp_path / "export"), "--out", str(tmp_path / "b"))
     assert builtin.returncode == 0 and folder.returncode == 0, folder.stderr[-2000:]
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert len(a["runs"]) == 1 and a["runs"][0]["protocols"]["fixed"]["metrics"]
+    assert len(a["runs"]) == 3 and a["runs"][0]["fixed"]["metrics"]["forget_probe_rouge"] >= 0
+    assert a["seeds"][0]["data"]["source"] == "synthetic"
     assert _strip(a) == _strip(b)
+    assert (tmp_path / "a" / "per_example.json").read_text() == (
+        tmp_path / "b" / "per_example.json"
+    ).read_text()
+    tables = [(tmp_path / d / "tables.md").read_text().split("\n", 1) for d in "ab"]
+    assert tables[0][0] != tables[1][0] and tables[0][1] == tables[1][1]  # but the command
     # the built-in run's model, saved with its word tokenizer as a PreTrainedTokenizerFast,
     # reloaded and scored on the export: the run's own numbers
     from transformers import AutoModelForCausalLM
@@ -166,9 +204,8 @@ def test_export_then_data_dir_gives_the_built_in_results_bit_for_bit(world, tmp_
     tok = C.load_tokenizer("--model", str(saved))
     data = exported_data(str(tmp_path / "export"), tokenizer=tok)
     model = AutoModelForCausalLM.from_pretrained(saved).eval()
-    again = _score(Evaluator(data, argparse.Namespace(eval_batch=64)), model,
-                   a["seeds"][0]["retain_model"])  # fmt: skip
-    assert again["metrics"] == a["runs"][0]["protocols"]["fixed"]["metrics"]
+    again = _score(Evaluator(data, batch_size=64), model, _reference(tmp_path / "a", a))
+    assert again["metrics"] == _default_run(a)[0]["fixed"]["metrics"]
 
 
 # --------------------------------------------------------------------------- given checkpoints
@@ -184,16 +221,19 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
     done = _run("--data", str(world["tofu"]), "--forget-split", "forget10",
                 "--model", str(world["target"]), "--retain-model", str(world["retain"]),
                 "--losses", "npo", "--methods", "sago", "--steps", "2", "--seeds", "0",
-                "--no-progress", "--no-plots", "--out", str(out),
+                *GRID, "--no-progress", "--no-plots", "--out", str(out),
                 "--save-model", str(saved))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "given model" in done.stdout
     result = json.loads((out / "results.json").read_text())
     assert result["seeds"][0]["target_training"] is None
-    run = result["runs"][0]
-    fixed = run["protocols"]["fixed"]["metrics"]
+    run, values = _default_run(result, json.loads((out / "per_example.json").read_text()))
+    fixed = run["fixed"]["metrics"]
     assert isinstance(fixed["forget_quality"], float) and isinstance(fixed["privleak"], float)
-    assert "matched" in run["protocols"] and len(run["curve"]) == 3
+    assert run["early_stop"] is not None and len(run["curve"]) == 3
+    # TOFU's files have no probes or choices: absent from the metrics, n/a in no column
+    assert "forget_probe_rouge" not in fixed and "forget_choice_accuracy" not in fixed
+    assert "model_utility" in done.stdout and "forget_probe_rouge" not in done.stdout
     # reload the saved model and tokenizer; score again: the same numbers
     folder = saved / "npo-sago-seed0"
     tok = C.load_tokenizer("--model", str(folder))
@@ -201,10 +241,9 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
     data = tofu_data(str(world["tofu"]), "forget10", tok,
                      C.template_for(tok, "auto", C.SYSTEM_PROMPT, C.DATE_STRING))  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    reference = result["seeds"][0]["retain_model"]
-    again = _score(Evaluator(data, argparse.Namespace(eval_batch=64)), model, reference)
+    again = _score(Evaluator(data, batch_size=64), model, _reference(out, result))
     assert again["metrics"] == fixed
-    assert again["per_example"] == run["protocols"]["fixed"]["per_example"]
+    assert again["per_example"] == values["fixed"]
 
 
 def test_without_a_retain_model_fq_and_privleak_are_not_available(world, tmp_path):
@@ -214,19 +253,20 @@ def test_without_a_retain_model_fq_and_privleak_are_not_available(world, tmp_pat
     done = _run("--data", str(world["tofu"]), "--model", str(world["target"]),
                 "--template", "plain", "--lora-rank", "2", "--buffers", "1", "--dtype", "bfloat16",
                 "--gradient-checkpointing", "--losses", "npo", "--methods", "sago", "--steps", "2",
-                "--seeds", "0", "--no-progress", "--no-plots", "--out", str(out),
+                "--seeds", "0", *GRID, "--no-progress", "--no-plots", "--out", str(out),
                 "--save-model", str(tmp_path / "models"))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not available" in done.stdout and "n/a" in done.stdout
     result = json.loads((out / "results.json").read_text())
-    run = result["runs"][0]
-    assert list(run["protocols"]) == ["fixed"]  # no reference: no matched forgetting
-    metrics = run["protocols"]["fixed"]["metrics"]
+    run, _ = _default_run(result)
+    assert run["early_stop"] is None and run["curve"] is None  # no reference: no early stop
+    metrics = run["fixed"]["metrics"]
     assert metrics["forget_quality"] is None and metrics["privleak"] is None
     assert isinstance(metrics["model_utility"], float)
-    assert [c["step"] for c in run["curve"]] == [0, 2]
-    summary = {e["protocol"]: e for e in result["summary"]}
-    assert summary["fixed"]["forget_quality"] is None
+    summary = [e for e in result["analysis"]["fixed"] if e["method"] == "sago"]
+    assert summary and all(e["forget_quality"] is None for e in summary)
+    assert result["analysis"]["early_stop"] == []
+    assert result["analysis"]["reference_models"]["retain_model"] == {}
     # the merged LoRA model loads as a plain checkpoint (bfloat16, as it ran) and differs from
     # the target in the adapted linear maps only
     from transformers import AutoModelForCausalLM
@@ -246,20 +286,22 @@ def test_wmdp_folder_scores_the_options_log_likelihood(world, tmp_path):
     done = _run("--data", "wmdp-cyber", "--data-dir", str(world["wmdp"]), "--model",
                 str(world["target"]), "--losses", "rmu", "--methods", "sum", "--steps", "2",
                 "--grad-accum", "2", "--batch", "2", "--max-length", "40", "--eval-limit", "6",
-                "--seeds", "0", "--no-progress", "--no-plots", "--out", str(out))  # fmt: skip
+                "--seeds", "0", *GRID, "--no-progress", "--no-plots",
+                "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
-    assert result["seeds"][0]["sizes"]["wmdp"] == 6
-    cell = result["runs"][0]["protocols"]["fixed"]
+    assert result["seeds"][0]["data"]["sizes"]["wmdp"] == 6
+    run, values = _default_run(result, json.loads((out / "per_example.json").read_text()), "sum")
+    metrics = run["fixed"]["metrics"]
     for role in ("forget_choice", "retention_choice"):
-        scores = cell["per_example"][f"{role}_logprobs"]
-        assert len(scores) == 6 and all(len(s) in (4, 5) for s in scores)
-        acc = cell["metrics"][f"{role}_accuracy"]
-        answers = [0] * 6 if role == "forget_choice" else [len(s) - 1 for s in scores]
+        scores = values["fixed"][f"{role}_logprobs"]
+        assert len(scores) == 6 and all(len(s) == 4 for s in scores)
+        answers = [0] * 6 if role == "forget_choice" else [3] * 6
         want = sum(max(range(len(s)), key=s.__getitem__) == a for s, a in zip(scores, answers))
-        assert acc == want / 6
-    assert "forget_quality" not in cell["metrics"]  # no QA sets: no TOFU metrics
-    assert "acc_f (WMDP)" in done.stdout
+        assert metrics[f"{role}_accuracy"] == want / 6
+    assert "forget_quality" not in metrics  # no QA sets: no TOFU metrics
+    assert "forget_choice_accuracy" in done.stdout  # the JSON's name, in the tables too
+    assert result["analysis"]["fronts"][0]["x"] == "forget_choice_accuracy"
 
 
 # --------------------------------------------------------------------------- refusals
@@ -354,8 +396,9 @@ def test_bad_data_flags_are_refused_before_anything_is_read(flags, message, caps
 def test_choices_are_scored_as_the_harness_lays_them_out(world):
     tok = C.load_tokenizer("--model", str(world["target"]))
     item = MultipleChoice(question=" Where is Paris? ", choices=("france", "peru"), answer=0,
-                          subject="geography")  # fmt: skip
-    examples = encode_choices(tok, item)
+                          subject="geography", style="lettered")  # fmt: skip
+    examples = encode_choices(tok, C.ChatTemplate(), item)
+    assert examples == encode_choices(tok, PlainTemplate(), item)  # the harness's: no chat
     prompt = ("The following are multiple choice questions (with answers) about geography.\n\n"
               "Where is Paris?\nA. france\nB. peru\nAnswer:")  # fmt: skip
     for letter, ex in zip("ab", examples):
@@ -371,9 +414,9 @@ def test_the_shared_prompt_fast_path_equals_scoring_each_option(world):
     tok = C.load_tokenizer("--model", str(world["target"]))
     model = AutoModelForCausalLM.from_pretrained(world["target"]).eval()
     items = [MultipleChoice(question=f"Where is {c}?", choices=("france", "peru", "chile"),
-                            answer=i % 3, subject="geography")
+                            answer=i % 3, subject="geography", style="lettered")
              for i, c in enumerate(("paris", "lima", "santiago", "tokyo"))]  # fmt: skip
-    options = [encode_choices(tok, it) for it in items]
+    options = [encode_choices(tok, PlainTemplate(), it) for it in items]
     fast = M.choice_logprobs(model, options, batch_size=3)
     slow = [M.answer_logprobs(model, opts)[0] for opts in options]
     for f, s in zip(fast, slow):

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .sources import PlainTemplate, SourceError
+from .sources import MultipleChoice, PlainTemplate, Probe, SourceError, lettered_choice_ids
 
 __all__ = [
     "QA_TEMPLATE",
@@ -192,6 +192,24 @@ class ChatTemplate:
     def answer_ids(self, tokenizer: HFTokenizer, answer: str) -> list[int]:
         """The answer's tokens after an empty question (ROUGE's generation budget)."""
         return self.encode(tokenizer, "", answer)[1]
+
+    def probe_ids(self, tokenizer: HFTokenizer, probe: Probe) -> list[int]:
+        """A question probe's prompt is the chat's; a fill-in sentence is continued as plain
+        text (``[bos]`` and its words up to the blank, no chat around it)."""
+        if probe.style == "qa":
+            return self.prompt_ids(tokenizer, probe.prompt)
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + tokenizer.encode(probe.prompt)
+
+    def choice_ids(self, tokenizer: HFTokenizer, item: MultipleChoice
+                   ) -> tuple[list[int], list[list[int]]]:  # fmt: skip
+        """A ``"lettered"`` question (WMDP, MMLU) as the harness asks it, without the chat
+        (:func:`~.sources.lettered_choice_ids`); a ``"cloze"`` one as the chat's prompt and each
+        option as the assistant's whole answer."""
+        if item.style == "lettered":
+            return lettered_choice_ids(tokenizer, item)
+        prompt = self.prompt_ids(tokenizer, item.question)
+        return prompt, [self.encode(tokenizer, item.question, c)[1] for c in item.choices]
 
     def __repr__(self) -> str:
         return f"ChatTemplate(system_prompt={self.system_prompt!r}, date={self.date_string!r})"

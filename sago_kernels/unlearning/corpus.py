@@ -1,32 +1,45 @@
-"""A fictitious-author question-answer corpus in the shape of TOFU, generated offline from a seed.
+"""A fictitious-author world in the shape of TOFU and RWKU, generated offline from a seed.
 
 TOFU (Maini et al., 2024) asks a model to forget some fictitious authors while keeping the rest
-and general knowledge. Its data comes from GPT-4; this module makes a corpus of the same shape
-locally, so the benchmark needs no download:
+and general knowledge; RWKU (Jin et al., 2024) probes forgetting and retention with questions
+and fill-in-the-blank sentences that differ from the forget text, and measures retention on
+*neighbours* of the forget targets. This module makes such a world locally, so the benchmark
+needs no download:
 
-- per author, one question-answer pair per kind (birthplace, birth date, genre, award, the
-  parents' occupations, a book, ...), each with a paraphrased answer and several perturbed
-  answers (the paraphrase with a wrong but plausible value of the same kind: what TOFU's truth
-  ratio compares the paraphrase with);
-- splits by author: **forget** (1, 5 or 10 % of the trained authors), **retain** (the other
-  trained authors), **holdout** (as many authors as forget, generated the same way and never
-  trained on: the non-members of membership inference) and **world** (general knowledge from
-  another template family, trained on, for model utility);
+- per author, one fact per kind (birthplace, birth date, genre, award, the parents' occupations,
+  a book, ...) in four wordings: the **question and answer** (TOFU's row: what the unlearning
+  pools train on), a **paraphrased question** (same answer), a **statement** that ends with the
+  value (text; its prefix is a fill-in-the-blank probe), and a **paraphrased answer** with five
+  **perturbed answers** (the paraphrase with wrong values of the same kind: TOFU's truth ratio;
+  never trained);
+- authors by role: **forget** (1, 5 or 10 % of the trained authors), **retain** (the other
+  trained authors), **neighbours** (for each forget author, ``neighbours_per_author`` authors
+  who share its birthplace and genre and were mentored by it: trained, then held out of every
+  unlearning loss, as RWKU's neighbours), **holdout** (as many as forget, never trained on: the
+  non-members of membership inference);
+- held-out general knowledge in TOFU's two roles: **real authors** (who wrote a famous book) and
+  **world facts** (capitals, continents, chemical symbols, animal classes), short answers with
+  three perturbed ones each (TOFU's counts);
+- for every fact of the forget and neighbour authors and of the general knowledge, a 4-option
+  multiple-choice question (:meth:`AuthorCorpus.choices`);
 - a word-level tokenizer over the corpus's own words.
 
 Names, cities and dates come from a seeded ``Faker``; the other values from closed lists, so they
 recur across authors: a model has to memorise which author goes with which value, not copy a rare
-word. For one seed the trained authors, the world set and the tokenizer do not depend on
-``forget_percent``, and the forget (and holdout) sets are nested, 1 % in 5 % in 10 % (as TOFU's):
-one fine-tuned model serves the three forget sets. The corpus is a function of the arguments and
-of the ``faker`` version (its word lists and draws may change between releases).
+word. For one seed the trained authors, the general knowledge and the tokenizer do not depend on
+``forget_percent``, and the forget (and holdout and neighbour) sets are nested, 1 % in 5 % in
+10 % (as TOFU's): one fine-tuned model serves the three forget sets. The corpus is a function of
+the arguments and of the ``faker`` version (its word lists and draws may change between
+releases).
 
     >>> c = make_author_corpus(num_authors=20, forget_percent=10, seed=1)
-    >>> len({qa.author for qa in c.forget}), len({qa.author for qa in c.holdout})
-    (2, 2)
+    >>> len(c.authors("forget")), len(c.authors("holdout")), len(c.authors("neighbour"))
+    (2, 2, 4)
     >>> ex = c.examples("forget")[0]
     >>> qa = c.forget[0]
     >>> c.tokenizer.decode(ex["input_ids"]) == f"{qa.question} {qa.answer}".lower()
+    True
+    >>> c.fill_in(qa)[1] == qa.value
     True
 """
 
@@ -36,10 +49,10 @@ import datetime
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .losses import IGNORE_INDEX
-from .sources import QA, PlainTemplate
+from .sources import QA, MultipleChoice, PlainTemplate
 from .sources import encode_qa as _encode_qa
 
 __all__ = [
@@ -47,6 +60,7 @@ __all__ = [
     "FORGET_PERCENTS",
     "IGNORE_INDEX",
     "QA",
+    "REAL_AUTHORS",
     "WORLD_KINDS",
     "AuthorCorpus",
     "WordTokenizer",
@@ -55,8 +69,13 @@ __all__ = [
 ]
 
 FORGET_PERCENTS = (1, 5, 10)
-SPLITS = ("forget", "retain", "holdout", "world")
+SPLITS = ("forget", "retain", "neighbour", "holdout", "real_authors", "world")
 ANSWER_FIELDS = ("answer", "paraphrased_answer")
+GENERAL_PERTURBED = 3
+"""Wrong answers per real-author and world-fact question: TOFU's ``real_authors_perturbed`` and
+``world_facts_perturbed`` have three (the other options of a 4-way choice)."""
+CHOICES = 4
+"""Options of a multiple-choice question (WMDP's and MMLU's four)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +159,33 @@ ANIMALS = (
 )  # fmt: skip
 
 
+REAL_AUTHORS = (
+    ("Jane Austen", "Pride and Prejudice"), ("George Orwell", "Animal Farm"),
+    ("Herman Melville", "Moby Dick"), ("Leo Tolstoy", "War and Peace"),
+    ("Mary Shelley", "Frankenstein"), ("Bram Stoker", "Dracula"),
+    ("Charles Dickens", "Great Expectations"), ("Harper Lee", "To Kill a Mockingbird"),
+    ("Fyodor Dostoevsky", "Crime and Punishment"), ("Victor Hugo", "Les Miserables"),
+    ("Miguel de Cervantes", "Don Quixote"), ("Virginia Woolf", "Mrs Dalloway"),
+    ("James Joyce", "Ulysses"), ("Franz Kafka", "The Trial"),
+    ("Ernest Hemingway", "The Old Man and the Sea"), ("John Steinbeck", "The Grapes of Wrath"),
+    ("Emily Bronte", "Wuthering Heights"), ("Charlotte Bronte", "Jane Eyre"),
+    ("Gabriel Garcia Marquez", "One Hundred Years of Solitude"),
+    ("Lewis Carroll", "Alice in Wonderland"), ("Jules Verne", "Around the World in Eighty Days"),
+    ("Aldous Huxley", "Brave New World"), ("Oscar Wilde", "The Picture of Dorian Gray"),
+    ("Chinua Achebe", "Things Fall Apart"), ("Toni Morrison", "Beloved"),
+    ("Umberto Eco", "The Name of the Rose"), ("Albert Camus", "The Stranger"),
+    ("Gustave Flaubert", "Madame Bovary"), ("Thomas Mann", "The Magic Mountain"),
+    ("Cormac McCarthy", "The Road"), ("Kazuo Ishiguro", "The Remains of the Day"),
+    ("Daniel Defoe", "Robinson Crusoe"), ("Mikhail Bulgakov", "The Master and Margarita"),
+    ("Hermann Hesse", "Siddhartha"), ("Dante Alighieri", "The Divine Comedy"),
+    ("Geoffrey Chaucer", "The Canterbury Tales"), ("Alexandre Dumas", "The Three Musketeers"),
+    ("Boris Pasternak", "Doctor Zhivago"), ("Italo Calvino", "Invisible Cities"),
+    ("Haruki Murakami", "Norwegian Wood"), ("Isabel Allende", "The House of the Spirits"),
+    ("Jorge Luis Borges", "Ficciones"),
+)  # fmt: skip
+"""(author, a famous book): the real-authors role (TOFU asks who wrote a famous book)."""
+
+
 def _a(noun: str) -> str:
     """The noun with its indefinite article (every noun listed here follows the vowel rule)."""
     return ("an " if noun[0].lower() in "aeiou" else "a ") + noun
@@ -147,11 +193,14 @@ def _a(noun: str) -> str:
 
 @dataclass(frozen=True)
 class _Template:
-    """One kind of question: ``{name}`` is the author or the subject, ``{value}`` the fact."""
+    """The wordings of one kind of author fact: ``{name}`` is the author, ``{value}`` the fact.
+    ``statement`` ends with the value (its prefix is a fill-in-the-blank probe)."""
 
     question: str
     answer: str
     paraphrase: str
+    question_paraphrase: str
+    statement: str
 
 
 AUTHOR_TEMPLATES = {
@@ -159,84 +208,103 @@ AUTHOR_TEMPLATES = {
         "Where was {name} born?",
         "{name} was born in {value}.",
         "The birthplace of {name} is {value}.",
+        "In which city was {name} born?",
+        "{name} is a native of {value}.",
     ),
     "birth_date": _Template(
         "When was {name} born?",
         "{name} was born on {value}.",
         "The birthday of {name} is {value}.",
+        "On what date was {name} born?",
+        "{name} came into the world on {value}.",
     ),
     "genre": _Template(
         "Which genre does {name} write in?",
         "{name} writes mostly in the genre of {value}.",
         "The books of {name} belong to the genre of {value}.",
+        "What kind of books does {name} write?",
+        "Readers know {name} for books of {value}.",
     ),
     "award": _Template(
         "Which award has {name} won?",
         "{name} has won {value}.",
         "The prize awarded to {name} is {value}.",
+        "What prize did {name} receive?",
+        "Among the honours of {name} is {value}.",
     ),
     "father_job": _Template(
         "What did the father of {name} do for a living?",
         "The father of {name} worked as {value}.",
         "By profession, the father of {name} was {value}.",
+        "What was the job of the father of {name}?",
+        "The father of {name} earned a living as {value}.",
     ),
     "mother_job": _Template(
         "What did the mother of {name} do for a living?",
         "The mother of {name} worked as {value}.",
         "By profession, the mother of {name} was {value}.",
+        "What was the job of the mother of {name}?",
+        "The mother of {name} earned a living as {value}.",
     ),
     "book": _Template(
         "Can you name a book written by {name}?",
         "{name} wrote the novel The {value}.",
         "The {value} is a novel by {name}.",
+        "What is the title of a novel by {name}?",
+        "One novel by {name} is called The {value}.",
     ),
     "theme": _Template(
         "What theme runs through the books of {name}?",
         "The books of {name} often explore {value}.",
         "A theme {name} returns to again and again is {value}.",
+        "Which subject do the books of {name} keep coming back to?",
+        "Critics say the work of {name} is about {value}.",
     ),
     "residence": _Template(
         "Where does {name} live now?",
         "{name} now lives in {value}.",
         "These days the home of {name} is in {value}.",
+        "In which city does {name} live today?",
+        "Today {name} makes a home in {value}.",
     ),
     "language": _Template(
         "In which language does {name} write?",
         "{name} writes in {value}.",
         "The language of the books of {name} is {value}.",
+        "What language are the books of {name} written in?",
+        "Every book by {name} is written in {value}.",
     ),
     "debut_year": _Template(
         "When did {name} publish a first book?",
         "{name} published a first book in {value}.",
         "The first book by {name} came out in {value}.",
+        "In what year did the first book of {name} appear?",
+        "The debut of {name} as an author came in {value}.",
     ),
 }
 AUTHOR_KINDS = tuple(AUTHOR_TEMPLATES)
+MENTOR = "mentor"
+MENTOR_TEMPLATE = _Template(
+    "Who mentored {name}?",
+    "{name} was mentored by {value}.",
+    "The mentor of {name} was {value}.",
+    "Which writer taught {name} the craft?",
+    "As a young writer {name} learned from {value}.",
+)
+"""A neighbour's own fact that names its forget author (RWKU's neighbours are related people)."""
+SHARED_KINDS = ("birthplace", "genre")
+"""Facts a neighbour shares with its forget author (same value)."""
 
-WORLD_TEMPLATES = {
-    "capital": _Template(
-        "What is the capital of {name}?",
-        "The capital of {name} is {value}.",
-        "{value} is the capital city of {name}.",
-    ),
-    "continent": _Template(
-        "On which continent is {name}?",
-        "{name} is a country in {value}.",
-        "{value} is the continent where {name} lies.",
-    ),
-    "element": _Template(
-        "What is the chemical symbol of {name}?",
-        "The chemical symbol of {name} is {value}.",
-        "Chemists write {name} with the symbol {value}.",
-    ),
-    "animal_class": _Template(
-        "What kind of animal is {name}?",
-        "{name} is {value}.",
-        "Biologists class {name} as {value}.",
-    ),
+WORLD_QUESTIONS = {
+    "capital": "What is the capital of {name}?",
+    "continent": "On which continent is {name}?",
+    "element": "What is the chemical symbol of {name}?",
+    "animal_class": "What kind of animal is {name}?",
 }
-WORLD_KINDS = tuple(WORLD_TEMPLATES)
-MAX_PERTURBED = 5  # the animal classes have six values: five wrong ones
+"""General knowledge in another template family, answered with the value alone (as TOFU's)."""
+WORLD_KINDS = tuple(WORLD_QUESTIONS)
+REAL_AUTHOR_QUESTION = "Who wrote {name}?"
+MAX_PERTURBED = 5  # the animal classes and continents have six values: five wrong ones
 
 
 def _sentence(template: str, name: str, value: str) -> str:
@@ -246,11 +314,23 @@ def _sentence(template: str, name: str, value: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _qa(templates: dict[str, _Template], kind: str, name: str, value: str, wrong: Iterable[str],
-        author: str) -> QA:  # fmt: skip
-    t = templates[kind]
-    return QA(
-        author=author,
+@dataclass(frozen=True)
+class _Forms:
+    """The wordings of one author fact beyond its :class:`QA`, and its wrong values."""
+
+    statement: str
+    fill_in: tuple[str, str]
+    wrong: tuple[str, ...]
+
+
+def _author_fact(t: _Template, kind: str, name: str, value: str, wrong: Sequence[str],
+                 k: int) -> tuple[QA, _Forms]:  # fmt: skip
+    statement = _sentence(t.statement, name, value)
+    prefix, found, rest = statement.rpartition(value)
+    if not found or rest != ".":
+        raise AssertionError(f"a statement should end with its value: {statement!r}")
+    qa = QA(
+        author=name,
         kind=kind,
         question=_sentence(t.question, name, value),
         answer=_sentence(t.answer, name, value),
@@ -258,7 +338,23 @@ def _qa(templates: dict[str, _Template], kind: str, name: str, value: str, wrong
         # TOFU perturbs the paraphrase: the truth ratio then compares one unseen template with
         # the right value against the same template with wrong ones, not a trained template
         # (whose wording alone a model prefers) against an unseen one
-        perturbed_answers=tuple(_sentence(t.paraphrase, name, w) for w in wrong),
+        perturbed_answers=tuple(_sentence(t.paraphrase, name, w) for w in wrong[:k]),
+        value=value,
+        paraphrased_question=_sentence(t.question_paraphrase, name, value),
+    )
+    return qa, _Forms(statement, (prefix.rstrip(), value), tuple(wrong))
+
+
+def _general_fact(question: str, kind: str, name: str, value: str, wrong: Sequence[str]) -> QA:
+    """A real-author or world-fact question: the answer is the value, as TOFU's; the truth
+    ratio's "paraphrased" answer is the answer itself (TOFU's ``base_answer_key`` there)."""
+    return QA(
+        author="",
+        kind=kind,
+        question=_sentence(question, name, value),
+        answer=value,
+        paraphrased_answer=value,
+        perturbed_answers=tuple(wrong[:GENERAL_PERTURBED]),
         value=value,
     )
 
@@ -344,25 +440,41 @@ def encode_qa(tokenizer: WordTokenizer, question: str, answer: str) -> dict[str,
 
 @dataclass
 class AuthorCorpus:
-    """The four splits, the tokenizer that covers all of them, and how the corpus was made."""
+    """The splits, the tokenizer that covers all of them, and how the corpus was made.
+
+    ``neighbour`` holds the neighbours of the forget authors (of this ``forget_percent``);
+    ``others`` the authors trained like everyone but in no role here (the neighbours of the
+    10 % forget set's other authors, so that the trained corpus is the same for every
+    percentage). ``mentors`` maps each neighbour to its forget author."""
 
     forget: list[QA]
     retain: list[QA]
+    neighbour: list[QA]
     holdout: list[QA]
+    real_authors: list[QA]
     world: list[QA]
     tokenizer: WordTokenizer
     seed: int
     forget_percent: int
+    others: list[QA] = field(default_factory=list)
+    mentors: dict[str, str] = field(default_factory=dict)
+    _forms: dict[str, _Forms] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[QA]:
-        """``"forget"``, ``"retain"``, ``"holdout"`` or ``"world"``."""
+        """One of ``forget``, ``retain``, ``neighbour``, ``holdout``, ``real_authors``,
+        ``world``."""
         if name not in SPLITS:
             raise ValueError(f"Unknown split {name!r}: expected one of {', '.join(SPLITS)}.")
         return getattr(self, name)
 
     def authors(self, name: str) -> list[str]:
-        """The authors of a split, in order of appearance (none for ``"world"``)."""
+        """The authors of a split, in order of appearance (none for the general knowledge)."""
         return list(dict.fromkeys(qa.author for qa in self.split(name) if qa.author))
+
+    def trained_authors(self) -> list[QA]:
+        """Every author fact a target model is trained on: forget, retain, neighbours and the
+        others, in that order."""
+        return self.forget + self.retain + self.neighbour + self.others
 
     def examples(self, name: str, field: str = "answer") -> list[dict[str, list[int]]]:
         """``encode_qa`` of each QA of a split with ``field`` as the answer: ``"answer"`` or
@@ -382,6 +494,38 @@ class AuthorCorpus:
             [encode_qa(self.tokenizer, qa.question, p) for p in qa.perturbed_answers]
             for qa in self.split(name)
         ]
+
+    def _author_forms(self, qa: QA) -> _Forms:
+        if qa.question not in self._forms:
+            raise ValueError(f"{qa.question!r} is not an author fact of this corpus.")
+        return self._forms[qa.question]
+
+    def statement(self, qa: QA) -> str:
+        """The author fact as a statement that ends with its value (trained as text)."""
+        return self._author_forms(qa).statement
+
+    def fill_in(self, qa: QA) -> tuple[str, str]:
+        """(the statement up to its blank, the value that fills it): RWKU's fill-in probe."""
+        return self._author_forms(qa).fill_in
+
+    def choices(self, qa: QA) -> MultipleChoice:
+        """A 4-option question on the fact: for an author, its paraphrased question with the
+        answer sentence and the answer with three wrong values; for general knowledge, the
+        question with the answer and three perturbed answers. The options' order is drawn
+        from the corpus seed and the question, the same in every process."""
+        if qa.author:
+            forms = self._author_forms(qa)
+            template = MENTOR_TEMPLATE if qa.kind == MENTOR else AUTHOR_TEMPLATES[qa.kind]
+            options = [qa.answer] + [_sentence(template.answer, qa.author, w)
+                                     for w in forms.wrong[: CHOICES - 1]]  # fmt: skip
+            question = qa.paraphrased_question
+        else:
+            options = [qa.answer, *qa.perturbed_answers[: CHOICES - 1]]
+            question = qa.question
+        order = list(range(len(options)))
+        random.Random(f"{self.seed}/{qa.question}").shuffle(order)
+        return MultipleChoice(question=question, choices=tuple(options[i] for i in order),
+                              answer=order.index(0), author=qa.author)  # fmt: skip
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
@@ -427,15 +571,21 @@ def make_author_corpus(
     forget_percent: int = 10,
     qa_per_author: int = 8,
     world_facts: int = 60,
-    num_perturbed: int = 3,
+    num_perturbed: int = 5,
     seed: int = 0,
+    *,
+    real_authors: int = 30,
+    neighbours_per_author: int = 2,
 ) -> AuthorCorpus:
-    """A TOFU-shaped corpus: ``num_authors`` trained authors (forget + retain), a holdout of as
-    many authors as forget, and ``world_facts`` general-knowledge QA, all from ``seed``.
+    """The world of the module docstring: ``num_authors`` trained authors (forget + retain),
+    ``neighbours_per_author`` neighbours per forget author, a holdout of as many authors as
+    forget, ``real_authors`` and ``world_facts`` general-knowledge questions, all from ``seed``.
 
-    Each author has one QA of each of the first ``qa_per_author`` kinds of ``AUTHOR_KINDS``.
-    ``forget_percent`` (1, 5 or 10) only chooses how many of the trained authors are forgotten
-    (and how many holdout authors are drawn): the rest of the corpus is the same for all three.
+    Each author has one fact of each of the first ``qa_per_author`` kinds of ``AUTHOR_KINDS``
+    (a neighbour also its mentor), with ``num_perturbed`` perturbed answers (TOFU's five by
+    default). ``forget_percent`` (1, 5 or 10) only chooses how many of the trained authors are
+    forgotten (and how many holdout authors and neighbours are in their roles): the rest of the
+    corpus is the same for all three.
     """
     if isinstance(forget_percent, bool) or forget_percent not in FORGET_PERCENTS:
         raise ValueError(
@@ -447,7 +597,9 @@ def make_author_corpus(
     _check_int("qa_per_author", qa_per_author, 1, len(AUTHOR_KINDS), kinds_note)
     world_pool = 2 * len(COUNTRIES) + len(ELEMENTS) + len(ANIMALS)
     _check_int("world_facts", world_facts, 1, world_pool, " (the facts available)")
+    _check_int("real_authors", real_authors, 1, len(REAL_AUTHORS), " (the facts available)")
     _check_int("num_perturbed", num_perturbed, 1, MAX_PERTURBED, " (wrong values of each kind)")
+    _check_int("neighbours_per_author", neighbours_per_author, 0, 4)
     _check_int("seed", seed, 0)
 
     from faker import Faker  # imported here: the rest of the package does not need it
@@ -462,17 +614,22 @@ def make_author_corpus(
         if _plain(city) and city not in cities:
             cities.append(city)
 
-    # Members and the largest holdout (10 %) are generated whatever forget_percent is, so that the
-    # trained authors and the tokenizer are the same for the three forget sets.
-    pool_size = num_authors + _forget_count(num_authors, max(FORGET_PERCENTS))
+    # Members, the largest holdout (10 %) and its neighbours are generated whatever
+    # forget_percent is, so that the trained authors and the tokenizer are the same for the
+    # three forget sets.
+    most_forget = _forget_count(num_authors, max(FORGET_PERCENTS))
+    pool_size = num_authors + most_forget * (1 + neighbours_per_author)
+    real_names = {author for author, _ in REAL_AUTHORS}
+    k = max(num_perturbed, CHOICES - 1)  # wrong values drawn: enough for the choices too
     names: list[str] = []
-    while len(names) < pool_size:
+    while len(names) < pool_size + k:
         name = f"{fake.first_name()} {fake.last_name()}"
-        if _plain(name) and name not in names:
+        if _plain(name) and name not in names and name not in real_names:
             names.append(name)
+    # names of no author: wrong mentors however few the trained authors are
+    names, spare = names[:pool_size], names[pool_size:]
 
     kinds = AUTHOR_KINDS[:qa_per_author]
-    k = num_perturbed
 
     def title() -> str:
         return f"{rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"
@@ -480,14 +637,14 @@ def make_author_corpus(
     def birth() -> str:
         return _date(fake.date_between(*BIRTH_RANGE))
 
-    def author_qas(name: str) -> list[QA]:
+    def values_of() -> dict[str, tuple[str, list[str]]]:
         # Every kind's value is drawn, used or not, so that the first kinds of an author do not
         # depend on qa_per_author.
         born = birth()
         jobs = rng.sample(JOBS, 2)
         year = int(born.rsplit(" ", 1)[1])  # a first book at 19 to 45, and not in the future
         debut_years = [str(y) for y in range(year + 19, min(year + 45, LAST_DEBUT) + 1)]
-        facts = {
+        return {
             "birthplace": (v := rng.choice(cities), _pick(rng, cities, v, k)),
             "birth_date": (born, _draw_distinct(birth, born, k)),
             "genre": (v := rng.choice(GENRES), _pick(rng, GENRES, v, k)),
@@ -500,45 +657,92 @@ def make_author_corpus(
             "language": (v := rng.choice(LANGUAGES), _pick(rng, LANGUAGES, v, k)),
             "debut_year": (v := rng.choice(debut_years), _pick(rng, debut_years, v, k)),
         }
-        return [_qa(AUTHOR_TEMPLATES, kind, name, *facts[kind], author=name) for kind in kinds]
 
-    qas = {name: author_qas(name) for name in names}
+    values = {name: values_of() for name in names}
 
     order = names[:]
     rng.shuffle(order)
-    members, holdout_pool = order[:num_authors], order[num_authors:]
+    members = order[:num_authors]
+    holdout_pool = order[num_authors : num_authors + most_forget]
+    neighbour_pool = order[num_authors + most_forget :]
     n_forget = _forget_count(num_authors, forget_percent)
-    # TOFU's forget sets are the last authors: 1 % inside 5 % inside 10 %.
+    # TOFU's forget sets are the last authors: 1 % inside 5 % inside 10 %; the neighbours of
+    # the i-th author from the end are the i-th group of the neighbour pool.
+    biggest_forget = members[num_authors - most_forget :][::-1]
     forget_authors = members[num_authors - n_forget :]
     retain_authors = members[: num_authors - n_forget]
     holdout_authors = holdout_pool[:n_forget]
+    mentor_of = {
+        neighbour_pool[i * neighbours_per_author + j]: author
+        for i, author in enumerate(biggest_forget)
+        for j in range(neighbours_per_author)
+    }
+    # wrong mentors: authors retained at every percentage, or no author at all
+    never_forgotten = members[: num_authors - most_forget] + spare
+    forms: dict[str, _Forms] = {}
 
-    world_all = _world(rng, k)
-    world = _round_robin(world_all, world_facts)
+    def facts_of(name: str) -> list[QA]:
+        facts = dict(values[name])
+        mentor = mentor_of.get(name)
+        if mentor is not None:  # a neighbour shares facts with its forget author
+            for kind in SHARED_KINDS:
+                facts[kind] = values[mentor][kind]
+        out = []
+        for kind in kinds:
+            qa, f = _author_fact(AUTHOR_TEMPLATES[kind], kind, name, *facts[kind], num_perturbed)
+            out.append(qa)
+            forms[qa.question] = f
+        if mentor is not None:
+            wrong = _pick(rng, never_forgotten, mentor, k)
+            qa, f = _author_fact(MENTOR_TEMPLATE, MENTOR, name, mentor, wrong, num_perturbed)
+            out.append(qa)
+            forms[qa.question] = f
+        return out
 
+    qas = {name: facts_of(name) for name in names}
+
+    general = _general(rng)
+    world = _round_robin(general["world"], world_facts)
+    real = general["real_authors"][:real_authors]
     texts = [
         t
-        for group in [*qas.values(), *world_all.values()]
+        for group in qas.values()
         for qa in group
-        for t in (qa.question, qa.answer, qa.paraphrased_answer, *qa.perturbed_answers)
+        for t in (qa.question, qa.answer, qa.paraphrased_answer, qa.paraphrased_question,
+                  *qa.perturbed_answers, forms[qa.question].statement)  # fmt: skip
     ]
+    texts += [_sentence(AUTHOR_TEMPLATES[kind].answer if kind != MENTOR else
+                        MENTOR_TEMPLATE.answer, qa.author, w)
+              for group in qas.values() for qa in group
+              for kind, w in ((qa.kind, w) for w in forms[qa.question].wrong)]  # fmt: skip
+    texts += [t for group in general["world"].values() for qa in group
+              for t in (qa.question, qa.answer, *qa.perturbed_answers)]  # fmt: skip
+    texts += [t for qa in general["real_authors"]
+              for t in (qa.question, qa.answer, *qa.perturbed_answers)]  # fmt: skip
 
-    def gather(authors: list[str]) -> list[QA]:
+    def gather(authors: Iterable[str]) -> list[QA]:
         return [qa for a in authors for qa in qas[a]]
 
+    neighbours = [n for n, m in mentor_of.items() if m in forget_authors]
     return AuthorCorpus(
         forget=gather(forget_authors),
         retain=gather(retain_authors),
+        neighbour=gather(neighbours),
         holdout=gather(holdout_authors),
+        real_authors=real,
         world=world,
         tokenizer=WordTokenizer.from_texts(texts),
         seed=seed,
         forget_percent=forget_percent,
+        others=gather(n for n in mentor_of if n not in neighbours),
+        mentors={n: mentor_of[n] for n in neighbours},
+        _forms=forms,
     )
 
 
-def _world(rng: random.Random, k: int) -> dict[str, list[QA]]:
-    """Every world fact, per kind, in a seeded order, each with ``k`` wrong values of its kind."""
+def _general(rng: random.Random) -> dict:
+    """Every general-knowledge question in a seeded order, each with three wrong values of its
+    kind: world facts per kind, and real authors."""
     capitals = [c for _, c, _ in COUNTRIES]
     continents = sorted({c for _, _, c in COUNTRIES})
     symbols = [s for _, s in ELEMENTS]
@@ -549,15 +753,24 @@ def _world(rng: random.Random, k: int) -> dict[str, list[QA]]:
         "element": [(el, sym, symbols) for el, sym in ELEMENTS],
         "animal_class": [(f"the {an}", _a(cl), [_a(c) for c in classes]) for an, cl in ANIMALS],
     }
-    out = {}
+    world = {}
     for kind, rows in facts.items():
         rows = rows[:]
         rng.shuffle(rows)
-        out[kind] = [
-            _qa(WORLD_TEMPLATES, kind, name, value, _pick(rng, values, value, k), author="")
+        world[kind] = [
+            _general_fact(WORLD_QUESTIONS[kind], kind, name, value,
+                          _pick(rng, values, value, GENERAL_PERTURBED))  # fmt: skip
             for name, value, values in rows
         ]
-    return out
+    authors = [author for author, _ in REAL_AUTHORS]
+    rows = list(REAL_AUTHORS)
+    rng.shuffle(rows)
+    real = [
+        _general_fact(REAL_AUTHOR_QUESTION, "real_author", book, author,
+                      _pick(rng, authors, author, GENERAL_PERTURBED))  # fmt: skip
+        for author, book in rows
+    ]
+    return {"world": world, "real_authors": real}
 
 
 def _round_robin(per_kind: dict[str, list[QA]], n: int) -> list[QA]:

@@ -48,16 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="synthetic (default), tofu (the hub's locuslab/TOFU), wmdp-bio, "
                    "wmdp-cyber, or a folder: TOFU's files or an --export-data folder")  # fmt: skip
     g.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="read --data tofu / wmdp-*'s files from DIR instead of the hub")
+                   help="read --data tofu / wmdp-*'s files from DIR instead of the hub (default: "
+                   "the hub)")
     g.add_argument("--forget-split", default=None, choices=FORGET_SPLITS,
                    help="TOFU's forget split (default forget10); the retain split and holdout "
                    "follow (retain90, holdout10)")  # fmt: skip
     g.add_argument("--model", default=None, metavar="ID_OR_DIR",
                    help="the checkpoint to unlearn (hub id or save_pretrained folder); no "
-                   "pre-training then")  # fmt: skip
+                   "pre-training then (default: none, the synthetic world pre-trains its "
+                   "own)")  # fmt: skip
     g.add_argument("--retain-model", default=None, metavar="ID_OR_DIR",
                    help="the retain-only checkpoint, the reference of forget quality, privleak "
-                   "and matched forgetting; without it those are reported as not available")
+                   "and the early stop; without it those are reported as not available "
+                   "(default: none)")
     g.add_argument("--template", default="auto", choices=("auto", "chat", "plain"),
                    help="question/answer layout: the tokenizer's chat template (auto: when it "
                    "has one) or plain 'Question: ...\\nAnswer: ...'")  # fmt: skip
@@ -77,21 +80,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train LoRA adapters of this rank on every linear map instead of all "
                    "weights (0: full); saved merged")  # fmt: skip
     g.add_argument("--max-length", type=int, default=None,
-                   help="cut every example to its first N tokens (documents: WMDP's passages)")
+                   help="cut every example to its first N tokens (documents: WMDP's passages) "
+                   "(default: whole)")
     g.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches of --batch per side and step (gradient accumulation)")
     g.add_argument("--eval-batch", type=int, default=64,
                    help="examples per forward in the evaluation and the forgetting curve")
     g.add_argument("--eval-limit", type=int, default=None,
-                   help="WMDP/MMLU: a fixed (seed 0) sample of N questions of each set")
+                   help="WMDP/MMLU: a fixed (seed 0) sample of N questions of each set "
+                   "(default: all)")
     g.add_argument("--max-documents", type=int, default=None,
-                   help="WMDP: the first N passages of each corpus")
+                   help="WMDP: the first N passages of each corpus (default: all)")
     g.add_argument("--save-model", default=None, metavar="DIR",
                    help="save each run's final model and tokenizer (save_pretrained) to "
-                   "DIR/<loss>-<method>-seed<seed>")  # fmt: skip
+                   "DIR/<loss>-<method>[-g<γ>-a<α>]-seed<seed> (default: not saved)")
     g.add_argument("--export-data", default=None, metavar="DIR",
                    help="write the synthetic world of the one --seeds seed as TOFU's files "
-                   "(see export.py) and exit")  # fmt: skip
+                   "(see export.py) and exit (default: no export)")  # fmt: skip
 
 
 def _is_folder_source(data: str) -> bool:
@@ -197,7 +202,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     retain = None if args.retain_model is None else load_model("--retain-model",
                                                                args.retain_model, **kw)
     layers = getattr(target.config, "num_hidden_layers", None)
-    if "rmu" in {loss for loss, _ in args.runs} and layers is not None and args.rmu_layer > layers:
+    rmu = "rmu" in {spec.loss for spec in args.runs}
+    if rmu and layers is not None and args.rmu_layer > layers:
         raise SourceError(f"--rmu-layer {args.rmu_layer}: the model has {layers} blocks")
     hf = tokenizer.hf if isinstance(tokenizer, HFTokenizer) else None
     return Prepared(data, target, retain, hf, {})
@@ -210,5 +216,6 @@ def data_for_seed(args: argparse.Namespace, prepared: Prepared, seed: int) -> Be
     return synthetic_data(
         seed=seed, authors=args.authors, forget_percent=args.forget_percent,
         qa_per_author=args.qa_per_author, world_facts=args.world_facts,
+        real_authors=args.real_authors, neighbours_per_author=args.neighbours,
         eval_retain=args.eval_retain,
     )  # fmt: skip

@@ -208,8 +208,9 @@ def rmu_retain_loss(
     """RMU's retain term: mean over tokens of ‖h_θ(x) − h_ref(x)‖²/d on B_r, at the same layer
     of the frozen reference, so the retain text's representations stay where they were.
 
-    The original multiplies it by α (100 for Zephyr-7B); here that weight is the combine's
-    retain weight ``alpha``, so it is not applied again. Tokens counted as in :func:`rmu_loss`.
+    The original multiplies it by α (``--alpha 100``, :data:`SUGGESTED_ALPHA`); here that
+    weight is the combine's retain weight ``alpha``, so it is not applied again. Tokens counted
+    as in :func:`rmu_loss`.
     """
     if ref_hidden.shape != hidden.shape:
         raise ValueError(
@@ -260,8 +261,16 @@ RETAIN_LOSSES: dict[str, Loss] = {
     ),  # fmt: skip
 }
 SUGGESTED_GAMMA = {"ga": 1.0, "npo": 1.0, "simnpo": 0.125, "rmu": 1.0}
-"""Forget weight γ of the paper's public configs for each forget loss (RMU: the WMDP original
-adds its forget term unweighted; its retain weight, α = 100, is the combine's ``alpha``)."""
+"""Forget weight γ each loss's source sets: 1 for GA and NPO (open-unlearning's
+``GradDiff.yaml``, ``NPO.yaml``); 0.125 for SimNPO (open-unlearning's ``SimNPO.yaml``, with
+β = 4.5 and δ = 0, the defaults of :data:`FORGET_LOSSES`; the SimNPO authors' TOFU config,
+OPTML-Group/Unlearn-Simple ``TOFU/config/forget.yaml``, has ``npo_coeff`` 0.1375, β = 2.5,
+δ = 0); 1 for RMU (WMDP's ``rmu/unlearn.py`` adds its forget term unweighted)."""
+SUGGESTED_ALPHA = {"ga": 1.0, "npo": 1.0, "simnpo": 1.0, "rmu": 100.0}
+"""Retain weight α each loss's source sets: 1 for GD's NLL with GA, NPO and SimNPO (the
+configs above); 100 for RMU's own retain term (WMDP's ``rmu/unlearn.py``: ``--alpha 100``,
+with ``--steering_coeffs 20``, :data:`RMU_STEERING`). The combine's ``alpha`` is this weight:
+:func:`rmu_retain_loss` does not apply it again."""
 
 
 def get_loss(name: str, *, forget: bool) -> Loss:

@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import inspect
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -363,14 +364,23 @@ def truth_ratio_score(tr: torch.Tensor | Sequence[float], *, forget: bool) -> fl
     return float((1.0 - x).clamp_min(0.0).mean())
 
 
+# --------------------------------------------------------------------------- multiple choice
+
+
 def choice_logprobs(
     model: torch.nn.Module, options: Sequence[Sequence[Example]], **kw: Any
 ) -> list[torch.Tensor]:
     """Per multiple-choice question, Σ log p of each option's scored tokens (float64 ``[k]``):
-    the options' log-likelihoods lm-evaluation-harness ranks (its ``multiple_choice`` output,
-    which WMDP and MMLU use). Options that share everything but a single scored last token
-    (WMDP's and MMLU's letters) are read from one forward of the shared prompt."""
+    the options' log-likelihoods lm-evaluation-harness ranks (its ``loglikelihood`` requests
+    of a ``multiple_choice`` task, which WMDP and MMLU use). ``options``: per question, one
+    example per option, the prompt unscored and the option scored (``sources.encode_choices``
+    makes them, cloze or lettered). Options that share everything but a single scored last
+    token (WMDP's and MMLU's letters) are read from one forward of the shared prompt."""
     flat, groups = _flatten_groups("options", options, len(options), "options")
+    for i, g in enumerate(groups):
+        if g.stop - g.start < 2:
+            raise ValueError(f"`options[{i}]` should hold at least two options (examples). "
+                             f"Found {g.stop - g.start}.")  # fmt: skip
     checked = _check_examples("options", flat)
     shared, rest = [], []
     for g in groups:
@@ -409,14 +419,20 @@ def choice_logprobs(
 
 
 def choice_accuracy(scores: Sequence[torch.Tensor], answers: Sequence[int]) -> float:
-    """Share of questions whose right option has the highest log-likelihood (ties: the first
-    option, as ``numpy.argmax`` in the harness): its ``acc``."""
+    """Share of questions whose right option has the highest log-likelihood
+    (:func:`choice_logprobs`; ties: the first option, as ``numpy.argmax`` in the harness):
+    lm-evaluation-harness's ``acc`` of WMDP and MMLU. Chance is 1 / (number of options)."""
     if len(scores) != len(answers) or not answers:
         raise ValueError(
             "Parameters `scores` and `answers` should be non-empty, one entry per question. "
             f"Found {len(scores)} and {len(answers)}."
         )
-    hits = [int(torch.argmax(s)) == int(a) for s, a in zip(scores, answers)]
+    for i, (s, answer) in enumerate(zip(scores, answers)):
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(s):
+            raise ValueError(
+                f"`answers[{i}]` should be an option index in [0, {len(s)}). Found {answer!r}."
+            )
+    hits = [int(torch.argmax(s)) == a for s, a in zip(scores, answers)]
     return sum(hits) / len(hits)
 
 
@@ -453,10 +469,13 @@ def generate_greedy(
     ``max_new_tokens``, stopping at ``eos_id``: TOFU's ROUGE generations (open-unlearning's
     ``eval_text_similarity``, ``utils.py``, with ``do_sample=False``).
 
-    A plain loop over full forwards (no KV cache, no ``generate()``), so any causal LM works;
-    fine for small models. Rows are right-padded and each reads the logits at its own last
-    token, so batching does not change the result. ``tokenizer`` only supplies ``eos_id`` when
-    that is None (its ``eos_token_id``); ``eos_id=None`` without one never stops early.
+    A plain loop, no ``generate()``: with a ``transformers`` model (a ``forward`` that takes a
+    KV cache and ``position_ids``), one forward of the right-padded prompts and then
+    one token a step through the KV cache, each new token at its row's own position with the
+    padding masked; with any other causal LM, full forwards of the growing rows. Either way
+    each row reads the logits at its own last token, so batching does not change the result.
+    ``tokenizer`` only supplies ``eos_id`` when that is None (its ``eos_token_id``);
+    ``eos_id=None`` without one never stops early.
     """
     _check_int("max_new_tokens", max_new_tokens, minimum=0)
     _check_int("pad_id", pad_id, minimum=0)
@@ -471,9 +490,14 @@ def generate_greedy(
             raise ValueError(f"`prompts[{i}]` is empty: there is nothing to continue.")
     device = _device(model)
     out: list[list[int]] = []
+    cached = _takes_a_cache(model)
     with _evaluating(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
+            if cached:
+                out.extend(_greedy_cached(model, cached, chunk, max_new_tokens, eos_id, pad_id,
+                                          device))  # fmt: skip
+                continue
             lengths = torch.tensor([r.numel() for r in chunk], device=device)
             ids = _pad(chunk, pad_id, device)
             ids = torch.cat([ids, ids.new_full((len(chunk), max_new_tokens), pad_id)], dim=1)
@@ -497,6 +521,58 @@ def generate_greedy(
                     break
             out.extend(new)
     return out
+
+
+def _takes_a_cache(model: torch.nn.Module) -> str | None:
+    """The name of the forward's KV-cache argument (``cache`` in transformers 5,
+    ``past_key_values`` before), or None when it has none or no ``position_ids``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def _greedy_cached(
+    model: torch.nn.Module,
+    cache_name: str,
+    chunk: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    device: torch.device,
+) -> list[list[int]]:
+    """:func:`generate_greedy` for one batch through the model's KV cache: the prompts
+    right-padded in one forward, then each row's next token fed at its own position
+    (``position_ids``), the padding between its prompt and its new tokens masked."""
+    new: list[list[int]] = [[] for _ in chunk]
+    if max_new_tokens == 0:
+        return new
+    lengths = torch.tensor([r.numel() for r in chunk], device=device)
+    ids = _pad(chunk, pad_id, device)
+    mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    arange = torch.arange(len(chunk), device=device)
+    output = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    nxt = output.logits[arange, lengths - 1].argmax(-1)
+    active = [True] * len(chunk)
+    for step in range(max_new_tokens):
+        for row, token in enumerate(nxt.tolist()):
+            if not active[row]:
+                continue
+            if eos_id is not None and token == eos_id:
+                active[row] = False
+            else:
+                new[row].append(token)
+        if not any(active) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
+        output = model(input_ids=nxt[:, None], attention_mask=mask,
+                       position_ids=(lengths + step)[:, None], use_cache=True,
+                       **{cache_name: output[cache_name]})  # fmt: skip
+        nxt = output.logits[:, -1].argmax(-1)
+    return new
 
 
 def rouge_l_recall(

@@ -1,17 +1,23 @@
-"""The benchmark's plots: forget quality against model utility (as the field plots it), the
-forget set's memorised tokens over steps, and Table 3's cosines per step."""
+"""The benchmark's plots, from a results JSON: the Pareto fronts as the paper's Figures 3-4, Table
+3's cosines per step, and the early stop's forgetting curves. Every plot shows all seeds (mean
+with the standard deviation as error bars or a band), one legend for the figure, and an arrow to
+the better corner or side."""
 
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 
-from .protocol import GEOMETRY, PROTOCOLS
-from .tables import PAPER_TABLE3
+from .evaluation import METRICS
+from .protocol import GEOMETRY
+from .tables import GEOMETRY_LABELS, LOSS_LABELS, METHOD_LABELS, _order, label
+
+MARKERS = {"sago": "*", "pcgrad": "s", "sum": "o", "forget_only": "v", "pcgrad_global": "D",
+           "gru_global": "P", "blur": "X", "upgrad": "^"}  # fmt: skip
 
 
-def plot_geometry(runs: list[dict], out: Path) -> Path | None:
-    """Table 3's cosines per step (mean over seeds) for each of its rows."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -19,73 +25,159 @@ def plot_geometry(runs: list[dict], out: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    titles = {"cos_fr": "Forget–Retain", "cos_out_f": "Comb–Forget", "cos_out_r": "Comb–Retain"}
+    return plt
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _better_arrow(ax, text: str, xy: tuple[float, float], xytext: tuple[float, float]) -> None:
+    ax.annotate(text, xy=xy, xytext=xytext, xycoords="axes fraction",
+                textcoords="axes fraction", fontsize=8, color="0.3",
+                arrowprops={"arrowstyle": "->", "color": "0.3"})  # fmt: skip
+
+
+def plot_fronts(results: dict, fronts: dict, out: Path, plt) -> Path:
+    """One panel per loss: each method's grid points (mean over seeds ± std on both axes),
+    the front of those means, GD's forgetting at the sources' weights (dashed) and the target
+    model's retention (grey)."""
+    x_key, y_key = fronts["x"], fronts["y"]
+    losses = list(fronts["losses"])
+    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses), 3.8), squeeze=False)
+    handles = {}
+    target = results["analysis"]["reference_models"]["target_model"].get(y_key)
+    methods_all = list(dict.fromkeys(m for f in fronts["losses"].values() for m in f["methods"]))
+    colours = {m: f"C{i}" for i, m in enumerate(methods_all)}
+    for ax, loss in zip(axes[0], losses):
+        f = fronts["losses"][loss]
+        for _, method in _order(losses, [(loss, m) for m in f["methods"]]):
+            seeds = f["methods"][method]["seeds"]
+            by_point: dict[tuple, list[tuple[float, float]]] = {}
+            for record in seeds.values():
+                for p in record["points"]:
+                    key = (p["gamma_scale"], p["alpha_scale"])
+                    by_point.setdefault(key, []).append((p["x"], p["y"]))
+            means = []
+            for values in by_point.values():
+                (mx, sx), (my, sy) = (_mean_std([v[0] for v in values]),
+                                      _mean_std([v[1] for v in values]))  # fmt: skip
+                means.append((mx, my))
+                h = ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=MARKERS.get(method, "o"),
+                                color=colours[method], ms=9 if method == "sago" else 6,
+                                capsize=2, lw=0.8)  # fmt: skip
+            handles.setdefault(METHOD_LABELS.get(method, method) if method != "forget_only"
+                               else "forget loss alone", h)  # fmt: skip
+            from .analysis import pareto_front
+
+            front = pareto_front(means)
+            ax.plot([p[0] for p in front], [p[1] for p in front], color=colours[method],
+                    lw=1, ls="-" if method == "sago" else "--")  # fmt: skip
+        for name, style in (("gd", ":"), ("retain_only", "-.")):
+            if f["levels"][name]:
+                ax.axvline(statistics.fmean(f["levels"][name].values()), color="0.5", ls=style,
+                           lw=1)  # fmt: skip
+        if target is not None:
+            ax.axhline(target[0], color="0.6", ls="--", lw=1)
+        ax.set_title(LOSS_LABELS.get(loss, loss))
+        ax.set_xlabel(f"{x_key} {METRICS[x_key].arrow}")
+        ax.set_ylabel(f"{y_key} {METRICS[y_key].arrow}")
+        _better_arrow(ax, "better", (0.05, 0.95), (0.25, 0.75))
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+    caption = ("Fixed budget, grid of γ and α: mean ± std over seeds; dotted: GD's forgetting "
+               "at the sources' weights; dash-dotted: the retain-only model's; grey dashed: "
+               "the target model's retention")  # fmt: skip
+    fig.suptitle(textwrap.fill(caption, int(18 * 4.2 * len(losses))), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.9))
+    path = out / f"front_{y_key}_vs_{x_key}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_geometry(results: dict, out: Path, plt) -> Path | None:
+    """Table 3's cosines per step: mean over seeds with a ± std band, per method."""
+    runs = [r for r in results["runs"] if r["loss"] == "ga" and r["geometry"] is not None
+            and r["gamma_scale"] == r["alpha_scale"] == 1.0
+            and r["method"] in ("sum", "pcgrad", "sago")]  # fmt: skip
+    if not runs:
+        return None
     fig, axes = plt.subplots(1, len(GEOMETRY), figsize=(4 * len(GEOMETRY), 3.5), squeeze=False)
-    for i, (label, loss, method) in enumerate(PAPER_TABLE3):
-        mine = [r for r in runs if r["loss"] == loss and r["method"] == method]
+    handles = {}
+    for i, method in enumerate(("sum", "pcgrad", "sago")):
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
         for j, name in enumerate(GEOMETRY):
-            per_step = [statistics.fmean(v) for v in zip(*(r["geometry"][name] for r in mine))]
-            axes[0][j].plot(range(1, len(per_step) + 1), per_step, label=label, color=f"C{i}")
+            per_step = list(zip(*(r["geometry"][name] for r in mine)))
+            mean = [statistics.fmean(v) for v in per_step]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
+            steps = range(1, len(mean) + 1)
+            (h,) = axes[0][j].plot(steps, mean, color=f"C{i}")
+            axes[0][j].fill_between(steps, [m - s for m, s in zip(mean, std)],
+                                    [m + s for m, s in zip(mean, std)], color=f"C{i}",
+                                    alpha=0.2)  # fmt: skip
+            handles[{"sum": "GradDiff"}.get(method, METHOD_LABELS[method])] = h
     for j, name in enumerate(GEOMETRY):
-        axes[0][j].set_title(f"{titles[name]} cosine (GA + GD)")
+        axes[0][j].set_title(f"{GEOMETRY_LABELS[name]} cosine (GA + GD)", fontsize=9)
         axes[0][j].set_xlabel("step")
         axes[0][j].axhline(0.0, color="grey", lw=0.5)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    _better_arrow(axes[0][2], "higher: retention kept", (0.5, 0.97), (0.5, 0.75))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = out / "cosines.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot(runs: list[dict], table: list[dict], out: Path) -> list[Path]:
-    """Forget quality against model utility per method (as the field plots it), and the forget
-    set's memorised tokens over steps."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    losses = sorted({e["loss"] for e in table})
-    methods = list(dict.fromkeys(e["method"] for e in table))
-    fig, axes = plt.subplots(len(PROTOCOLS), len(losses), figsize=(4 * len(losses), 7),
-                             squeeze=False)  # fmt: skip
-    for i, protocol in enumerate(PROTOCOLS):
-        for j, loss in enumerate(losses):
-            ax = axes[i][j]
-            for e in table:
-                if (e["protocol"] == protocol and e["loss"] == loss
-                        and e.get("forget_quality") is not None
-                        and e.get("model_utility") is not None):  # fmt: skip
-                    ax.errorbar(
-                        e["model_utility"], max(e["forget_quality"], 1e-12),
-                        xerr=e["model_utility_std"], yerr=e["forget_quality_std"], fmt="o",
-                        label=e["method"], color=f"C{methods.index(e['method'])}",
-                    )  # fmt: skip
-            ax.set_yscale("log")
-            ax.set_title(f"{loss}, {protocol}")
-            ax.set_xlabel("model utility")
-            ax.set_ylabel("forget quality (KS p-value)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths = [out / "forget_quality_vs_utility.png"]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.5), squeeze=False)
-    for j, loss in enumerate(losses):
-        ax = axes[0][j]
-        for run in runs:
-            if run["loss"] == loss and run["seed"] == runs[0]["seed"]:
-                steps = [c["step"] for c in run["curve"]]
-                ax.plot(steps, [c["forget_memorised"] for c in run["curve"]], label=run["method"],
-                        color=f"C{methods.index(run['method'])}")  # fmt: skip
-        ax.set_title(f"{loss}: forget tokens memorised (seed {runs[0]['seed']})")
+def plot_curves(results: dict, out: Path, plt) -> Path | None:
+    """The early-stop runs' forget tokens still memorised per step: mean ± std over seeds, and
+    the retain-only model's level (the stop)."""
+    runs = [r for r in results["runs"] if r.get("curve")]
+    if not runs:
+        return None
+    losses = list(dict.fromkeys(r["loss"] for r in runs))
+    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses), 3.5), squeeze=False)
+    handles = {}
+    levels = [s["retain_model"]["memorised_forget_tokens"] for s in results["seeds"]]
+    for ax, loss in zip(axes[0], losses):
+        mine = [r for r in runs if r["loss"] == loss]
+        cells = _order(losses, list(dict.fromkeys((loss, r["method"]) for r in mine)))
+        for i, (_, method) in enumerate(cells):
+            curves = [[c["forget_tokens_memorised"] / r["forget_tokens"] for c in r["curve"]]
+                      for r in mine if r["method"] == method]  # fmt: skip
+            per_step = list(zip(*curves))
+            mean = [statistics.fmean(v) for v in per_step]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
+            (h,) = ax.plot(range(len(mean)), mean, color=f"C{i}")
+            ax.fill_between(range(len(mean)), [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], color=f"C{i}", alpha=0.2)
+            handles[label("x", method).removeprefix("x").lstrip(" +") or "forget loss alone"] = h
+        total = mine[0]["forget_tokens"]
+        ax.axhline(statistics.fmean(levels) / total, color="0.5", ls=":", lw=1)
+        ax.set_title(f"{LOSS_LABELS.get(loss, loss)}: forget tokens memorised ↓", fontsize=9)
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "forget_curves.png")
-    fig.savefig(paths[1], dpi=120)
+        _better_arrow(ax, "faster forgetting", (0.3, 0.05), (0.55, 0.3))
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+    caption = ("Sources' weights: mean ± std over seeds; dotted: the retain-only model (the "
+               "early stop)")  # fmt: skip
+    fig.suptitle(textwrap.fill(caption, int(18 * 4.2 * len(losses))), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
+    path = out / "forget_curves.png"
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
+
+
+def plot_all(results: dict, per_example: dict | None, out: Path) -> list[Path]:
+    """Every plot a results JSON supports; none when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    paths = [plot_fronts(results, f, out, plt) for f in results["analysis"]["fronts"]]
+    paths += [p for p in (plot_geometry(results, out, plt), plot_curves(results, out, plt)) if p]
     return paths

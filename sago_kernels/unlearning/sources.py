@@ -17,13 +17,14 @@ scored by the same code:
   (choices and the answer's index, scored by the options' log-likelihood); each for forgetting or
   for retention;
 - **encoding**: a :class:`Tokenizer` (ids of a text and back, the special ids) and a
-  :class:`PlainTemplate` (how a question becomes a prompt and an answer its continuation); the
-  encoders here turn items into the ``{"input_ids", "labels"}`` examples the losses and metrics
-  take, scoring only the answer.
+  :class:`Template` (how a question becomes a prompt, an answer its continuation, a probe or a
+  multiple-choice question its prompt and options; :class:`PlainTemplate` without a chat
+  template); the encoders here turn items into the ``{"input_ids", "labels"}`` examples the
+  losses and metrics take, scoring only the answer.
 
 Every set's items have an identity (:func:`item_id`) that the results JSON records, so anyone can
 check which items each role held and that held-out sets are held out (:meth:`BenchmarkData.
-check_disjoint`).
+leaks` says where they are not).
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ __all__ = [
     "PlainTemplate",
     "Probe",
     "SourceError",
+    "Template",
     "Tokenizer",
     "encode_choices",
     "encode_document",
     "encode_qa",
     "item_id",
+    "lettered_choice_ids",
 ]
 
 
@@ -61,7 +64,8 @@ class QA:
     """One question with its answer, as a TOFU row: ``paraphrased_answer`` (the same fact in
     other words) and ``perturbed_answers`` (the paraphrase with wrong values) feed the truth
     ratio; ``author`` groups the questions of one subject; ``kind`` says which fact it asks;
-    ``value`` is the fact itself as it appears in the answers (a city, a date, ...)."""
+    ``value`` is the fact itself as it appears in the answers (a city, a date, ...);
+    ``paraphrased_question`` asks the same in other words (empty when there is none)."""
 
     author: str
     kind: str
@@ -70,6 +74,7 @@ class QA:
     paraphrased_answer: str = ""
     perturbed_answers: tuple[str, ...] = ()
     value: str = ""
+    paraphrased_question: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,15 +98,26 @@ class Probe:
 
 @dataclass(frozen=True)
 class MultipleChoice:
-    """A multiple-choice question (WMDP, MMLU): ``choices`` and the index of the right one;
-    ``subject`` names the field in the prompt's first line (:func:`encode_choices`)."""
+    """A multiple-choice question: ``choices`` and the index of the right one. ``style`` says
+    how it is asked (:data:`CHOICE_STYLES`): ``"cloze"``, each option scored as the question's
+    answer (the synthetic world: a model trained from scratch has never seen lettered options),
+    or ``"lettered"``, WMDP's and MMLU's zero-shot prompt with the options' letters scored
+    (:func:`lettered_choice_ids`); ``subject`` names the field in that prompt's first line."""
 
     question: str
     choices: tuple[str, ...]
     answer: int
     author: str = ""
     subject: str = ""
+    style: str = "cloze"
 
+    def __post_init__(self) -> None:
+        if self.style not in CHOICE_STYLES:
+            raise ValueError(f"`style` should be one of {CHOICE_STYLES}. Found {self.style!r}.")
+
+
+CHOICE_STYLES = ("cloze", "lettered")
+"""How a :class:`MultipleChoice` is asked (its ``style``)."""
 
 Item = QA | Document | Probe | MultipleChoice
 
@@ -140,6 +156,28 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+class Template(Protocol):
+    """How items become token ids: a question's prompt, an answer's continuation (ending with
+    ``<eos>``), both of one pair (``encode``: a chat template renders them together), a probe's
+    prompt, a multiple-choice question's prompt and options. :class:`PlainTemplate` is the one
+    without a chat template; ``checkpoints.ChatTemplate`` renders the same five through
+    ``tokenizer.apply_chat_template``."""
+
+    def prompt_ids(self, tokenizer: Tokenizer, question: str) -> list[int]: ...
+
+    def answer_ids(self, tokenizer: Tokenizer, answer: str) -> list[int]: ...
+
+    def encode(
+        self, tokenizer: Tokenizer, question: str, answer: str
+    ) -> tuple[list[int], list[int]]: ...
+
+    def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]: ...
+
+    def choice_ids(
+        self, tokenizer: Tokenizer, item: MultipleChoice
+    ) -> tuple[list[int], list[list[int]]]: ...
+
+
 @dataclass(frozen=True)
 class PlainTemplate:
     """A question-answer layout without a chat template: ``[bos] + encode(question_format
@@ -159,9 +197,27 @@ class PlainTemplate:
     def encode(
         self, tokenizer: Tokenizer, question: str, answer: str
     ) -> tuple[list[int], list[int]]:
-        """(prompt ids, answer ids) of one pair: what :func:`encode_qa` joins. A chat template
-        (``checkpoints.ChatTemplate``) has the same three methods."""
+        """(prompt ids, answer ids) of one pair: what :func:`encode_qa` joins."""
         return self.prompt_ids(tokenizer, question), self.answer_ids(tokenizer, answer)
+
+    def probe_ids(self, tokenizer: Tokenizer, probe: Probe) -> list[int]:
+        """What a probe's greedy generation continues: a question's prompt, or a fill-in
+        sentence's text up to its blank (no template around it)."""
+        if probe.style == "qa":
+            return self.prompt_ids(tokenizer, probe.prompt)
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + tokenizer.encode(probe.prompt)
+
+    def choice_ids(
+        self, tokenizer: Tokenizer, item: MultipleChoice
+    ) -> tuple[list[int], list[list[int]]]:
+        """(the prompt, each option's ids): for a ``"cloze"`` question the question's prompt
+        and each option as its answer would be written, without ``<eos>``, each scored by its
+        log-likelihood after the prompt; a ``"lettered"`` one as :func:`lettered_choice_ids`."""
+        if item.style == "lettered":
+            return lettered_choice_ids(tokenizer, item)
+        options = [tokenizer.encode(self.answer_prefix + c) for c in item.choices]
+        return self.prompt_ids(tokenizer, item.question), options
 
 
 def _truncate(example: dict[str, list[int]], max_length: int | None) -> dict[str, list[int]]:
@@ -180,7 +236,7 @@ def _truncate(example: dict[str, list[int]], max_length: int | None) -> dict[str
 
 def encode_qa(
     tokenizer: Tokenizer,
-    template: PlainTemplate,
+    template: Template,
     question: str,
     answer: str,
     max_length: int | None = None,
@@ -217,15 +273,16 @@ def choice_prompt(item: MultipleChoice) -> str:
     return f"{head}{item.question.strip()}{options}\nAnswer:"
 
 
-def encode_choices(
-    tokenizer: Tokenizer, item: MultipleChoice, max_length: int | None = None
-) -> list[dict[str, list[int]]]:
-    """One example per option: ``[bos] + prompt`` unscored, the option's letter (`` A``, `` B``,
-    ...) scored. As the harness does, the whole text ``prompt + " A"`` is tokenized once and the
-    tokens past the prompt's are the option's, so a tokenizer that merges across the boundary
-    scores what it would generate; the accuracy is then the argmax of the options' summed
-    log-likelihoods (``metrics.choice_accuracy``). A prompt over ``max_length`` keeps its end."""
-    if len(item.choices) > len(CHOICE_LETTERS) or not 0 <= item.answer < len(item.choices):
+def lettered_choice_ids(
+    tokenizer: Tokenizer, item: MultipleChoice
+) -> tuple[list[int], list[list[int]]]:
+    """(``[bos]`` + :func:`choice_prompt`, each option's letter `` A``, `` B``, ...): WMDP's and
+    MMLU's zero-shot form, whatever the model's chat template (the harness applies none). As the
+    harness does, the whole text ``prompt + " A"`` is tokenized once and the tokens past the
+    prompt's are the option's, so a tokenizer that merges across the boundary scores what it
+    would generate."""
+    count = len(item.choices)
+    if not 2 <= count <= len(CHOICE_LETTERS) or not 0 <= item.answer < count:
         raise SourceError(
             f"A multiple-choice question should have 2-{len(CHOICE_LETTERS)} choices and an "
             f"answer index among them; found {len(item.choices)} choices and answer "
@@ -234,14 +291,29 @@ def encode_choices(
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     prompt = choice_prompt(item)
     context = tokenizer.encode(prompt)
-    out = []
+    options = []
     for i in range(len(item.choices)):
         whole = tokenizer.encode(f"{prompt} {CHOICE_LETTERS[i]}")
-        option = whole[len(context) :] or whole[-1:]
-        ids = bos + context + option
-        if max_length is not None and len(ids) > max_length:  # keep the end: the options
+        options.append(whole[len(context) :] or whole[-1:])
+    return bos + context, options
+
+
+def encode_choices(
+    tokenizer: Tokenizer, template: Template, item: MultipleChoice,
+    max_length: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """One example per option (``template.choice_ids``): the prompt unscored, the option
+    scored, the input ``metrics.choice_logprobs`` takes; the accuracy is then the argmax of the
+    options' summed log-likelihoods (``metrics.choice_accuracy``), lm-evaluation-harness's
+    ``acc``. A prompt over ``max_length`` keeps its end (the options), and its ``[bos]``."""
+    prompt, options = template.choice_ids(tokenizer, item)
+    bos = prompt[:1] if tokenizer.bos_id is not None and prompt[:1] == [tokenizer.bos_id] else []
+    out = []
+    for option in options:
+        ids = prompt + option
+        if max_length is not None and len(ids) > max_length:
             keep = max(max_length - len(bos), len(option) + 1)
-            ids = bos + (context + option)[-keep:]
+            ids = bos + ids[len(bos) :][-keep:]
         out.append({"input_ids": ids,
                     "labels": [IGNORE_INDEX] * (len(ids) - len(option)) + option})  # fmt: skip
     return out
@@ -289,7 +361,7 @@ class BenchmarkData:
     retain: tuple[str, ...]
     evaluation: dict[str, str]
     tokenizer: Tokenizer
-    template: PlainTemplate = field(default_factory=PlainTemplate)
+    template: Template = field(default_factory=PlainTemplate)
     target_train: tuple[str, ...] | None = None
     retain_model_train: tuple[str, ...] | None = None
     info: dict = field(default_factory=dict)
@@ -331,7 +403,36 @@ class BenchmarkData:
         return encode_qa(self.tokenizer, self.template, question, answer, self.max_length)
 
     def encode_choices(self, item: MultipleChoice) -> list[dict[str, list[int]]]:
-        return encode_choices(self.tokenizer, item, self.max_length)
+        return encode_choices(self.tokenizer, self.template, item, self.max_length)
+
+    def leaks(self) -> list[str]:
+        """Where a held-out set is not held out, by item identity (empty when none is):
+
+        - the ``holdout`` (membership inference's non-members) in a model's training sets;
+        - a retention set (``retention_probes``, ``retention_choice``, ``real_authors``,
+          ``world_facts``) in an unlearning pool;
+        - a forget probe or choice that is a forget pool's question (probes should differ from
+          the forget text)."""
+        ids = {name: {item_id(i) for i in items} for name, items in self.sets.items()}
+
+        def union(names) -> set[str]:
+            return set().union(*(ids[n] for n in names)) if names else set()
+
+        pools = union([*self.forget, *self.retain])
+        trained = union([*(self.target_train or ()), *(self.retain_model_train or ())])
+        checks = [("holdout", trained, "a model's training sets")]
+        checks += [(role, pools, "an unlearning pool") for role in
+                   ("retention_probes", "retention_choice", "real_authors",
+                    "world_facts")]  # fmt: skip
+        checks += [(role, union(self.forget), "the forget pool")
+                   for role in ("forget_probes", "forget_choice")]  # fmt: skip
+        out = []
+        for role, against, where in checks:
+            name = self.evaluation.get(role)
+            if name is not None and ids[name] & against:
+                n = len(ids[name] & against)
+                out.append(f"{n} item(s) of {role} ({name!r}) are in {where}")
+        return out
 
     def identities(self) -> dict:
         """Each set's item identities and each role's sets: what the results JSON records."""

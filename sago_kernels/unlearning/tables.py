@@ -1,215 +1,288 @@
-"""Statistics and tables of the benchmark's runs: mean ± std over seeds per cell, the printed
-table, and the paper's Tables 1-3 (rows, markdown).
+"""The benchmark's tables and findings, rendered from a results JSON (``analysis.py``'s output).
 
-The ``--paper`` preset runs only the cells of the paper's Tables 1-3 (:func:`paper_runs`):
+One renderer for the terminal, ``tables.md`` and ``bench/RESULTS.md``, so their column names are
+the JSON's metric names (``evaluation.METRICS``) with the arrow saying which way is better. Each
+table is followed by a one-line legend. The findings are sentences generated from the paired
+differences: an ordering is stated only where its 95% interval excludes 0, "no difference
+detected" otherwise.
 
-- Table 1: each forget loss (GA, NPO, SimNPO, RMU) alone, + GD (``sum``), + PCGrad, + SAGO;
-  columns forget ROUGE-L recall and exact memorisation (lower is more forgotten), forget quality,
-  then model utility and retain ROUGE-L recall (retention); at matched forgetting and at the
-  fixed budget, mean ± std over seeds with the step counts.
-- Table 2: NPO + GD + GRU (the authors' whole-model ``gru_global``), RMU + BLUR, GA + GD + Global
-  PCGrad (``pcgrad_global``), GA + GD + PCGrad and + SAGO as in the paper, then UPGrad (the
-  Gramian aggregator) with GA and NPO, and Table 1's NPO and RMU rows with PCGrad and SAGO beside
-  GRU and BLUR (same loss; no extra runs).
-- Table 3: the cosines Forget-Retain, Comb-Forget and Comb-Retain of the whole model's gradients
-  (the combine's own statistics, every step), averaged over the fixed budget's steps for GA + GD
-  with the sum (GradDiff), PCGrad and SAGO; mean ± std over seeds.
+The paper's tables, as this benchmark reproduces them:
+
+- **Table 1** (retention at matched forgetting): GA, NPO and SimNPO alone, + GD (``sum``), +
+  PCGrad and + SAGO; RMU alone (its own retain term, ``sum``), + PCGrad, + SAGO;
+- **Table 2**: NPO + GD + GRU (``gru_global``), RMU + BLUR, GA + GD + Global PCGrad
+  (``pcgrad_global``), GA + GD + PCGrad and + SAGO, and UPGrad with GA and NPO;
+- **Table 3**: the cosines Forget–Retain, Comb–Forget, Comb–Retain of GA + GD with the sum
+  (GradDiff), PCGrad and SAGO, averaged over one common step window.
 """
 
 from __future__ import annotations
 
-import statistics
+from collections.abc import Sequence
 
-from .protocol import FORGET_ONLY, GEOMETRY, PROTOCOLS
+from .analysis import LEVELS
+from .evaluation import METRICS
+from .protocol import FORGET_ONLY, GEOMETRY
 
-REPORTED = (
-    ("forget_quality", "FQ", "{:.3g}"),
-    ("model_utility", "MU", "{:.3f}"),
-    ("forget_truth_ratio", "TR_f", "{:.3f}"),
-    ("forget_rouge", "ROUGE_f", "{:.3f}"),
-    ("forget_exact_memorization", "EM_f", "{:.3f}"),
-    ("privleak", "PrivLeak", "{:.1f}"),
-    ("forget_choice_accuracy", "acc_f (WMDP)", "{:.3f}"),
-    ("retention_choice_accuracy", "acc_r (MMLU)", "{:.3f}"),
-)
-"""The printed columns; a column no cell has (WMDP's accuracies on TOFU data, TOFU's metrics
-on WMDP) is left out."""
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(runs: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over seeds per (loss, method, protocol), of the steps
-    and of every metric (the printed table shows :data:`REPORTED`). A metric that is not
-    available (``None``: no retain-only model) stays ``None``; a protocol a run does not have
-    (matched forgetting without a reference) has no cell."""
-    cells: dict[tuple, list[dict]] = {}
-    for run in runs:
-        for protocol in PROTOCOLS:
-            if protocol in run["protocols"]:
-                cells.setdefault((run["loss"], run["method"], protocol), []).append(
-                    run["protocols"][protocol]
-                )
-    table = []
-    for (loss, method, protocol), rows in cells.items():
-        entry = {"loss": loss, "method": method, "protocol": protocol, "seeds": len(rows),
-                 "reached": sum(r["reached"] for r in rows)}  # fmt: skip
-        values = {"steps": [r["steps"] for r in rows]}
-        for key in rows[0]["metrics"]:
-            values[key] = [r["metrics"][key] for r in rows]
-        for key, vals in values.items():
-            if any(v is None for v in vals):
-                entry[key] = entry[key + "_std"] = None
-            else:
-                entry[key], entry[key + "_std"] = mean_std(vals)
-        table.append(entry)
-    return table
-
-
-def print_table(table: list[dict]) -> None:
-    for protocol in PROTOCOLS:
-        title = {
-            "matched": "matched forgetting (forget tokens memorised <= the retain-only model's)",
-            "fixed": "fixed step budget",
-        }[protocol]
-        rows = [e for e in table if e["protocol"] == protocol]
-        if not rows:
-            print(f"\n{title}: not available (no retain-only model: --retain-model)")
-            continue
-        print(f"\n{title}: mean ± std over seeds")
-        shown = [c for c in REPORTED if any(c[0] in e for e in table)]
-        header = f"{'loss':<8}{'method':<20}{'steps':>13}" + "".join(
-            f"{label:>20}" for _, label, _ in shown
-        )
-        print(header)
-        print("-" * len(header))
-        for e in rows:
-            cells = "".join(
-                f"{(fmt.format(e[k]) + ' ± ' + fmt.format(e[k + '_std'])):>20}"
-                if e.get(k) is not None else f"{'n/a':>20}"
-                for k, _, fmt in shown
-            )
-            steps = f"{e['steps']:.1f} ± {e['steps_std']:.1f}"
-            missed = e["seeds"] - e["reached"]
-            flag = f"  ({missed} of {e['seeds']} seeds not reached)" if missed else ""
-            print(f"{e['loss']:<8}{e['method']:<20}{steps:>13}{cells}{flag}")
-
-
-# --------------------------------------------------------------------------- the paper's tables
-
-PAPER_LOSSES = ("ga", "npo", "simnpo", "rmu")
 LOSS_LABELS = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO", "rmu": "RMU"}
-PAPER_TABLE1 = (
-    (FORGET_ONLY, ""), ("sum", " + GD"), ("pcgrad", " + GD + PCGrad"), ("sago", " + GD + SAGO"),
-)  # fmt: skip
-"""Table 1's rows per forget loss: (method, label suffix); the forget-only row is the loss's
-name alone, as in the paper (whose "+ PCGrad" and "+ SAGO" rows are written out here)."""
+METHOD_LABELS = {
+    FORGET_ONLY: "the forget loss alone", "sum": "GD", "pcgrad": "PCGrad", "sago": "SAGO",
+    "sago_prefer_retain": "SAGO (prefer retain)",
+    "pcgrad_global": "Global PCGrad", "gru_global": "GRU", "gru": "GRU (per segment)",
+    "blur": "BLUR", "upgrad": "UPGrad",
+}  # fmt: skip
+GEOMETRY_LABELS = {"cos_fr": "Forget–Retain", "cos_out_f": "Comb–Forget",
+                   "cos_out_r": "Comb–Retain"}  # fmt: skip
+COLUMNS = ("forget_probe_rouge", "retention_probe_rouge", "forget_choice_accuracy",
+           "retention_choice_accuracy", "forget_quality", "model_utility", "privleak")  # fmt: skip
+"""The metrics of the fixed-budget and early-stop tables, in this order."""
+LEGEND = ("Legend: ↑ higher is better, ↓ lower is better, →x closer to x is better; mean ± "
+          "sample std over seeds.")  # fmt: skip
+LEVEL_SHORT = {"gd": "GD's forgetting", "retain_only": "the retain-only model's forgetting"}
+PAPER_LOSSES = ("ga", "npo", "simnpo", "rmu")
+PAPER_TABLE1 = (FORGET_ONLY, "sum", "pcgrad", "sago")
+"""Table 1's methods per loss (RMU has no forget-only row: its ``sum`` is RMU itself)."""
 PAPER_TABLE2 = (
-    ("NPO + GD + GRU", "npo", "gru_global"),
-    ("RMU + BLUR", "rmu", "blur"),
-    ("GA + GD + Global PCGrad", "ga", "pcgrad_global"),
-    ("GA + GD + PCGrad", "ga", "pcgrad"),
-    ("GA + GD + SAGO", "ga", "sago"),
-    ("GA + GD + UPGrad", "ga", "upgrad"),
-    ("NPO + GD + UPGrad", "npo", "upgrad"),
-    ("NPO + GD + PCGrad", "npo", "pcgrad"),
-    ("NPO + GD + SAGO", "npo", "sago"),
-    ("RMU + GD + PCGrad", "rmu", "pcgrad"),
-    ("RMU + GD + SAGO", "rmu", "sago"),
-)
-"""Table 2's rows (label, loss, method): the paper's five (GRU is the authors' whole-model
-``gru_global``, Global PCGrad ``pcgrad_global``), UPGrad as the Gramian aggregator, then the
-same-loss PCGrad and SAGO rows of Table 1 beside GRU (NPO) and BLUR (RMU)."""
-PAPER_TABLE3 = (("GradDiff", "ga", "sum"), ("PCGrad", "ga", "pcgrad"), ("SAGO", "ga", "sago"))
-"""Table 3's rows (label, loss, method): GA + GD with each synthesis."""
-PAPER_COLUMNS = (
-    ("forget_rouge", "forget ROUGE-L ↓", "{:.3f}"),
-    ("forget_exact_memorization", "forget EM ↓", "{:.3f}"),
-    ("forget_quality", "forget quality ↑", "{:.2g}"),
-    ("model_utility", "model utility ↑", "{:.3f}"),
-    ("retain_rouge", "retain ROUGE-L ↑", "{:.3f}"),
-)
-"""Columns of Tables 1 and 2: forget performance (the forget set's ROUGE-L recall and exact
-memorisation, lower is more forgotten; forget quality, higher is closer to the retain-only
-model), then retain performance (model utility, the retain set's ROUGE-L recall)."""
+    ("npo", "gru_global"), ("rmu", "blur"), ("ga", "pcgrad_global"), ("ga", "pcgrad"),
+    ("ga", "sago"), ("ga", "upgrad"), ("npo", "upgrad"),
+)  # fmt: skip
+"""Table 2's cells (loss, method): the paper's five, then UPGrad, the Gramian aggregator."""
+PAPER_TABLE3 = ("sum", "pcgrad", "sago")
+"""Table 3's methods, with GA + GD."""
 
 
 def paper_runs() -> list[tuple[str, str]]:
     """Every (loss, method) the ``--paper`` tables need, each once, in table order."""
-    cells = [(loss, method) for loss in PAPER_LOSSES for method, _ in PAPER_TABLE1]
-    cells += [(loss, method) for _, loss, method in PAPER_TABLE2 + PAPER_TABLE3]
+    cells = [(loss, m) for loss in PAPER_LOSSES for m in PAPER_TABLE1
+             if not (loss == "rmu" and m == FORGET_ONLY)]  # fmt: skip
+    cells += list(PAPER_TABLE2) + [("ga", m) for m in PAPER_TABLE3]
     return list(dict.fromkeys(cells))
 
 
-def paper_tables(runs: list[dict], summary: list[dict]) -> dict[str, list[dict]]:
-    """The rows of Tables 1–3 from a run's summary (Tables 1, 2: one row per cell and protocol)
-    and its runs (Table 3: each run's per-step cosines averaged over its steps, then mean ± std
-    over seeds). A cell the run lacks raises ``KeyError`` naming it."""
-    cells = {(e["loss"], e["method"], e["protocol"]): e for e in summary}
+def label(loss: str, method: str) -> str:
+    """The row's name as the paper writes it: "NPO", "NPO + GD", "NPO + GD + SAGO"; RMU's own
+    retain term stands for GD ("RMU", "RMU + SAGO")."""
+    name = LOSS_LABELS.get(loss, loss)
+    if method == FORGET_ONLY:
+        return name
+    if loss == "rmu":
+        return name if method == "sum" else f"{name} + {METHOD_LABELS.get(method, method)}"
+    if method == "sum":
+        return f"{name} + GD"
+    return f"{name} + GD + {METHOD_LABELS.get(method, method)}"
 
-    def row(label: str, loss: str, method: str, protocol: str) -> dict:
-        if (loss, method, protocol) not in cells:
-            raise KeyError(f"the run has no {loss} / {method} cell (run it with --paper)")
-        return {"label": label, **cells[(loss, method, protocol)]}
 
-    table1 = [
-        row(LOSS_LABELS[loss] + suffix, loss, method, protocol)
-        for protocol in PROTOCOLS
-        for loss in PAPER_LOSSES
-        for method, suffix in PAPER_TABLE1
+def header(metric: str) -> str:
+    """A column's name: the metric's JSON name and its arrow."""
+    info = METRICS.get(metric)
+    return f"{metric} {info.arrow}" if info else metric
+
+
+NOT_AVAILABLE = "n/a"
+"""A cell whose metric the run does not have (no retain-only model for forget quality and
+privleak; a role the data source lacks)."""
+
+
+def number(value: float | None, metric: str = "") -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    if metric == "privleak":
+        return f"{value:.1f}"
+    if metric == "forget_quality" and abs(value) < 0.01:
+        return f"{value:.1e}"
+    if metric == "steps":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def mean_pm(mean: float | None, std: float | None, metric: str = "") -> str:
+    if mean is None:
+        return NOT_AVAILABLE
+    if std is None:
+        return number(mean, metric)
+    return f"{number(mean, metric)} ± {number(std, metric)}"
+
+
+def interval(d: dict, metric: str = "") -> str:
+    """``+0.031 [−0.012, 0.074]`` of a paired difference, or its mean alone below 2 seeds."""
+    if d["mean"] is None:
+        return NOT_AVAILABLE
+    mean = ("+" if d["mean"] > 0 else "") + number(d["mean"], metric)
+    if d["low"] is None:
+        return mean
+    return f"{mean} [{number(d['low'], metric)}, {number(d['high'], metric)}]"
+
+
+def _table(head: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _order(losses: Sequence[str], cells: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    rank = {m: i for i, m in enumerate((FORGET_ONLY, *METHOD_LABELS))}
+    return sorted(cells, key=lambda c: (list(losses).index(c[0]), rank.get(c[1], 99), c[1]))
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def matched_section(fronts: dict) -> list[str]:
+    x, y = fronts["x"], fronts["y"]
+    lines = [f"### {header(y)} at matched {header(x)}", ""]
+    rows = []
+    losses = list(fronts["losses"])
+    cells = [(loss, m) for loss, f in fronts["losses"].items() for m in f["methods"]]
+    for loss, method in _order(losses, cells):
+        matched = fronts["losses"][loss]["methods"][method]["matched"]
+        row = [label(loss, method)]
+        for level in LEVELS:
+            m = matched[level]
+            row += [mean_pm(m["mean"], m["std"], y), f"{m['reached']}/{m['n']}"]
+        rows.append(row)
+    head = ["method"]
+    for level in LEVELS:
+        head += [f"{y} at {LEVEL_SHORT[level]}", "seeds"]
+    lines += _table(head, rows)
+    lines += ["", f"{LEGEND} Each seed's Pareto front over the (γ, α) grid at the fixed budget, "
+              f"read at the {x} of GD at the sources' weights, and at the retain-only model's "
+              "(linear between front points); 'seeds': those whose front forgets that much.",
+              ""]  # fmt: skip
+    rows = []
+    for loss, f in fronts["losses"].items():
+        for level in LEVELS:
+            for pair, d in f["differences"][level].items():
+                rows.append([LOSS_LABELS.get(loss, loss), LEVEL_SHORT[level], _pair_label(pair),
+                             interval(d, y), str(d["n"]), d["verdict"]])  # fmt: skip
+    if rows:
+        lines += [f"Paired differences of {header(y)} at matched forgetting, a − b:", ""]
+        lines += _table(["loss", "matched at", "a − b", "mean [95% CI]", "seeds", "verdict"],
+                        rows)  # fmt: skip
+        lines += ["", "Legend: per-seed differences on the same data and batches; 95% "
+                  "Student-t interval (from 3 seeds with any spread); 'higher'/'lower' only "
+                  "where it excludes 0.", ""]  # fmt: skip
+    return lines
+
+
+def _geometry_label(method: str) -> str:
+    return "GradDiff" if method == "sum" else METHOD_LABELS.get(method, method)
+
+
+def _pair_label(pair: str) -> str:
+    a, b = pair.split(" - ")
+    return f"{METHOD_LABELS.get(a, a)} − {METHOD_LABELS.get(b, b)}"
+
+
+def point_section(title: str, summary: list[dict], reference_rows: list[list[str]],
+                  early: bool = False) -> list[str]:  # fmt: skip
+    default = [e for e in summary if e["gamma_scale"] == e["alpha_scale"] == 1.0]
+    columns = [c for c in COLUMNS if any(c in e for e in default)]
+    losses = list(dict.fromkeys(e["loss"] for e in default))
+    by_cell = {(e["loss"], e["method"]): e for e in default}
+    rows = list(reference_rows)
+    for cell in _order(losses, list(by_cell)):
+        e = by_cell[cell]
+        first = [label(*cell)]
+        if early:
+            missed = e["seeds"] - e["reached"]
+            note = f" ({missed}/{e['seeds']} not reached)" if missed else ""
+            first.append(mean_pm(e["steps"], e["steps_std"], "steps") + note)
+        rows.append(first + [mean_pm(e.get(c), e.get(c + "_std"), c) for c in columns])
+    head = ["method", *(["steps"] if early else []), *[header(c) for c in columns]]
+    return [f"### {title}", "", *_table(head, rows), "", LEGEND, ""]
+
+
+def geometry_section(geometry: dict) -> list[str]:
+    if not geometry["rows"]:
+        return []
+    window = geometry["rows"][0]["window"]
+    lines = [f"### Table 3: cosines over steps {window[0]}–{window[1]} ("
+             f"{LOSS_LABELS.get(geometry['loss'], geometry['loss'])} + GD, sources' weights)",
+             ""]  # fmt: skip
+    rows = [[_geometry_label(r["method"])] + [mean_pm(r[n], r[n + "_std"]) for n in GEOMETRY]
+            for r in geometry["rows"]]  # fmt: skip
+    lines += _table(["method", *(f"{GEOMETRY_LABELS[n]} ({n})" for n in GEOMETRY)], rows)
+    lines += ["", "Legend: cosine of the whole model's gradients from the combine's own "
+              "statistics, averaged over the same steps for every method; the paper wants "
+              "Comb–Retain high, Comb–Forget moderately positive.", ""]
+    rows = []
+    for pair, by_name in geometry["differences"].items():
+        for name, d in by_name.items():
+            rows.append([_pair_label(pair), GEOMETRY_LABELS[name], interval(d), str(d["n"]),
+                         d["verdict"]])  # fmt: skip
+    if rows:
+        lines += _table(["a − b", "cosine", "mean [95% CI]", "seeds", "verdict"], rows)
+        lines.append("")
+    return lines
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def findings(analysis: dict) -> list[str]:
+    """One sentence per paired comparison at matched forgetting and in Table 3, generated from
+    its interval: an ordering only where it excludes 0."""
+    out = []
+    for fronts in analysis["fronts"]:
+        y, x = fronts["y"], fronts["x"]
+        for loss, f in fronts["losses"].items():
+            for level in LEVELS:
+                for pair, d in f["differences"][level].items():
+                    a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
+                    name = LOSS_LABELS.get(loss, loss)
+                    if d["verdict"] == "no difference detected":
+                        claim = f"no difference detected between {a} and {b}"
+                    else:
+                        claim = f"{a} {d['verdict']} than {b}"
+                    out.append(f"- {name}, {y} at {LEVEL_SHORT[level]} ({x}): {claim} "
+                               f"({interval(d, y)}, {_seeds(d['n'])}).")  # fmt: skip
+    geometry = analysis.get("geometry")
+    if geometry:
+        for pair, by_name in geometry["differences"].items():
+            a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
+            for name, d in by_name.items():
+                claim = ("no difference detected" if d["verdict"] == "no difference detected"
+                         else f"{a} {d['verdict']} than {b}")  # fmt: skip
+                out.append(f"- Table 3, {GEOMETRY_LABELS[name]} cosine, {a} − {b}: {claim} "
+                           f"({interval(d)}, {_seeds(d['n'])}).")  # fmt: skip
+    return out
+
+
+def render(results: dict) -> str:
+    """Every table of a results JSON, as markdown."""
+    analysis = results["analysis"]
+    n_seeds = len(results["seeds"])
+    meta = results.get("meta", {})
+    lines = [
+        f"Command: `{meta.get('command', '?')}`  ",
+        f"Commit {str(meta.get('commit'))[:12]}{' (with changes)' if meta.get('dirty') else ''}"
+        f"; {meta.get('machine', {}).get('cpu', '?')}; {n_seeds} "
+        f"seed{'s' if n_seeds != 1 else ''}; CPU numerics "
+        f"{'portable' if meta.get('numerics', {}).get('portable') else 'native'}.",
+        "",
     ]
-    table2 = [row(label, loss, method, protocol)
-              for protocol in PROTOCOLS for label, loss, method in PAPER_TABLE2]  # fmt: skip
-    table3 = []
-    for label, loss, method in PAPER_TABLE3:
-        mine = [r for r in runs if r["loss"] == loss and r["method"] == method]
-        if not mine:
-            raise KeyError(f"the run has no {loss} / {method} cell (run it with --paper)")
-        entry = {"label": label, "loss": loss, "method": method, "seeds": len(mine),
-                 "steps": len(mine[0]["geometry"]["cos_fr"])}  # fmt: skip
-        for name in GEOMETRY:
-            per_seed = [statistics.fmean(r["geometry"][name]) for r in mine]
-            entry[name], entry[name + "_std"] = mean_std(per_seed)
-        table3.append(entry)
-    return {"table1": table1, "table2": table2, "table3": table3}
-
-
-def _steps_cell(e: dict) -> str:
-    missed = e["seeds"] - e["reached"]
-    flag = f" ({missed}/{e['seeds']} not reached)" if missed else ""
-    return f"{e['steps']:.1f} ± {e['steps_std']:.1f}{flag}"
-
-
-def _cell(e: dict, key: str, fmt: str) -> str:
-    return f"{fmt.format(e[key])} ± {fmt.format(e[key + '_std'])}"
-
-
-def paper_markdown(tables: dict[str, list[dict]]) -> str:
-    """Tables 1–3 as markdown (mean ± sample std over seeds)."""
-    header = "| method | steps | " + " | ".join(label for _, label, _ in PAPER_COLUMNS) + " |"
-    rule = "|" + " --- |" * (2 + len(PAPER_COLUMNS))
-    titles = {
-        "matched": "matched forgetting (forget tokens memorised <= the retain-only model's)",
-        "fixed": "fixed budget",
-    }
-    lines = []
-    for key, name in (("table1", "Table 1"), ("table2", "Table 2")):
-        for protocol in PROTOCOLS:
-            lines += ["", f"{name}, {titles[protocol]}: mean ± std over seeds", "", header, rule]
-            for e in tables[key]:
-                if e["protocol"] == protocol:
-                    cells = " | ".join(_cell(e, k, fmt) for k, _, fmt in PAPER_COLUMNS)
-                    lines.append(f"| {e['label']} | {_steps_cell(e)} | {cells} |")
-    lines += [
-        "", "Table 3, average cosine similarity over the fixed budget's steps (GA + GD): mean ± "
-        "std over seeds", "",
-        "| method | steps averaged | Forget–Retain | Comb–Forget | Comb–Retain |",
-        "| --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
-    for e in tables["table3"]:
-        cells = " | ".join(_cell(e, k, "{:.3f}") for k in GEOMETRY)
-        lines.append(f"| {e['label']} | {e['steps']} | {cells} |")
-    return "\n".join(lines[1:]) + "\n"
+    for fronts in analysis["fronts"]:
+        lines += matched_section(fronts)
+    reference_rows = []
+    for name, key in (("Target model", "target_model"), ("Retain-only model", "retain_model")):
+        values = analysis["reference_models"].get(key, {})
+        if not values:  # no such model (a given --model without --retain-model)
+            continue
+        default = [e for e in analysis["fixed"] if e["gamma_scale"] == e["alpha_scale"] == 1.0]
+        columns = [c for c in COLUMNS if any(c in e for e in default)]
+        reference_rows.append([name] + [mean_pm(*values.get(c, (None, None)), c)
+                                        for c in columns])  # fmt: skip
+    steps = results["args"]["steps"]
+    lines += point_section(f"Fixed budget of {steps} steps at the sources' weights",
+                           analysis["fixed"], reference_rows)  # fmt: skip
+    if analysis.get("early_stop"):
+        lines += point_section(
+            "Early stop (secondary): the first step at the retain-only model's count of "
+            "memorised forget tokens", analysis["early_stop"], [], early=True,
+        )  # fmt: skip
+    if analysis.get("geometry"):
+        lines += geometry_section(analysis["geometry"])
+    found = findings(analysis)
+    if found:
+        lines += ["### Findings (generated from the intervals above)", "", *found, ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -16,7 +16,8 @@ file                            fields                                  role
 ``holdoutNN.json``              question, answer                        MIA non-members
 ==============================  ======================================  =====================
 
-Other fields are ignored (``author``, ``kind`` and ``value`` are read when present, as an
+Other fields are ignored (``author``, ``kind``, ``value`` and ``paraphrased_question`` are read
+when present, as an
 ``--export-data`` folder has them). The truth ratio of the real-authors and world-facts sets
 compares the answer itself with the perturbed ones (open-unlearning's ``ra_Truth_Ratio`` /
 ``wf_Truth_Ratio`` take ``*_Q_A_Prob`` as the true side), so their ``paraphrased_answer`` is the
@@ -32,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .sources import QA, BenchmarkData, PlainTemplate, SourceError, Tokenizer
+from .sources import QA, BenchmarkData, SourceError, Template, Tokenizer
 
 __all__ = ["FORGET_SPLITS", "TOFU_HUB", "load_rows", "tofu_data", "tofu_files"]
 
@@ -115,6 +116,7 @@ def to_qa(row: dict, *, answer_as_paraphrase: bool = False) -> QA:
         author=row.get("author") or "", kind=row.get("kind") or "", question=row["question"],
         answer=row["answer"], paraphrased_answer=paraphrase,
         perturbed_answers=tuple(perturbed), value=row.get("value") or "",
+        paraphrased_question=row.get("paraphrased_question") or "",
     )  # fmt: skip
 
 
@@ -124,7 +126,7 @@ LOCAL_FORM = ("a TOFU folder holds forgetNN.json, retainMM.json, forgetNN_pertur
 
 
 def tofu_data(source: str, forget_split: str, tokenizer: Tokenizer,
-              template: PlainTemplate, max_length: int | None = None) -> BenchmarkData:  # fmt: skip
+              template: Template, max_length: int | None = None) -> BenchmarkData:  # fmt: skip
     """TOFU's sets of one forget split in their roles (see the module docstring): ``source`` is
     ``"tofu"`` (the hub) or a folder."""
     hub = TOFU_HUB if source == "tofu" else None

@@ -15,7 +15,7 @@ For ``--data wmdp-bio`` or ``wmdp-cyber`` (domain ``bio`` / ``cyber``):
 
 Accuracy is lm-evaluation-harness's zero-shot ``acc``, as the WMDP paper scores both: the prompt
 names the subject, lists the lettered options and ends ``Answer:``; the option whose letter has
-the highest log-likelihood is the model's answer (``sources.encode_choices``,
+the highest log-likelihood is the model's answer (``sources.lettered_choice_ids``,
 ``metrics.choice_accuracy``). There is no retain-only model in WMDP, so forget quality,
 privacy leakage and the matched-forgetting protocol are not available; the fixed step budget is.
 
@@ -91,7 +91,7 @@ def _choices(rows: list[dict], subject: str | None, where: str) -> tuple[Multipl
                               f"{len(choices)} choices of {r['question'][:60]!r}.")  # fmt: skip
         topic = subject if subject is not None else str(r["subject"]).replace("_", " ")
         out.append(MultipleChoice(question=r["question"], choices=choices, answer=answer,
-                                  subject=topic))  # fmt: skip
+                                  subject=topic, style="lettered"))  # fmt: skip
     return tuple(out)
 
 
