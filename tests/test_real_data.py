@@ -234,6 +234,10 @@ def test_tofu_folder_with_given_models_unlearns_saves_and_rescores_the_same(worl
     # TOFU's files have no probes or choices: absent from the metrics, n/a in no column
     assert "forget_probe_rouge" not in fixed and "forget_choice_accuracy" not in fixed
     assert "model_utility" in done.stdout and "forget_probe_rouge" not in done.stdout
+    # matched forgetting on TOFU's own axes: forget ROUGE against model utility
+    assert [(f["x"], f["y"]) for f in result["analysis"]["fronts"]] == [
+        ("forget_rouge", "model_utility")
+    ]
     # reload the saved model and tokenizer; score again: the same numbers
     folder = saved / "npo-sago-seed0"
     tok = C.load_tokenizer("--model", str(folder))

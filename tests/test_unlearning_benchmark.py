@@ -777,3 +777,14 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(monkeypatch):
     with P.Progress(3, "runs", stream=quiet, enabled=False) as p:
         p.update(3)
     assert quiet.getvalue() == ""
+
+
+def test_a_spread_is_printed_in_its_means_format():
+    """``0.283 ± 0.000``, not ``0.283 ± 0.0e+00`` (forget quality's small-value format is
+    chosen by the mean), and a missing value is ``n/a``."""
+    from sago_kernels.unlearning.tables import NOT_AVAILABLE, mean_pm
+
+    assert mean_pm(0.283, 0.0, "forget_quality") == "0.283 ± 0.000"
+    assert mean_pm(0.003, 0.001, "forget_quality") == "3.0e-03 ± 1.0e-03"
+    assert mean_pm(12.34, 1.0, "privleak") == "12.3 ± 1.0"
+    assert mean_pm(None, None) == NOT_AVAILABLE

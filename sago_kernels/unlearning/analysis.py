@@ -34,6 +34,9 @@ AXES = (
 """(forgetting, retention) pairs a front is drawn in, forgetting lower-is-better and retention
 higher-is-better: RWKU's probes (the paper's Figure 4), WMDP-style multiple choice (Figure 3),
 and TOFU's model utility against the same forgetting."""
+TOFU_AXES = (("forget_rouge", "model_utility"),)
+"""TOFU's own view, for a source that has none of :data:`AXES` (TOFU's files have no probes or
+choices): ROUGE-L recall of greedy answers to the forget questions against model utility."""
 BASELINE = "sum"
 LEVELS = {"gd": "GD's forgetting (at the sources' weights)",
           "retain_only": "the retain-only model's forgetting"}  # fmt: skip
@@ -281,6 +284,13 @@ def reference_models(seeds: list[dict]) -> dict:
     return out
 
 
+def front_axes(metrics) -> list[tuple[str, str]]:
+    """The (forgetting, retention) axes the runs' metrics allow: :data:`AXES`, or TOFU's own
+    when the source has none of them."""
+    have = [(x, y) for x, y in AXES if x in metrics and y in metrics]
+    return have or [(x, y) for x, y in TOFU_AXES if x in metrics and y in metrics]
+
+
 def analyse(seeds: list[dict], runs: list[dict], window: tuple[int, int] | None = None) -> dict:
     """Everything the tables show, from the seeds' records and the runs: the fronts on each of
     :data:`AXES`, the per-point summaries at the fixed budget and the early stop, the paired
@@ -289,8 +299,7 @@ def analyse(seeds: list[dict], runs: list[dict], window: tuple[int, int] | None 
     geometry_methods = [m for m in ("sum", "pcgrad", "sago")
                         if any(r["loss"] == "ga" and r["method"] == m for r in runs)]  # fmt: skip
     return {
-        "fronts": [fronts(runs, x, y, seeds) for x, y in AXES
-                   if x in metrics and y in metrics],  # fmt: skip
+        "fronts": [fronts(runs, x, y, seeds) for x, y in front_axes(metrics)],
         "fixed": point_summary(runs, "fixed"),
         "early_stop": point_summary(runs, "early_stop"),
         "fixed_differences": default_differences(runs, list(metrics), "fixed"),

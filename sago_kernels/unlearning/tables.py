@@ -83,24 +83,30 @@ NOT_AVAILABLE = "n/a"
 privleak; a role the data source lacks)."""
 
 
+def _format(value: float, metric: str) -> str:
+    """A metric's number format: forget quality's small p-values in scientific notation,
+    privacy leakage (%) and step counts to one decimal, the rest to three."""
+    if metric in ("privleak", "steps"):
+        return "{:.1f}"
+    if metric == "forget_quality" and abs(value) < 0.01:
+        return "{:.1e}"
+    return "{:.3f}"
+
+
 def number(value: float | None, metric: str = "") -> str:
     if value is None:
         return NOT_AVAILABLE
-    if metric == "privleak":
-        return f"{value:.1f}"
-    if metric == "forget_quality" and abs(value) < 0.01:
-        return f"{value:.1e}"
-    if metric == "steps":
-        return f"{value:.1f}"
-    return f"{value:.3f}"
+    return _format(value, metric).format(value)
 
 
 def mean_pm(mean: float | None, std: float | None, metric: str = "") -> str:
+    """``mean ± std``, both in the mean's format (a spread of 0 beside 0.283 reads 0.000)."""
     if mean is None:
         return NOT_AVAILABLE
     if std is None:
         return number(mean, metric)
-    return f"{number(mean, metric)} ± {number(std, metric)}"
+    fmt = _format(mean, metric)
+    return f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
 def interval(d: dict, metric: str = "") -> str:
