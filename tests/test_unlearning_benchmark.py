@@ -788,3 +788,26 @@ def test_a_spread_is_printed_in_its_means_format():
     assert mean_pm(0.003, 0.001, "forget_quality") == "3.0e-03 ± 1.0e-03"
     assert mean_pm(12.34, 1.0, "privleak") == "12.3 ± 1.0"
     assert mean_pm(None, None) == NOT_AVAILABLE
+
+
+def test_findings_state_only_orderings_whose_interval_excludes_zero():
+    """A finding is generated for each 'higher'/'lower' verdict and none for 'no difference
+    detected', which are counted in one closing line."""
+    from sago_kernels.unlearning.tables import findings
+
+    def diff(verdict, mean, low, high):
+        return {"verdict": verdict, "mean": mean, "low": low, "high": high, "n": 4}
+
+    undecided = diff("no difference detected", 0.01, -0.02, 0.04)
+    analysis = {"fronts": [{"x": "forget_probe_rouge", "y": "model_utility", "losses": {"npo": {
+        "differences": {"gd": {"sago - pcgrad": diff("higher", 0.024, 0.012, 0.035),
+                               "pcgrad - sum": undecided},
+                        "retain_only": {"sago - sum": undecided}}}}}],
+        "geometry": {"differences": {"sago - sum": {"cos_out_f": diff("lower", -0.3, -0.5, -0.2),
+                                                   "cos_fr": undecided}}}}  # fmt: skip
+    lines = findings(analysis)
+    assert lines[0].startswith("- NPO, model_utility at GD's forgetting (forget_probe_rouge): "
+                               "SAGO higher than PCGrad (+0.024 [0.012, 0.035], 4 seeds)")
+    assert lines[1].startswith("- Table 3, Comb–Forget cosine: SAGO lower than GD")
+    assert lines[2].startswith("- No difference detected in the other 3 comparisons")
+    assert len(lines) == 3

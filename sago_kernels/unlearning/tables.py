@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .analysis import LEVELS
+from .analysis import LEVELS, MIN_SEEDS
 from .evaluation import METRICS
 from .protocol import FORGET_ONLY, GEOMETRY
 
@@ -226,31 +226,37 @@ def _seeds(n: int) -> str:
 
 
 def findings(analysis: dict) -> list[str]:
-    """One sentence per paired comparison at matched forgetting and in Table 3, generated from
-    its interval: an ordering only where it excludes 0."""
-    out = []
+    """The orderings the paired comparisons at matched forgetting and in Table 3 support (their
+    95% interval excludes 0), one sentence each, then how many comparisons detected no
+    difference: the tables above hold every interval."""
+    out, undecided = [], 0
     for fronts in analysis["fronts"]:
         y, x = fronts["y"], fronts["x"]
         for loss, f in fronts["losses"].items():
             for level in LEVELS:
                 for pair, d in f["differences"][level].items():
+                    if d["verdict"] == "no difference detected":
+                        undecided += 1
+                        continue
                     a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
                     name = LOSS_LABELS.get(loss, loss)
-                    if d["verdict"] == "no difference detected":
-                        claim = f"no difference detected between {a} and {b}"
-                    else:
-                        claim = f"{a} {d['verdict']} than {b}"
-                    out.append(f"- {name}, {y} at {LEVEL_SHORT[level]} ({x}): {claim} "
-                               f"({interval(d, y)}, {_seeds(d['n'])}).")  # fmt: skip
+                    out.append(f"- {name}, {y} at {LEVEL_SHORT[level]} ({x}): {a} "
+                               f"{d['verdict']} than {b} ({interval(d, y)}, "
+                               f"{_seeds(d['n'])}).")  # fmt: skip
     geometry = analysis.get("geometry")
     if geometry:
         for pair, by_name in geometry["differences"].items():
             a, b = (METHOD_LABELS.get(m, m) for m in pair.split(" - "))
             for name, d in by_name.items():
-                claim = ("no difference detected" if d["verdict"] == "no difference detected"
-                         else f"{a} {d['verdict']} than {b}")  # fmt: skip
-                out.append(f"- Table 3, {GEOMETRY_LABELS[name]} cosine, {a} − {b}: {claim} "
-                           f"({interval(d)}, {_seeds(d['n'])}).")  # fmt: skip
+                if d["verdict"] == "no difference detected":
+                    undecided += 1
+                    continue
+                out.append(f"- Table 3, {GEOMETRY_LABELS[name]} cosine: {a} {d['verdict']} "
+                           f"than {b} ({interval(d)}, {_seeds(d['n'])}).")  # fmt: skip
+    if undecided:
+        out.append(f"- No difference detected in the other {undecided} comparison"
+                   f"{'s' * (undecided != 1)} (their intervals include 0, or fewer than "
+                   f"{MIN_SEEDS} seeds reached the level).")  # fmt: skip
     return out
 
 
