@@ -317,6 +317,14 @@ def _mutmut(here: Path, workers: int, names: list[str]) -> tuple[dict, float, fl
     return json.loads(raw.read_text()), wall, cpu, proc.returncode
 
 
+COLLECTION_ERROR = "check was interrupted by user"
+"""mutmut's name for pytest's exit code 2, which pytest gives for Ctrl-C and also for an error
+while collecting the tests. No run here is stopped with Ctrl-C (a run stopped by hand is recorded
+with ``--collect``, the mutants it did not reach as "not checked"), so here it means the mutant
+broke a test module's import (``tests/test_validation.py`` builds a layout at import time): the
+tests fail on it. Recorded as "collection error" and counted as killed."""
+
+
 def _summary(module: str, mutants: dict) -> dict:
     """Counts, score and survivors (with :data:`EQUIVALENT`'s reasons) of one module."""
     known = EQUIVALENT.get(module, {})
@@ -324,7 +332,9 @@ def _summary(module: str, mutants: dict) -> dict:
     survivors = []
     for name, entry in sorted(mutants.items()):
         status = entry["status"]
-        if status not in ("killed", "timeout"):
+        if status == COLLECTION_ERROR:
+            status = "collection error"
+        if status not in ("killed", "timeout", "collection error"):
             sig = signature(name, entry.get("diff", ""))
             if status == "survived" and sig in known:
                 status = "equivalent"
@@ -333,7 +343,7 @@ def _summary(module: str, mutants: dict) -> dict:
         counts[status] = counts.get(status, 0) + 1
     total = len(mutants)
     equivalent = counts.get("equivalent", 0)
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("collection error", 0)
     checked = total - counts.get("not checked", 0)
     survivors = [s for s in survivors if s["status"] != "not checked"]
     return {
@@ -556,7 +566,9 @@ def report() -> str:
         "    python bench/mutation.py report                        # this section, from the JSON",
         "",
         "Score: killed / (mutants tested − equivalent); a mutant that makes the package fail to "
-        "import or a test time out counts as killed (mutmut reports these as timeouts).",
+        "import or a test time out counts as killed (mutmut reports these as timeouts), and so "
+        "does one that makes a test module fail to import (pytest's exit code 2, which mutmut "
+        "calls 'check was interrupted by user': see `COLLECTION_ERROR`).",
         "",
         "| module | commit | mutants | killed | equivalent | survived | no tests | score | "
         "wall time (load) | workers | tests |",

@@ -11,8 +11,17 @@ from __future__ import annotations
 _ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same"
 _TWO_D = "a 2-D tensor: dimension 1 is its last, the same operation"
 _NAN = 'float() reads "NAN" as "nan"'
+_INT64 = "numels is a non-empty tuple of Python ints (a layout has >= 1 segment, each length an int from _as_count), which torch.tensor makes int64 without being told"
 
 EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/layout.py": {
+        "_as_count: value.is_floating_point() or value.is_complex() or value.dtype == torch.bool -> value.is_floating_point() and value.is_complex() or value.dtype == torch.bool": "a 0-d float or complex tensor then reaches operator.index, whose Tensor.__index__ raises TypeError for every non-integral dtype: count stays None and the same TypeError, word for word, is raised",
+        "GradLayout._check_params: while cursor < end and 0 <= j < len(starts): -> while cursor <= end and 0 <= j < len(starts):": "the extra turns run only once cursor >= end; cursor never decreases and j stays range-checked, so the loop still ends and `cursor < end` is still false: the same verdict",
+        'GradLayout.numel_table: key = ("numel-table", str(device)) -> key = ("XXnumel-tableXX", str(device))': "the key only has to differ from the cache's other keys (native-plan, triton-plan, sharded-numels tuples), and nothing reads this entry but numel_table",
+        'GradLayout.numel_table: key = ("numel-table", str(device)) -> key = ("NUMEL-TABLE", str(device))': "the key only has to differ from the cache's other keys (native-plan, triton-plan, sharded-numels tuples), and nothing reads this entry but numel_table",
+        "GradLayout.numel_table: table = self._cache[key] = torch.tensor(self.numels, dtype=torch.int64, device=device) -> table = self._cache[key] = torch.tensor(self.numels, dtype=None, device=device)": _INT64,
+        "GradLayout.numel_table: table = self._cache[key] = torch.tensor(self.numels, dtype=torch.int64, device=device) -> table = self._cache[key] = torch.tensor(self.numels, device=device)": _INT64,
+    },
     "sago_kernels/gru.py": {
         "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
         "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,
