@@ -484,19 +484,20 @@ def run(
             print(f"skipping {module}: not in this tree", flush=True)
             continue
         print(f"mutating {module} ...", flush=True)
+        commit = _commit()  # the tree as the scratch copy takes it, before any edit during the run
         if collect:
             result = collect_stopped(module, work)
-            result["commit"] = _commit()
+            result["commit"] = commit
             result["workers"] = workers
             result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         elif resuming:
             result = resume(module, work, workers, record["modules"][module])
         elif rerun:
             result = rerun_survivors(module, work, workers, record["modules"][module])
-            result["tests_commit"] = _commit()
+            result["tests_commit"] = commit
         else:
             result = run_module(module, work, workers)
-            result["commit"] = _commit()
+            result["commit"] = commit
             result["workers"] = workers
             result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         record["modules"][module] = result
