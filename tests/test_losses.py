@@ -514,6 +514,8 @@ def test_kl_by_hand_position_by_position():
                 p, q = _log_softmax(ref[b, t - 1].tolist()), _log_softmax(logits[b, t - 1].tolist())
                 terms.append(sum(math.exp(a) * (a - c) for a, c in zip(p, q)))
     _close(L.kl_loss(logits, labels, ref), sum(terms) / len(terms))
+    _close(L.kl_loss(logits[1:2], labels[1:2], ref[1:2]), terms[4])  # row 1's one token
+    assert L.kl_loss(logits[2:], labels[2:], ref[2:]).item() == 0.0  # no token: 0, not 0/0
 
 
 def test_scalar_messages_name_the_parameter():
@@ -718,6 +720,13 @@ def test_models_without_addresses_are_told_apart_by_identity():
     other = torch.nn.Module()
     other.w = torch.nn.Parameter(torch.zeros(0))
     L.check_reference_apart(empty, other)
+    sparse, apart, same = torch.nn.Module(), torch.nn.Module(), torch.nn.Module()
+    sparse.w = torch.nn.Parameter(torch.ones(2, 2).to_sparse())  # no storage to ask an address
+    apart.w = torch.nn.Parameter(torch.ones(2, 2).to_sparse())
+    same.w = sparse.w
+    L.check_reference_apart(sparse, apart)
+    with pytest.raises(ValueError, match="Found `w` in both"):
+        L.check_reference_apart(sparse, same)
 
 
 def test_step_hparams_give_the_retain_term_the_forget_terms_layer():
@@ -729,15 +738,6 @@ def test_step_hparams_give_the_retain_term_the_forget_terms_layer():
     assert L.step_hparams(rmu_f, L.RETAIN_LOSSES["nll"], {"layer": 4})[1] == {}
     with pytest.raises(TypeError, match=r"^Parameter `retain_loss_kwargs` should only hold"):
         L.step_hparams(rmu_f, rmu_r, None, {"seed": 1})
-    import copy
-
-    sparse = torch.nn.Module()  # a sparse tensor has no storage to ask for an address
-    sparse.w = torch.nn.Parameter(torch.ones(2, 2).to_sparse())
-    L.check_reference_apart(sparse, copy.deepcopy(sparse))
-    same = torch.nn.Module()
-    same.w = sparse.w
-    with pytest.raises(ValueError, match="Found `w` in both"):
-        L.check_reference_apart(sparse, same)
 
 
 class _Unreadable:
@@ -766,3 +766,58 @@ def test_a_forward_without_a_readable_signature_is_checked_after_it_runs():
     torch.testing.assert_close(loss, L.rmu_loss(h, batch["attention_mask"], steering=2.0))
     with pytest.raises(ValueError, match=r"layer.*\[0, 1\].*layer = 2"):
         L.run_loss("rmu", model, batch, layer=2)
+
+
+def test_run_loss_hands_the_attention_mask_to_both_models():
+    seen = []
+
+    class Recording(_Hidden):
+        def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+            seen.append((self, attention_mask, output_hidden_states))
+            return super().forward(input_ids, attention_mask, output_hidden_states)
+
+    model, ref, batch = Recording(), Recording(), _rmu_batch()
+    L.run_loss("rmu", model, batch, ref_model=ref, forget=False)
+    assert [(m, mask is batch["attention_mask"], asked) for m, mask, asked in seen] == [
+        (model, True, True),
+        (ref, True, True),
+    ]
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = torch.nn.Embedding(13, 13)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.emb(input_ids)
+
+
+def test_run_loss_by_name_or_loss_against_a_copy_or_a_cached_reference():
+    from sago_kernels.unlearning.references import CachedReference
+
+    model, ref, batch = _Logits(1), _Logits(2), _rmu_batch()
+    logits, ref_logits = model.emb(batch["input_ids"]), ref.emb(batch["input_ids"]).detach()
+    want = L.npo_loss(logits, batch["labels"], ref_logits, beta=0.3)
+    got = L.run_loss(L.FORGET_LOSSES["npo"], model, batch, ref_model=ref, beta=0.3)
+    torch.testing.assert_close(got, want)
+    cache = CachedReference(torch.tensor([5.0, -7.0, 0.5]))
+    indexed = dict(batch, index=torch.tensor([2, 0]))
+    want = L.npo_loss(logits, batch["labels"], ref_logprob=torch.tensor([0.5, 5.0]))
+    torch.testing.assert_close(L.run_loss("npo", model, indexed, ref_model=cache), want)
+    want = L.kl_loss(logits, batch["labels"], ref_logits)
+    got = L.run_loss("kl", model, batch, ref_model=ref, forget=False)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(L.run_loss("ga", model, batch, ref_model=cache),
+                               L.ga_loss(logits, batch["labels"]))  # fmt: skip
+
+
+def test_run_loss_messages_name_its_arguments():
+    model = _Logits(1)
+    with pytest.raises(TypeError, match=r"^Parameter `hparams` should only hold the 'ga' loss's"):
+        L.run_loss("ga", model, _rmu_batch(), beta=1.0)
+    with pytest.raises(TypeError, match=r"^Parameter `batch` should be a mapping"):
+        L.run_loss("ga", model, [1, 2])
+    with pytest.raises(ValueError, match=r"^Parameter `batch` should have a tensor under 'labels'"):
+        L.run_loss("ga", model, {"input_ids": torch.zeros(1, 2, dtype=torch.long)})
