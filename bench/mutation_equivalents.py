@@ -11,9 +11,14 @@ from __future__ import annotations
 _ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same"
 _TWO_D = "a 2-D tensor: dimension 1 is its last, the same operation"
 _NAN = 'float() reads "NAN" as "nan"'
+_TOKENS = "token_logprobs returns [batch, time - 1] tensors (it refuses logits that are not 3-D and labels that are not [batch, time]): dimension 1 is the last, the same sum"
 _INT64 = "numels is a non-empty tuple of Python ints (a layout has >= 1 segment, each length an int from _as_count), which torch.tensor makes int64 without being told"
 
 EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/unlearning/losses.py": {
+        "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(+1) / mask.sum(-1).clamp_min(1)": _TOKENS,
+        "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(-1) / mask.sum(+1).clamp_min(1)": _TOKENS,
+    },
     "sago_kernels/layout.py": {
         "_as_count: value.is_floating_point() or value.is_complex() or value.dtype == torch.bool -> value.is_floating_point() and value.is_complex() or value.dtype == torch.bool": "a 0-d float or complex tensor then reaches operator.index, whose Tensor.__index__ raises TypeError for every non-integral dtype: count stays None and the same TypeError, word for word, is raised",
         "GradLayout._check_params: while cursor < end and 0 <= j < len(starts): -> while cursor <= end and 0 <= j < len(starts):": "the extra turns run only once cursor >= end; cursor never decreases and j stays range-checked, so the loop still ends and `cursor < end` is still false: the same verdict",
