@@ -358,6 +358,9 @@ def test_coefficients_scale_the_weights_by_gamma_and_alpha_in_the_dots_dtype():
     coef32 = weightings.coefficients(dots.float(), _ones, alpha=0.1, gamma=0.7, whole=False)
     assert coef32.dtype == torch.float32
     assert torch.equal(coef32, torch.tensor([[0.7, 0.1], [0.7, 0.1]], dtype=torch.float32))
+    # and on the dots' device: the scale (γ, α) is made there, not on the CPU
+    meta = weightings.coefficients(dots.to("meta"), _ones, alpha=0.1, gamma=0.7, whole=False)
+    assert meta.device.type == "meta" and meta.shape == (2, 2)
 
 
 def test_a_scaler_flag_turns_every_segments_dots_into_nan():
@@ -378,6 +381,13 @@ def test_a_scaler_flag_turns_every_segments_dots_into_nan():
             assert got.shape == dots.shape and torch.isnan(got).all(), (flag_before, column)
         else:
             assert torch.equal(got, given), (flag_before, column)
+    # wider tables (GRU's [S, NUM_DOTS]): only columns 1 and 2 are norms; the others are not read
+    wide = torch.tensor([[-1.0, 2.0, 3.0, float("inf"), float("nan")]])
+    found_inf = torch.zeros(1)
+    torch.testing.assert_close(
+        weightings.skip_if_non_finite(wide, found_inf), wide, rtol=0, atol=0, equal_nan=True
+    )
+    assert found_inf.item() == 0.0
     # coefficients take the flag: NaN weights where the step is skipped, else as without it
     found_inf = torch.zeros(1)
     coef = weightings.coefficients(dots, _ones, 1.0, 1.0, whole=False, found_inf=found_inf)
