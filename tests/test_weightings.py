@@ -428,6 +428,10 @@ def test_torchjd_weighting_adapter_names_and_shapes():
     assert adapted.__name__ == "torchjd_UPGradWeighting"
     empty = adapted(torch.zeros(0, 2, 2, dtype=torch.float64))
     assert empty.shape == (0, 2) and empty.dtype == torch.float64
+    # weights returned in another dtype are cast to the Gramians' (float64 here)
+    in_float32 = sk.torchjd_weighting(lambda g: torch.tensor([0.5, 0.25], dtype=torch.float32))
+    got = in_float32(torch.eye(2, dtype=torch.float64).expand(3, 2, 2))
+    assert got.dtype == torch.float64 and got.tolist() == [[0.5, 0.25]] * 3
     with pytest.raises(TypeError, match="`weighting` should be a TorchJD Weighting"):
         sk.torchjd_weighting(3)
 
