@@ -448,3 +448,14 @@ def test_weighting_parameters_at_their_bounds_are_accepted_and_messages_say_the_
         sk.GradVac(beta=1.5)
     with pytest.raises(TypeError, match="`c`"):
         sk.method_with("cagrad", c=True)  # a bool is not a number here
+
+
+def test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps():
+    """TorchJD normalises G by its trace unless the trace is below ``norm_eps``: at the bound
+    itself it does (a conflicting pair then gets PCGrad-like weights, not the plain mean)."""
+    g = torch.tensor([[5e-5, -4e-5], [-4e-5, 5e-5]], dtype=torch.float64)
+    assert g.trace().item() == 1e-4  # the default norm_eps, exactly
+    want = aggregation.UPGradWeighting()(g)
+    got = sk.METHODS["upgrad"].weighting(g[None])[0]
+    torch.testing.assert_close(got, want)
+    assert got[0] > 0.85  # not the mean (0.5, 0.5) of a too-small Gramian
