@@ -82,6 +82,7 @@ WEIGHTING_TESTS = [
     "test_gradvac_refuses_non_finite_or_out_of_range_parameters",
     "test_projections_lie_in_the_dual_cone",
     "test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps",
+    "test_an_uneven_preference_reaches_each_row_as_torchjd_gives_it",
     "test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows",
     "test_config_has_equal_cosine_with_both_rows",
     "test_degenerate_gramians_give_finite_weights",

@@ -459,3 +459,15 @@ def test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps():
     got = sk.METHODS["upgrad"].weighting(g[None])[0]
     torch.testing.assert_close(got, want)
     assert got[0] > 0.85  # not the mean (0.5, 0.5) of a too-small Gramian
+
+
+@pytest.mark.parametrize("name, theirs", [("upgrad", aggregation.UPGradWeighting),
+                                          ("dualproj", aggregation.DualProjWeighting)])  # fmt: skip
+def test_an_uneven_preference_reaches_each_row_as_torchjd_gives_it(name, theirs):
+    g = torch.tensor([[1.0, -0.6], [-0.6, 2.0]], dtype=torch.float64)  # a conflicting pair
+    pref = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    got = sk.method_with(name, pref=(0.2, 0.8)).weighting(g[None])[0]
+    torch.testing.assert_close(got, theirs(pref_vector=pref)(g))
+    for param in ("norm_eps", "reg_eps"):
+        with pytest.raises(ValueError, match=rf"^Parameter `{param}` should be >= 0 and finite"):
+            sk.method_with(name, **{param: -1.0})
