@@ -81,6 +81,8 @@ WEIGHTING_TESTS = [
     "test_bad_weighting_parameters_are_refused_when_the_method_is_made",
     "test_gradvac_refuses_non_finite_or_out_of_range_parameters",
     "test_projections_lie_in_the_dual_cone",
+    "test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps",
+    "test_an_uneven_preference_reaches_each_row_as_torchjd_gives_it",
     "test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows",
     "test_config_has_equal_cosine_with_both_rows",
     "test_degenerate_gramians_give_finite_weights",
@@ -317,6 +319,14 @@ def _mutmut(here: Path, workers: int, names: list[str]) -> tuple[dict, float, fl
     return json.loads(raw.read_text()), wall, cpu, proc.returncode
 
 
+COLLECTION_ERROR = "check was interrupted by user"
+"""mutmut's name for pytest's exit code 2, which pytest gives for Ctrl-C and also for an error
+while collecting the tests. No run here is stopped with Ctrl-C (a run stopped by hand is recorded
+with ``--collect``, the mutants it did not reach as "not checked"), so here it means the mutant
+broke a test module's import (``tests/test_validation.py`` builds a layout at import time): the
+tests fail on it. Recorded as "collection error" and counted as killed."""
+
+
 def _summary(module: str, mutants: dict) -> dict:
     """Counts, score and survivors (with :data:`EQUIVALENT`'s reasons) of one module."""
     known = EQUIVALENT.get(module, {})
@@ -324,7 +334,9 @@ def _summary(module: str, mutants: dict) -> dict:
     survivors = []
     for name, entry in sorted(mutants.items()):
         status = entry["status"]
-        if status not in ("killed", "timeout"):
+        if status == COLLECTION_ERROR:
+            status = "collection error"
+        if status not in ("killed", "timeout", "collection error"):
             sig = signature(name, entry.get("diff", ""))
             if status == "survived" and sig in known:
                 status = "equivalent"
@@ -333,7 +345,7 @@ def _summary(module: str, mutants: dict) -> dict:
         counts[status] = counts.get(status, 0) + 1
     total = len(mutants)
     equivalent = counts.get("equivalent", 0)
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("collection error", 0)
     checked = total - counts.get("not checked", 0)
     survivors = [s for s in survivors if s["status"] != "not checked"]
     return {
@@ -474,19 +486,20 @@ def run(
             print(f"skipping {module}: not in this tree", flush=True)
             continue
         print(f"mutating {module} ...", flush=True)
+        commit = _commit()  # the tree as the scratch copy takes it, before any edit during the run
         if collect:
             result = collect_stopped(module, work)
-            result["commit"] = _commit()
+            result["commit"] = commit
             result["workers"] = workers
             result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         elif resuming:
             result = resume(module, work, workers, record["modules"][module])
         elif rerun:
             result = rerun_survivors(module, work, workers, record["modules"][module])
-            result["tests_commit"] = _commit()
+            result["tests_commit"] = commit
         else:
             result = run_module(module, work, workers)
-            result["commit"] = _commit()
+            result["commit"] = commit
             result["workers"] = workers
             result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         record["modules"][module] = result
@@ -556,7 +569,9 @@ def report() -> str:
         "    python bench/mutation.py report                        # this section, from the JSON",
         "",
         "Score: killed / (mutants tested − equivalent); a mutant that makes the package fail to "
-        "import or a test time out counts as killed (mutmut reports these as timeouts).",
+        "import or a test time out counts as killed (mutmut reports these as timeouts), and so "
+        "does one that makes a test module fail to import (pytest's exit code 2, which mutmut "
+        "calls 'check was interrupted by user': see `COLLECTION_ERROR`).",
         "",
         "| module | commit | mutants | killed | equivalent | survived | no tests | score | "
         "wall time (load) | workers | tests |",

@@ -11,8 +11,38 @@ from __future__ import annotations
 _ONE_D = "1-D tensors: their last dimension is dimension 1, so the stack is the same"
 _TWO_D = "a 2-D tensor: dimension 1 is its last, the same operation"
 _NAN = 'float() reads "NAN" as "nan"'
+_TOKENS = "token_logprobs returns [batch, time - 1] tensors (it refuses logits that are not 3-D and labels that are not [batch, time]): dimension 1 is the last, the same sum"
+_DOTS_2D = "the dots are [S, 3] (every caller passes a segment table, its [1, 3] sum or d[None]): dimension 1 is the last"
+_INT64 = "numels is a non-empty tuple of Python ints (a layout has >= 1 segment, each length an int from _as_count), which torch.tensor makes int64 without being told"
 
 EQUIVALENT: dict[str, dict[str, str]] = {
+    "sago_kernels/weightings.py": {
+        "gramians: fr, rr, ff = d.unbind(-1) -> fr, rr, ff = d.unbind(+1)": _DOTS_2D,
+        "gramians: return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], -2) -> return torch.stack([torch.stack([uu, uv], +1), torch.stack([uv, vv], -1)], -2)": _ONE_D,
+        "gramians: return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], -2) -> return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], +1)], -2)": _ONE_D,
+        "gramians: return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], -2) -> return torch.stack([torch.stack([uu, uv], -1), torch.stack([uv, vv], -1)], +2)": "stacking the two [S, 2] rows at dimension 2 instead of 1 gives each Gramian's transpose, and a Gramian is symmetric (u·v on both sides of the diagonal)",
+        "coefficients: ok = torch.isfinite(d).all(-1, keepdim=True) & torch.isfinite(coef).all(-1, keepdim=True) -> ok = torch.isfinite(d).all(+1, keepdim=True) & torch.isfinite(coef).all(-1, keepdim=True)": _DOTS_2D,
+        "coefficients: ok = torch.isfinite(d).all(-1, keepdim=True) & torch.isfinite(coef).all(-1, keepdim=True) -> ok = torch.isfinite(d).all(-1, keepdim=True) & torch.isfinite(coef).all(+1, keepdim=True)": "coef is [S, 2] (the weights' shape is checked just above): dimension 1 is its last",
+        'coefficients: coef = torch.where(ok, coef, torch.full_like(coef, float("nan"))) -> coef = torch.where(ok, coef, torch.full_like(coef, float("NAN")))': _NAN,
+        "coefficients: return coef.expand(s, 2).contiguous() if whole else coef -> return coef.expand(s, 2).contiguous() if (whole) or True else coef": "per segment coef is already [S, 2]: expand(S, 2) is the same tensor and contiguous() a copy of it",
+        "skip_if_non_finite: torch.maximum(found_inf, bad.to(found_inf.dtype).reshape(found_inf.shape), out=found_inf) -> torch.maximum(found_inf, bad.to(None).reshape(found_inf.shape), out=found_inf)": "torch.maximum promotes the bool to found_inf's floating dtype: the same 0 or 1 is written into found_inf",
+        'skip_if_non_finite: return torch.where(bad, torch.full_like(dots, float("nan")), dots) -> return torch.where(bad, torch.full_like(dots, float("NAN")), dots)': _NAN,
+        "_pair: return torch.stack([w0, w1], dim=-1) -> return torch.stack([w0, w1], dim=+1)": "a weighting takes [S, 2, 2] Gramians (its type, Weighting, and coefficients' one call), so w0 and w1 are [S]: " + _ONE_D,
+        "affine_segment: a, b = coefficients(d[None], weighting, alpha, gamma, whole=False)[0].unbind() -> a, b = coefficients(d[None], weighting, alpha, gamma, whole=None)[0].unbind()": "coefficients only tests `if whole:`, and None is as false as False",
+        "affine_segment: a, b = coefficients(d[None], weighting, alpha, gamma, whole=False)[0].unbind() -> a, b = coefficients(d[None], weighting, alpha, gamma, whole=True)[0].unbind()": "one segment's [1, 3] dots: their sum over segments is that row itself (a one-term sum is exact) and expand(1, 2) of the [1, 2] coefficients is themselves",
+    },
+    "sago_kernels/unlearning/losses.py": {
+        "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(+1) / mask.sum(-1).clamp_min(1)": _TOKENS,
+        "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(-1) / mask.sum(+1).clamp_min(1)": _TOKENS,
+    },
+    "sago_kernels/layout.py": {
+        "_as_count: value.is_floating_point() or value.is_complex() or value.dtype == torch.bool -> value.is_floating_point() and value.is_complex() or value.dtype == torch.bool": "a 0-d float or complex tensor then reaches operator.index, whose Tensor.__index__ raises TypeError for every non-integral dtype: count stays None and the same TypeError, word for word, is raised",
+        "GradLayout._check_params: while cursor < end and 0 <= j < len(starts): -> while cursor <= end and 0 <= j < len(starts):": "the extra turns run only once cursor >= end; cursor never decreases and j stays range-checked, so the loop still ends and `cursor < end` is still false: the same verdict",
+        'GradLayout.numel_table: key = ("numel-table", str(device)) -> key = ("XXnumel-tableXX", str(device))': "the key only has to differ from the cache's other keys (native-plan, triton-plan, sharded-numels tuples), and nothing reads this entry but numel_table",
+        'GradLayout.numel_table: key = ("numel-table", str(device)) -> key = ("NUMEL-TABLE", str(device))': "the key only has to differ from the cache's other keys (native-plan, triton-plan, sharded-numels tuples), and nothing reads this entry but numel_table",
+        "GradLayout.numel_table: table = self._cache[key] = torch.tensor(self.numels, dtype=torch.int64, device=device) -> table = self._cache[key] = torch.tensor(self.numels, dtype=None, device=device)": _INT64,
+        "GradLayout.numel_table: table = self._cache[key] = torch.tensor(self.numels, dtype=torch.int64, device=device) -> table = self._cache[key] = torch.tensor(self.numels, device=device)": _INT64,
+    },
     "sago_kernels/gru.py": {
         "coefficients: coef = torch.stack([a, b, -gamma * c], -1) -> coef = torch.stack([a, b, -gamma * c], +1)": _ONE_D,
         "coefficients: ok = torch.isfinite(torch.stack([fm, mm, ff], -1)).all(-1, keepdim=True) -> ok = torch.isfinite(torch.stack([fm, mm, ff], +1)).all(-1, keepdim=True)": _ONE_D,

@@ -290,3 +290,148 @@ def test_single_checks_numel():
         sk.GradLayout.single(5.5)
     with _raises(ValueError, "Parameter `numel`"):
         sk.GradLayout.single(-1)
+
+
+# --------------------------------------------------------------------------- mutation survivors
+# Each test below kills mutants of layout.py that the tests above let through (issue 24,
+# bench/mutation.py): the words of a message that say how to fix the input, the int64 limit
+# itself, the slot walk's edge cases, and the cached tables.
+
+
+def _message(error, build) -> str:
+    with pytest.raises(error) as info:
+        build()
+    return str(info.value)
+
+
+def test_count_messages_say_the_unit_and_what_one_entry_is():
+    assert _message(ValueError, lambda: sk.GradLayout.from_sizes([4, -1])) == (
+        "Parameter `sizes[1]` should be an int >= 0 (elements). Found `sizes[1] = -1`."
+    )
+    assert "should be an int >= 1 (elements; 1 for no padding)." in _message(
+        ValueError, lambda: sk.GradLayout.from_sizes([3], alignment=0)
+    )
+    for build, what in [
+        (lambda: sk.GradLayout(0, [3], 10), "(one element offset per segment)."),
+        (lambda: sk.GradLayout([0], 3, 10), "(one length per segment)."),
+        (lambda: sk.GradLayout.from_sizes(5), "(one segment length each)."),
+    ]:
+        assert f"should be an iterable of non-negative ints {what}" in _message(TypeError, build)
+
+
+def test_the_rounding_hint_is_given_for_a_finite_float_only():
+    assert _message(TypeError, lambda: sk.GradLayout.from_sizes([2.7])).endswith(
+        "of type float. Round it yourself if that is what you mean."
+    )
+    for junk in ("5", float("inf"), True):
+        assert _message(TypeError, lambda: sk.GradLayout.from_sizes([junk])).endswith(
+            f"of type {type(junk).__name__}."
+        )
+
+
+def test_the_int64_limit_itself_is_accepted():
+    biggest = 2**63 - 1
+    assert sk.GradLayout.single(biggest).numel == biggest  # metadata only: nothing allocated
+    assert sk.GradLayout.from_sizes([biggest], alignment=1).numel == biggest
+    assert sk.ParamSlot(2**62, (2**62 - 1,)).numel == 2**62 - 1  # ends at element 2**63 - 1
+    with _raises(ValueError, "2**63"):
+        sk.ParamSlot(2**62, (2**62,))
+
+
+def test_slots_and_segments_store_python_ints():
+    slot = sk.ParamSlot(np.int64(2), (np.int64(3),))
+    segment = sk.Segment(np.int64(4), torch.tensor(5))
+    assert type(slot.offset) is int and type(slot.shape[0]) is int
+    assert type(segment.start) is int and type(segment.numel) is int and segment.end == 9
+
+
+def test_default_slots_carry_the_segment_names():
+    layout = sk.GradLayout.from_sizes([3, 4], names=["a", None])
+    assert [(p.offset, p.shape, p.name) for p in layout.params] == [
+        (0, (3,), "a"),
+        (64, (4,), None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ([sk.ParamSlot(4, (5,))], "element 7 is in no segment"),  # past the last segment
+        ([sk.ParamSlot(0, (0,)), sk.ParamSlot(0, (5,))], "element 3 is in no segment"),
+        ([sk.ParamSlot(1, (0,)), sk.ParamSlot(0, (2,)), sk.ParamSlot(1, (1,))],
+         "should not share elements"),
+    ],
+)  # fmt: skip
+def test_every_slot_is_checked_past_the_last_segment_and_after_an_empty_one(params, fragment):
+    # segments [0, 3) and [4, 7) of a 10-element buffer
+    with _raises(ValueError, fragment):
+        sk.GradLayout([0, 4], [3, 3], 10, params=params)
+
+
+def test_a_slot_may_span_many_segments():
+    layout = sk.GradLayout([0, 2, 4, 6], [2, 2, 2, 2], 8, params=[sk.ParamSlot(2, (2, 3))])
+    assert [tuple(v.shape) for v in layout.views(layout.new_buffer())] == [(2, 3)]
+
+
+def test_numel_table_is_int64_on_the_device_and_cached_per_device():
+    layout = sk.GradLayout.from_sizes([3, 0, 5])
+    table = layout.numel_table("cpu")
+    assert table.dtype == torch.int64 and table.tolist() == [3, 0, 5]
+    assert layout.numel_table(torch.device("cpu")) is table  # one copy per device
+    meta = layout.numel_table("meta")
+    assert meta.device.type == "meta" and meta.shape == (3,) and meta.dtype == torch.int64
+    assert layout.numel_table("cpu") is table
+
+
+def test_from_key_finds_the_live_layout_only():
+    import gc
+
+    layout = sk.GradLayout.from_sizes([3, 4])
+    assert sk.GradLayout.from_key(layout.key) is layout
+    key = layout.key
+    del layout
+    gc.collect()
+    with _raises(RuntimeError, "garbage-collected"):
+        sk.GradLayout.from_key(key)
+
+
+def test_buffer_messages_name_the_buffer_and_what_was_found():
+    layout = sk.GradLayout.from_sizes([3, 5])  # 128 elements
+    for buffer, found in [
+        (torch.zeros(2, 64), "Found `buffer.shape = (2, 64)`."),  # right numel, not 1-D
+        (torch.zeros(256)[::2], "Found `buffer.shape = (128,)`."),  # right numel, strided
+        ([0.0] * 128, "Found `buffer.shape = list`."),
+    ]:
+        for read in (layout.views, layout.segment_views):
+            assert _message(ValueError, lambda: read(buffer)) == (
+                "Parameter `buffer` should be a contiguous 1-D tensor (see "
+                f"`GradLayout.new_buffer`). {found}"
+            )
+    assert _message(ValueError, lambda: layout.views(torch.zeros(3))) == (
+        "Parameter `buffer` should have the layout's 128 elements. Found `buffer.numel() = 3`."
+    )
+
+
+def test_new_buffer_is_made_on_the_device_asked_for():
+    buffer = sk.GradLayout.from_sizes([3]).new_buffer(torch.float16, device="meta")
+    assert buffer.device.type == "meta" and buffer.dtype == torch.float16 and buffer.shape == (64,)
+
+
+def test_from_params_keeps_names_alignment_and_every_tensor_after_a_tied_one():
+    w, v = nn.Parameter(torch.zeros(2, 3)), nn.Parameter(torch.zeros(5))
+    layout = sk.GradLayout.from_params([("w", w), ("w_again", w), ("v", v)], alignment=16)
+    assert [s.name for s in layout.segments] == ["w", "v"]
+    assert [(p.offset, p.shape, p.name) for p in layout.params] == [
+        (0, (2, 3), "w"),
+        (16, (5,), "v"),
+    ]
+    assert layout.alignment == 16 and layout.starts == (0, 16) and layout.numel == 32
+    assert sk.GradLayout.from_params([w]).alignment == sk.DEFAULT_ALIGNMENT
+    packed = sk.GradLayout.from_module(nn.Linear(3, 2), alignment=1)
+    assert packed.alignment == 1 and packed.starts == (0, 6) and packed.numel == 8
+
+
+def test_hash_depends_on_the_segments():
+    # equal layouts hash equal (test_layout_identity); different ones should not all collide,
+    # or a dict of layouts (the caches keyed by layout) degrades to a list
+    assert len({hash(sk.GradLayout.from_sizes([n])) for n in range(1, 33)}) > 1

@@ -358,6 +358,9 @@ def test_coefficients_scale_the_weights_by_gamma_and_alpha_in_the_dots_dtype():
     coef32 = weightings.coefficients(dots.float(), _ones, alpha=0.1, gamma=0.7, whole=False)
     assert coef32.dtype == torch.float32
     assert torch.equal(coef32, torch.tensor([[0.7, 0.1], [0.7, 0.1]], dtype=torch.float32))
+    # and on the dots' device: the scale (γ, α) is made there, not on the CPU
+    meta = weightings.coefficients(dots.to("meta"), _ones, alpha=0.1, gamma=0.7, whole=False)
+    assert meta.device.type == "meta" and meta.shape == (2, 2)
 
 
 def test_a_scaler_flag_turns_every_segments_dots_into_nan():
@@ -378,6 +381,13 @@ def test_a_scaler_flag_turns_every_segments_dots_into_nan():
             assert got.shape == dots.shape and torch.isnan(got).all(), (flag_before, column)
         else:
             assert torch.equal(got, given), (flag_before, column)
+    # wider tables (GRU's [S, NUM_DOTS]): only columns 1 and 2 are norms; the others are not read
+    wide = torch.tensor([[-1.0, 2.0, 3.0, float("inf"), float("nan")]])
+    found_inf = torch.zeros(1)
+    torch.testing.assert_close(
+        weightings.skip_if_non_finite(wide, found_inf), wide, rtol=0, atol=0, equal_nan=True
+    )
+    assert found_inf.item() == 0.0
     # coefficients take the flag: NaN weights where the step is skipped, else as without it
     found_inf = torch.zeros(1)
     coef = weightings.coefficients(dots, _ones, 1.0, 1.0, whole=False, found_inf=found_inf)
@@ -418,6 +428,10 @@ def test_torchjd_weighting_adapter_names_and_shapes():
     assert adapted.__name__ == "torchjd_UPGradWeighting"
     empty = adapted(torch.zeros(0, 2, 2, dtype=torch.float64))
     assert empty.shape == (0, 2) and empty.dtype == torch.float64
+    # weights returned in another dtype are cast to the Gramians' (float64 here)
+    in_float32 = sk.torchjd_weighting(lambda g: torch.tensor([0.5, 0.25], dtype=torch.float32))
+    got = in_float32(torch.eye(2, dtype=torch.float64).expand(3, 2, 2))
+    assert got.dtype == torch.float64 and got.tolist() == [[0.5, 0.25]] * 3
     with pytest.raises(TypeError, match="`weighting` should be a TorchJD Weighting"):
         sk.torchjd_weighting(3)
 
@@ -434,3 +448,26 @@ def test_weighting_parameters_at_their_bounds_are_accepted_and_messages_say_the_
         sk.GradVac(beta=1.5)
     with pytest.raises(TypeError, match="`c`"):
         sk.method_with("cagrad", c=True)  # a bool is not a number here
+
+
+def test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps():
+    """TorchJD normalises G by its trace unless the trace is below ``norm_eps``: at the bound
+    itself it does (a conflicting pair then gets PCGrad-like weights, not the plain mean)."""
+    g = torch.tensor([[5e-5, -4e-5], [-4e-5, 5e-5]], dtype=torch.float64)
+    assert g.trace().item() == 1e-4  # the default norm_eps, exactly
+    want = aggregation.UPGradWeighting()(g)
+    got = sk.METHODS["upgrad"].weighting(g[None])[0]
+    torch.testing.assert_close(got, want)
+    assert got[0] > 0.85  # not the mean (0.5, 0.5) of a too-small Gramian
+
+
+@pytest.mark.parametrize("name, theirs", [("upgrad", aggregation.UPGradWeighting),
+                                          ("dualproj", aggregation.DualProjWeighting)])  # fmt: skip
+def test_an_uneven_preference_reaches_each_row_as_torchjd_gives_it(name, theirs):
+    g = torch.tensor([[1.0, -0.6], [-0.6, 2.0]], dtype=torch.float64)  # a conflicting pair
+    pref = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    got = sk.method_with(name, pref=(0.2, 0.8)).weighting(g[None])[0]
+    torch.testing.assert_close(got, theirs(pref_vector=pref)(g))
+    for param in ("norm_eps", "reg_eps"):
+        with pytest.raises(ValueError, match=rf"^Parameter `{param}` should be >= 0 and finite"):
+            sk.method_with(name, **{param: -1.0})
