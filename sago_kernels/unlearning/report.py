@@ -13,6 +13,7 @@ OUT`` recomputes the analysis from the stored runs first (the analysis is a func
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import sys
@@ -33,10 +34,19 @@ def replace_section(text: str, section: str, body: str, title: str | None = None
     return text.rstrip() + "\n" + heading + block + "\n"
 
 
+def load_results(path: Path) -> dict:
+    """A results JSON, read through gzip when its name ends in ``.gz`` (how the larger runs'
+    JSONs are kept under ``bench/results/``)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m sago_kernels.unlearning.report",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("results", help="a results.json the benchmark wrote")
+    p.add_argument("results", help="a results.json the benchmark wrote (or it gzipped: .json.gz)")
     p.add_argument("--into", metavar="MARKDOWN", help="write the tables into this file's section")
     p.add_argument("--section", default="default", help="the section's name in --into")
     p.add_argument("--title", help="the heading of a section --into appends")
@@ -46,8 +56,8 @@ def main(argv: list[str] | None = None) -> str:
                    "analysis.py) and save the results with it here")  # fmt: skip
     args = p.parse_args(argv)
     try:
-        results = json.loads(Path(args.results).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        results = load_results(Path(args.results))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         p.exit(2, f"{p.prog}: error: cannot read {args.results!r}: {error}\n")
     if "analysis" not in results or "meta" not in results:
         p.exit(2, f"{p.prog}: error: {args.results!r} is not a results.json of the benchmark "
