@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from .protocol import FORGET_ONLY, GEOMETRY
 
@@ -284,7 +284,7 @@ def reference_models(seeds: list[dict]) -> dict:
     return out
 
 
-def front_axes(metrics) -> list[tuple[str, str]]:
+def front_axes(metrics: Collection[str]) -> list[tuple[str, str]]:
     """The (forgetting, retention) axes the runs' metrics allow: :data:`AXES`, or TOFU's own
     when the source has none of them."""
     have = [(x, y) for x, y in AXES if x in metrics and y in metrics]
