@@ -254,6 +254,12 @@ def _scratch(module: str, tests: list[str], k_expr: str, work: Path) -> Path:
     (here / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
     with open(here / "tests" / "conftest.py", "a") as conftest:  # the scratch copy's only
         conftest.write(HYPOTHESIS_PROFILE)
+    _write_config(here, module, tests, k_expr)
+    return here
+
+
+def _write_config(here: Path, module: str, tests: list[str], k_expr: str) -> None:
+    """mutmut's config in ``here``: mutate ``module`` only, test with ``tests`` and ``k_expr``."""
     pytest_args = [*FAST_PYTEST] + (["-k", k_expr] if k_expr else [])
     lines = [
         "[mutmut]",
@@ -273,7 +279,6 @@ def _scratch(module: str, tests: list[str], k_expr: str, work: Path) -> Path:
         "use_git_change_detection = false",
     ]
     (here / "setup.cfg").write_text("\n".join(lines) + "\n")
-    return here
 
 
 def _signature(name: str, diff: str) -> str:
@@ -423,6 +428,13 @@ def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> di
         shutil.copytree(ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__"))
         with open(target / "conftest.py", "a") as conftest:
             conftest.write(HYPOTHESIS_PROFILE)
+    # mutmut runs each mutant against its config's test selection, as far as its coverage stats
+    # map those tests to the mutated function; both are the first run's, which knew only the
+    # tests of then: write the selection of today and collect the stats again
+    tests, k_expr = MODULES[module]
+    for place in (here, here / "mutants"):
+        _write_config(place, module, _present(tests), k_expr)
+    (here / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     known = EQUIVALENT.get(module, {})
     names = [
         s["name"] for s in previous["survivors"]
@@ -430,7 +442,7 @@ def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> di
     ]  # fmt: skip
     load_before = os.getloadavg()
     mutants, wall, cpu, code = _mutmut(here, workers, names)
-    result = {**previous, **_summary(module, mutants)}
+    result = {**previous, **_summary(module, mutants), "tests": _present(tests)}
     result["reruns"] = [
         *previous.get("reruns", []),
         {"mutants": len(names), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
