@@ -58,7 +58,7 @@ class Engine:
     ) -> Engine | None:
         """This engine for the model given, or None when the model is not trained by it (an
         unsupported variant of it is refused here, with the reason)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} should define detect(), as each engine does.")
 
     def check_groups(self) -> None:
         """Each group is a process group (checked after the refusals that need no group)."""
@@ -111,7 +111,9 @@ class Engine:
     def collect_(self, task: str, buffer: torch.Tensor, layout: GradLayout) -> None:
         """Add the gradients of the context that ends into ``buffer`` (``binds_grad = False``);
         called when the context's body completed."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} sets binds_grad = False, so it should define collect_()."
+        )
 
     def reduce_buffers_(self, forget: torch.Tensor, retain: torch.Tensor) -> None:
         """Before the combine: average both flat buffers over ``replica_group``, one all-reduce

@@ -119,13 +119,7 @@ def export_data(data: BenchmarkData, out: Path, forget_percent: int) -> list[Pat
         "format": FORMAT,
         "files": files,
         "kinds": kinds,
-        "target_train": None if data.target_train is None else list(data.target_train),
-        "retain_model_train": (
-            None if data.retain_model_train is None else list(data.retain_model_train)
-        ),
-        "forget": list(data.forget),
-        "retain": list(data.retain),
-        "evaluation": dict(data.evaluation),
+        **data.roles(),
         "template": {
             "question_format": template.question_format,
             "answer_prefix": template.answer_prefix,

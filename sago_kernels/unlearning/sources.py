@@ -438,13 +438,17 @@ class BenchmarkData:
         """Each set's item identities and each role's sets: what the results JSON records."""
         return {
             "sets": {name: [item_id(i) for i in items] for name, items in self.sets.items()},
-            "roles": {
-                "target_train": None if self.target_train is None else list(self.target_train),
-                "retain_model_train": (
-                    None if self.retain_model_train is None else list(self.retain_model_train)
-                ),
-                "forget": list(self.forget),
-                "retain": list(self.retain),
-                "evaluation": dict(self.evaluation),
-            },
+            "roles": self.roles(),
+        }
+
+    def roles(self) -> dict:
+        """Which sets each model trains on, the unlearning pools and the evaluation roles."""
+        return {
+            "target_train": None if self.target_train is None else list(self.target_train),
+            "retain_model_train": (
+                None if self.retain_model_train is None else list(self.retain_model_train)
+            ),
+            "forget": list(self.forget),
+            "retain": list(self.retain),
+            "evaluation": dict(self.evaluation),
         }
