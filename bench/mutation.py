@@ -84,6 +84,8 @@ WEIGHTING_TESTS = [
     "test_upgrad_normalises_a_gramian_whose_trace_is_exactly_norm_eps",
     "test_an_uneven_preference_reaches_each_row_as_torchjd_gives_it",
     "test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows",
+    "test_project_box_solves_its_quadratic_program_on_and_off_the_active_sets_edges",
+    "test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs",
     "test_config_has_equal_cosine_with_both_rows",
     "test_degenerate_gramians_give_finite_weights",
     "test_parameters_reach_the_weighting",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,6 +159,83 @@ def test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows():
     grid = t[None, :, None] * rows[:, None, 0] + (1 - t[None, :, None]) * rows[:, None, 1]
     best = grid.norm(dim=-1).min(1).values
     assert (out.norm(dim=-1) <= best + 1e-9).all()
+
+
+
+def _box_kkt_violation(p, q, r, s0, s1, w0, w1) -> torch.Tensor:
+    """How far (w0, w1) is from solving min wᵀPw s.t. w ≥ s, P = [[p, q], [q, r]]: the largest
+    relative miss of its KKT conditions (feasible, multipliers P·w ≥ 0, each zero where its bound
+    is slack), which hold at the unique solution only (P positive definite)."""
+    m0, m1 = p * w0 + q * w1, q * w0 + r * w1  # half the gradient: the bounds' multipliers
+    size = (p.abs() + q.abs() + r.abs()) * (s0.abs() + s1.abs() + w0.abs() + w1.abs() + 1)
+    misses = torch.stack([
+        (s0 - w0).clamp_min(0), (s1 - w1).clamp_min(0), (-m0).clamp_min(0), (-m1).clamp_min(0),
+        (m0 * (w0 - s0)).abs() / (w0.abs() + s0.abs() + 1),
+        (m1 * (w1 - s1)).abs() / (w1.abs() + s1.abs() + 1),
+    ])  # fmt: skip
+    return (misses / size).amax(0)
+
+
+def test_project_box_solves_its_quadratic_program_on_and_off_the_active_sets_edges():
+    """UPGrad's and DualProj's projection (the dual problem min wᵀPw, w ≥ s) against its KKT
+    conditions, written here: random P and s of either sign, and P placed exactly where two
+    active sets meet (P·s = 0 in one row), where each ``>=`` of the active-set test decides, and
+    s with a zero (UPGrad's)."""
+    g = torch.Generator().manual_seed(11)
+    n, f64 = 200_000, torch.float64
+    p = torch.rand(n, generator=g, dtype=f64) * 2 + 1e-3
+    r = torch.rand(n, generator=g, dtype=f64) * 2 + 1e-3
+    s0 = torch.rand(n, generator=g, dtype=f64) * 2 - 0.5
+    s1 = torch.rand(n, generator=g, dtype=f64) * 2 - 0.5
+    zero = torch.randint(0, 4, (n,), generator=g)  # UPGrad's s has a 0: (pref₀, 0), (0, pref₁)
+    s0, s1 = torch.where(zero == 1, 0.0, s0), torch.where(zero == 2, 0.0, s1)
+    q = (torch.rand(n, generator=g, dtype=f64) * 2 - 1) * (p * r).sqrt()
+    edge = torch.randint(0, 3, (n,), generator=g)  # 1: q·s0 + r·s1 = 0; 2: p·s0 + q·s1 = 0
+    q = torch.where(edge == 1, -r * s1 / s0, torch.where(edge == 2, -p * s0 / s1, q))
+    keep = p * r > q * q * (1 + 1e-9)  # positive definite
+    p, q, r, s0, s1 = (x[keep] for x in (p, q, r, s0, s1))
+    w0, w1 = weightings._project_box(p, q, r, s0, s1)
+    worst = _box_kkt_violation(p, q, r, s0, s1, w0, w1)
+    assert worst.max() <= 1e-12, worst.max()
+
+
+
+def _imtl_g_by_pseudo_inverse(gram: np.ndarray) -> np.ndarray:
+    """IMTL-G as TorchJD defines it, w = G⁺d/(1ᵀG⁺d) with d = √diag(G) (0 where |1ᵀG⁺d| < 1e-12),
+    with numpy's eigen-decomposition and the README's rank cut-off: eigenvalues at most
+    2·ε(float32)·λ_max count as 0."""
+    lam, vec = np.linalg.eigh(gram)
+    kept = lam > 2 * np.finfo(np.float32).eps * lam.max()
+    pinv = (vec[:, kept] / lam[kept]) @ vec[:, kept].T
+    v = pinv @ np.sqrt(np.diag(gram))
+    return np.zeros(2) if abs(v.sum()) < 1e-12 else v / v.sum()
+
+
+def _gram(scale_u: float, scale_v: float, cos: float) -> list[list[float]]:
+    return [[scale_u**2, cos * scale_u * scale_v], [cos * scale_u * scale_v, scale_v**2]]
+
+
+def test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs():
+    """Exactly parallel and opposite rows at three scales (rank 1: the pseudo-inverse), eigenvalue
+    ratios either side of the rank cut-off, and rows long enough that TorchJD's |1ᵀG⁺d| < 1e-12
+    zeroes the weights, each against numpy's pseudo-inverse (``_imtl_g_by_pseudo_inverse``)."""
+    grams = []
+    for scale in (2.0**-20, 1.0, 2.0**20):  # λ_max below and above 1
+        for gram in ([[1.0, 0.5], [0.5, 0.25]], [[1.0, -0.5], [-0.5, 0.25]],  # u = ±2v
+                     [[1.0, -1.0], [-1.0, 1.0]]):  # u = -v: G·d = 0
+            grams.append(np.array(gram) * scale)  # fmt: skip
+    turn = np.array([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]])
+    for ratio in (2.5, 1.5):  # λ_min/λ_max in float32 epsilons: rank 2, then rank 1
+        for scale in (1e-6, 1e3):
+            lam = np.diag([scale, ratio * np.finfo(np.float32).eps * scale])
+            grams.append(turn @ lam @ turn.T)
+    for su, sv, cos in ((1.5e12, 1.5e12, 0.999), (1e12, 1e12, 0.0), (1e12, 3e12, 0.5),
+                        (1e11, 1e11, 0.999), (1e12, 1e12, 0.4)):  # fmt: skip
+        grams.append(np.array(_gram(su, sv, cos)))
+    want = torch.tensor(np.stack([_imtl_g_by_pseudo_inverse(g) for g in grams]))
+    got = weightings.imtl_g()(torch.tensor(np.stack(grams)))
+    assert (want == 0).all(-1).sum() == 5  # u = -v thrice, and two normalisers under 1e-12
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_config_has_equal_cosine_with_both_rows():
