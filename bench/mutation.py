@@ -86,6 +86,7 @@ WEIGHTING_TESTS = [
     "test_mgda_is_the_minimum_norm_point_of_the_segment_between_the_rows",
     "test_project_box_solves_its_quadratic_program_on_and_off_the_active_sets_edges",
     "test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs",
+    "test_aligned_mtl_by_eigen_decomposition_in_every_scale_mode",
     "test_config_has_equal_cosine_with_both_rows",
     "test_degenerate_gramians_give_finite_weights",
     "test_parameters_reach_the_weighting",

@@ -238,6 +238,46 @@ def test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+
+def _aligned_mtl_by_eigh(gram: np.ndarray, pref: np.ndarray, scale_mode: str) -> np.ndarray:
+    """Aligned-MTL's weights as TorchJD computes them, B·pref with B = √scale·V·Λ^(−1/2)·Vᵀ over
+    the eigenvalues kept (scale: the least kept, their median, which numpy's is not for two, or
+    their mean), with the README's cut-off (eigenvalues at most 2·ε(float32)·λ_max count as 0)
+    and ``pref`` for G = 0."""
+    lam, vec = np.linalg.eigh(gram)
+    kept = lam > 2 * np.finfo(np.float32).eps * lam.max()
+    if not kept.any():
+        return pref
+    lam, vec = lam[kept], vec[:, kept]
+    scale = {"min": lam.min(), "median": lam.min(), "rmse": lam.mean()}[scale_mode]
+    return np.sqrt(scale) * (vec / np.sqrt(lam)) @ vec.T @ pref
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_aligned_mtl_by_eigen_decomposition_in_every_scale_mode(scale_mode):
+    """Conflicting, aligned and random Gramians, a rank-one one, G = 0 and diagonal ones exactly at
+    and just above the rank cut-off (λ_min = 2·ε(float32)·λ_max: rank one), with an uneven
+    preference, against ``_aligned_mtl_by_eigh``; and TorchJD's AlignedMTL where its own cut-off
+    (float64's) cannot differ: the well-conditioned ones."""
+    _, random = _random_gramians(6, 12)
+    cut = 2 * np.finfo(np.float32).eps
+    grams = [
+        np.array([[1.0, -0.6], [-0.6, 2.0]]), np.array([[4.0, 1.5], [1.5, 1.0]]),
+        *random.numpy(), np.array([[1.0, 0.5], [0.5, 0.25]]), np.zeros((2, 2)),
+        np.diag([1.0, cut]), np.diag([3.0, 3.0 * cut]), np.diag([1.0, 2 * cut]),
+    ]  # fmt: skip
+    pref = np.array([0.2, 0.8])
+    got = weightings.aligned_mtl(pref=(0.2, 0.8), scale_mode=scale_mode)(
+        torch.tensor(np.stack(grams))
+    )
+    want = torch.tensor(np.stack([_aligned_mtl_by_eigh(g, pref, scale_mode) for g in grams]))
+    # atol: G·pref/λ_max, the rank-one rule, is the projection up to λ_min/λ_max ≤ 2.4e-7
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    theirs = aggregation.AlignedMTLWeighting(torch.tensor(pref), scale_mode=scale_mode)
+    for gram, ours in zip(grams[:8], got[:8]):
+        torch.testing.assert_close(ours, theirs(torch.tensor(gram)), rtol=1e-6, atol=1e-9)
+
+
 def test_config_has_equal_cosine_with_both_rows():
     rows, gram = _random_gramians(500, 5)
     out = _combined("config", rows, gram)
