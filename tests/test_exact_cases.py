@@ -304,30 +304,88 @@ def test_nash_mtl_weights_solve_the_bargaining_equation_in_every_regime():
         torch.testing.assert_close(capped, w / scale, rtol=1e-12, atol=0)
 
 
-def test_cagrad_weights_minimise_its_objective_over_the_simplex():
-    """CAGrad(c): (t, 1 − t) minimises g₀·g_w + c·|g₀|·|g_w| over the simplex (g₀ the mean row,
-    g_w = t·u + (1 − t)·v), and w = ½ + c·|g₀|·(t, 1 − t)/|g_w|. The objective is convex in t:
-    found here by a bounded scalar minimiser (scipy), not the closed form."""
+def _cagrad_by_minimiser(u, v, c: float, norm_eps: float = 1e-4) -> torch.Tensor:
+    """CAGrad(c)'s combination of the rows u, v as TorchJD defines it: both rows scaled by
+    1/√tr(G) (0 when tr(G) < norm_eps), then (t, 1 − t) minimising g₀·g_t + c·|g₀|·|g_t| over the
+    simplex (g₀ the mean row, g_t = t·u + (1 − t)·v; convex in t: a bounded scalar minimiser,
+    scipy's, not the closed form), w = ½ + c·|g₀|·(t, 1 − t)/|g_t| (0 when |g_t| < norm_eps),
+    applied to the unscaled rows."""
     from scipy.optimize import minimize_scalar
 
+    trace = float(u @ u + v @ v)
+    if trace < norm_eps:
+        return torch.zeros_like(u)
+    un, vn = u / math.sqrt(trace), v / math.sqrt(trace)
+    g0 = (un + vn) / 2
+    c_g0 = c * float(g0.norm())
+
+    def objective(t):
+        gt = t * un + (1 - t) * vn
+        return float(g0 @ gt) + c_g0 * float(gt.norm())
+
+    t = minimize_scalar(objective, bounds=(0.0, 1.0), method="bounded",
+                        options={"xatol": 1e-12}).x  # fmt: skip
+    for end in (0.0, 1.0):  # the bounded search never returns an end itself
+        t = end if objective(end) <= objective(t) else t
+    gt = float((t * un + (1 - t) * vn).norm())
+    if gt < norm_eps:
+        return torch.zeros_like(u)
+    return (0.5 + c_g0 * t / gt) * u + (0.5 + c_g0 * (1 - t) / gt) * v
+
+
+def _cagrad_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """Random pairs of every regime and the edges of CAGrad's closed form: (t, 1 − t) at either end
+    of the simplex, no interior stationary point, g₀ = 0, u = v, |u| = |v| (no slope: with c = 0,
+    nothing to minimise), a zero row, |g_t| near norm_eps, Gramians far above and below trace 1."""
+    u, v, _ = _rows(6, n=12)
+    g = torch.Generator().manual_seed(16)
+    w = torch.randn(5, generator=g, dtype=torch.float64)
+    x = torch.randn(5, generator=g, dtype=torch.float64)
+    x = x - (x @ w) / (w @ w) * w  # x ⟂ w
+    pairs = [
+        (3 * w, w), (w, 3 * w), (w, 20 * w), (-w, w), (w, w), (-2 * w, w), (10 * w, x),
+        (w, 0.05 * x), (0 * w, x), (w, -w + 1e-5 * x), (w, -w + 1e-3 * x), (w - 0.1 * x, -w),
+        (1e-3 * w, 1e-3 * x - 5e-4 * w), (1e3 * w, 1e3 * x + 2e3 * w),
+        (w, w * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)),  # |u| = |v|
+    ]  # fmt: skip
+    return (torch.cat([u, torch.stack([a for a, _ in pairs])]),
+            torch.cat([v, torch.stack([b for _, b in pairs])]))  # fmt: skip
+
+
+@pytest.mark.parametrize("c", [None, 0.0, 0.2, 2.0])
+def test_cagrad_combination_is_its_objective_minimised_over_the_simplex(c):
+    """CAGrad's combination (``c=None``: the default, 0.5) against ``_cagrad_by_minimiser`` on
+    ``_cagrad_rows``: the combination, not the weights (where t is not unique, u = v or
+    c·|g₀| = 0, every t gives the same one)."""
     from sago_kernels import weightings
 
-    u, v, gram = _rows(6, n=12)
-    for c in (0.5, 0.2):
-        got = weightings.cagrad(c=c)(gram)
-        for i in range(u.shape[0]):
-            g0 = (u[i] + v[i]) / 2
-            c_g0 = c * float(g0.norm())
+    u, v = _cagrad_rows()
+    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    w = (weightings.cagrad() if c is None else weightings.cagrad(c=c))(gram)
+    got = w[:, :1] * u + w[:, 1:] * v
+    for i in range(u.shape[0]):
+        want = _cagrad_by_minimiser(u[i], v[i], 0.5 if c is None else c)
+        scale = float(u[i].norm() + v[i].norm())
+        assert float((got[i] - want).norm()) <= 1e-6 * scale, (i, got[i], want)
 
-            def objective(t, i=i, g0=g0, c_g0=c_g0):
-                gw = t * u[i] + (1 - t) * v[i]
-                return float(g0 @ gw) + c_g0 * float(gw.norm())
 
-            t = minimize_scalar(objective, bounds=(0.0, 1.0), method="bounded",
-                                options={"xatol": 1e-12}).x  # fmt: skip
-            gw = float((t * u[i] + (1 - t) * v[i]).norm())
-            want = torch.tensor([0.5 + c_g0 * t / gw, 0.5 + c_g0 * (1 - t) / gw])
-            torch.testing.assert_close(got[i], want.double(), rtol=1e-5, atol=1e-5)
+def test_cagrad_norm_eps_bounds_are_inclusive_above():
+    """tr(G) = norm_eps exactly is combined, 0 just below it; and a trace above it with |g_t| (on
+    G/tr(G)) below it: norm_eps reaches both of CAGrad's tests."""
+    from sago_kernels import weightings
+
+    u = torch.tensor([[0.5, 0.0], [0.4999, 0.0], [0.6, 0.0]], dtype=torch.float64)
+    v = torch.tensor([[0.5, 0.0], [0.4999, 0.0], [-0.5, 0.2]], dtype=torch.float64)
+    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    assert float(gram[0, 0, 0] + gram[0, 1, 1]) == 0.5
+    w = weightings.cagrad(c=0.5, norm_eps=0.5)(gram)
+    got = w[:, :1] * u + w[:, 1:] * v
+    for i in range(3):
+        want = _cagrad_by_minimiser(u[i], v[i], 0.5, norm_eps=0.5)
+        torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-9)
+    assert (w[0] > 0).all() and (w[1:] == 0).all()
 
 
 # --------------------------------------------------------------------------- reference.py, sharded
