@@ -304,6 +304,40 @@ def test_nash_mtl_weights_solve_the_bargaining_equation_in_every_regime():
         torch.testing.assert_close(capped, w / scale, rtol=1e-12, atol=0)
 
 
+
+@pytest.mark.parametrize("max_norm", [None, 0.5, 2.0, 0.0])
+def test_nash_mtl_combination_is_capped_at_max_norm_where_it_exists_and_where_it_does_not(
+    max_norm,
+):
+    """The combination, from the rows: (û + v̂)/√(1 + cos) where the bargaining solution exists,
+    u + v (w = (1, 1)) for a zero row or opposite rows; then scaled down to ``max_norm`` when
+    longer (``None``: the default, 1; 0: no cap). Short and long rows, so that both sides of
+    each cap are seen."""
+    from sago_kernels import weightings
+
+    u, v, _ = _rows(7, n=6)
+    zero = torch.zeros(5, dtype=torch.float64)
+    more = [(zero, 0.4 * v[0]), (0.3 * u[0], zero), (0.2 * u[1], -0.1 * u[1]),  # no solution
+            (3 * u[2], -3 * u[2]), (u[3], 0.2 * u[3]), (zero, 3 * v[4])]  # fmt: skip
+    u = torch.cat([u, torch.stack([a for a, _ in more])])
+    v = torch.cat([v, torch.stack([b for _, b in more])])
+    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    w = (weightings.nash_mtl() if max_norm is None else weightings.nash_mtl(max_norm))(gram)
+    got = w[:, :1] * u + w[:, 1:] * v
+    cap = 1.0 if max_norm is None else max_norm
+    for i in range(u.shape[0]):
+        nu, nv = float(u[i].norm()), float(v[i].norm())
+        exists = nu > 0 and nv > 0 and float(u[i] @ v[i]) / (nu * nv) > -1 + 1e-12
+        want = (u[i] / nu + v[i] / nv) / math.sqrt(1 + float(u[i] @ v[i]) / (nu * nv)) if exists \
+            else u[i] + v[i]  # fmt: skip
+        if cap > 0 and float(want.norm()) > cap:
+            want = want * (cap / float(want.norm()))
+        torch.testing.assert_close(got[i], want, rtol=1e-9, atol=1e-12)
+    lengths = [float(x) for x in got.norm(dim=-1)]
+    assert cap == 0 or (max(lengths) == pytest.approx(cap) and min(lengths) < 0.99 * cap)
+
+
 def _cagrad_by_minimiser(u, v, c: float, norm_eps: float = 1e-4) -> torch.Tensor:
     """CAGrad(c)'s combination of the rows u, v as TorchJD defines it: both rows scaled by
     1/√tr(G) (0 when tr(G) < norm_eps), then (t, 1 − t) minimising g₀·g_t + c·|g₀|·|g_t| over the
