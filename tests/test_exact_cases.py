@@ -317,7 +317,8 @@ def test_nash_mtl_combination_is_capped_at_max_norm_where_it_exists_and_where_it
 
     u, v, _ = _rows(7, n=6)
     zero = torch.zeros(5, dtype=torch.float64)
-    more = [(zero, 0.4 * v[0]), (0.3 * u[0], zero), (0.2 * u[1], -0.1 * u[1]),  # no solution
+    # zero rows and opposite rows (no solution), parallel ones, a long zero-row pair
+    more = [(zero, 0.4 * v[0]), (0.3 * u[0], zero), (0.2 * u[1], -0.1 * u[1]),
             (3 * u[2], -3 * u[2]), (u[3], 0.2 * u[3]), (zero, 3 * v[4])]  # fmt: skip
     u = torch.cat([u, torch.stack([a for a, _ in more])])
     v = torch.cat([v, torch.stack([b for _, b in more])])
