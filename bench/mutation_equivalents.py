@@ -15,6 +15,10 @@ _TOKENS = "token_logprobs returns [batch, time - 1] tensors (it refuses logits t
 _DOTS_2D = "the dots are [S, 3] (every caller passes a segment table, its [1, 3] sum or d[None]): dimension 1 is the last"
 _INT64 = "numels is a non-empty tuple of Python ints (a layout has >= 1 segment, each length an int from _as_count), which torch.tensor makes int64 without being told"
 
+_NASH_ZERO_ROW = (
+    "a row norm is 0 only for a zero diagonal entry, and a Gramian (PSD) then has b = 0, so "
+    "nu·nv + b > 0 is false under both: the bargaining solution does not exist either way"
+)
 EQUIVALENT: dict[str, dict[str, str]] = {
     "sago_kernels/weightings.py": {
         "gramians: fr, rr, ff = d.unbind(-1) -> fr, rr, ff = d.unbind(+1)": _DOTS_2D,
@@ -34,6 +38,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "_project_box: second = (w0_second >= s0) & (s1 >= 0) -> second = (w0_second >= s0) & (s1 > 0)": "the two differ at s1 = 0 only, where w0_second = -q·0/p is a signed zero: `second` is reached with `free` and `first` false, and then gives (±0, 0) where the mutant's zero branch gives (0, 0): one point, up to the sign of a zero",
         "imtl_g: rank1 = ~rank2 & (lmax > 0) -> rank1 = ~rank2 | (lmax > 0)": "rank1 is read only where rank2 is false (total's inner where, and w1, which the outer where takes only there), and there the two are the same",
         "imtl_g: rank1 = ~rank2 & (lmax > 0) -> rank1 = ~rank2 & (lmax >= 0)": "they differ where λ_max = 0 only, i.e. G = 0 (a PSD Gramian with a zero trace); there G·d = 0, so w1 = (0, 0)/1 = 0 under both, and the original's total 0 and the mutant's 0/0 = NaN both leave w = w1 = 0",
+        "cagrad: inner = (disc > 0) & (q2 > 0) -> inner = (disc > 0) & (q2 >= 0)": "disc = φ²·q2 − slope² > 0 already implies q2 > 0 (φ² >= 0): the second test never decides",
+        "cagrad: t_edge = torch.where(slope > 0, zero, torch.where(slope < 0, one, 0.5 * one)) -> t_edge = torch.where(slope > 0, zero, torch.where(slope < 0, one, 0.5 / one))": "0.5 / 1 and 0.5 * 1 are the same float",
+        "nash_mtl: exists = (nu > 0) & (nv > 0) & (nu * nv + b > 0) -> exists = (nu >= 0) & (nv > 0) & (nu * nv + b > 0)": _NASH_ZERO_ROW,
+        "nash_mtl: exists = (nu > 0) & (nv > 0) & (nu * nv + b > 0) -> exists = (nu > 0) & (nv >= 0) & (nu * nv + b > 0)": _NASH_ZERO_ROW,
+        "nash_mtl: scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm > 0), one) -> scale = torch.where(norm >= max_norm, max_norm / _safe(norm, norm > 0), one)": "at norm = max_norm the scale is max_norm / norm = 1 exactly: the same weights",
+        "nash_mtl: scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm > 0), one) -> scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm >= 0), one)": "the quotient is read only where norm > max_norm > 0 (the branch runs for max_norm > 0), where norm >= 0 holds too",
         "mgda: t = torch.where(den > 0, ((c - b) / _safe(den, den > 0)).clamp(0, 1), torch.ones_like(a)) -> t = torch.where(den > 0, ((c - b) / _safe(den, den >= 0)).clamp(0, 1), torch.ones_like(a))": "the quotient is read only where den > 0, where den >= 0 holds too; elsewhere torch.where discards it (a division by 0 there gives inf or NaN, never an error)",
     },
     "sago_kernels/unlearning/losses.py": {

@@ -349,8 +349,8 @@ def aligned_mtl(pref: tuple[float, float] = (0.5, 0.5), scale_mode: str = "min")
 def cagrad(c: float = 0.5, norm_eps: float = 1e-4) -> Weighting:
     """CAGrad(c): the mean g₀ = (u + v)/2 moved towards the worst row within a ball of radius
     c·|g₀|: w = ½ + c·|g₀|·(t, 1 − t)/|g_w|, where (t, 1 − t) minimises g₀·g_w + c·|g₀|·|g_w|
-    over the simplex (g_w = t·u + (1 − t)·v; solved in closed form on G/tr(G)); 0 when tr(G) <
-    norm_eps or |g_w| < norm_eps."""
+    over the simplex (g_w = t·u + (1 − t)·v; solved in closed form on G/tr(G); t = ½ where every
+    t does: u = v, or |u| = |v| with c·|g₀| = 0); 0 when tr(G) < norm_eps or |g_w| < norm_eps."""
     c, norm_eps = _check_real("c", c), _check_real("norm_eps", norm_eps)
 
     def weights(g: torch.Tensor) -> torch.Tensor:

@@ -405,6 +405,24 @@ def test_cagrad_combination_is_its_objective_minimised_over_the_simplex(c):
         assert float((got[i] - want).norm()) <= 1e-6 * scale, (i, got[i], want)
 
 
+
+def test_cagrad_takes_the_middle_of_the_simplex_where_every_point_minimises():
+    """Where the objective does not depend on t (u = v; |u| = |v| with c·|g₀| = 0), t = ½: the
+    weights then are (½ + c/2)·(1, 1) for u = v, ½·(1, 1) with c = 0, and 0 where g_½ = g₀ is
+    under norm_eps (opposite rows) although the ends of the simplex are not."""
+    from sago_kernels import weightings
+
+    u = torch.tensor([[1.0, 2.0], [1.0, 0.5], [1.0, 1e-6], [1.0, 2.0]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [-1.0, 1e-6], [-1.0, -2.0]], dtype=torch.float64)
+    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    half = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(weightings.cagrad(c=0.4)(gram[:1])[0], 1.4 * half)
+    w = weightings.cagrad(c=0.0)(gram[1:])
+    torch.testing.assert_close(w, torch.stack([half, 0 * half, 0 * half]))
+    torch.testing.assert_close(weightings.cagrad(c=0.5)(gram[3:])[0], 0 * half)
+
+
 def test_cagrad_norm_eps_bounds_are_inclusive_above():
     """tr(G) = norm_eps exactly is combined, 0 just below it; and a trace above it with |g_t| (on
     G/tr(G)) below it: norm_eps reaches both of CAGrad's tests."""
