@@ -87,6 +87,7 @@ WEIGHTING_TESTS = [
     "test_project_box_solves_its_quadratic_program_on_and_off_the_active_sets_edges",
     "test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs",
     "test_aligned_mtl_by_eigen_decomposition_in_every_scale_mode",
+    "test_config_combination_by_the_unit_rows_pseudo_inverse",
     "test_config_has_equal_cosine_with_both_rows",
     "test_degenerate_gramians_give_finite_weights",
     "test_parameters_reach_the_weighting",

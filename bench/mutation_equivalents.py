@@ -15,6 +15,28 @@ _TOKENS = "token_logprobs returns [batch, time - 1] tensors (it refuses logits t
 _DOTS_2D = "the dots are [S, 3] (every caller passes a segment table, its [1, 3] sum or d[None]): dimension 1 is the last"
 _INT64 = "numels is a non-empty tuple of Python ints (a layout has >= 1 segment, each length an int from _as_count), which torch.tensor makes int64 without being told"
 
+_CONFIG_COS = (
+    "differs only where rounding puts b/(|u|·|v|) outside [-1, 1] (b is clamped to ±√(a·c) in "
+    "`gramians`, and |u|·|v| is two rounded square roots: at most 2 ulps out): 1 + cos (or "
+    "1 - cos) is then -2 ulps instead of 0, dropped by the cut-off either way, and the other "
+    "eigenvalue moves by at most an ulp of 2: the weights agree to float64 rounding, which no "
+    "test of the combination can tell apart"
+)
+_CONFIG_CUT = (
+    "differs only where 1 ± cos equals 4·ε(float32)·λ_max exactly, which no float cos reaches: "
+    "with cos = ∓1 ± k·2⁻⁵³, fl(1 ± cos) = k·2⁻⁵³ and the threshold 2⁻²¹·fl(2 − k·2⁻⁵³) change "
+    "order between two neighbouring k without meeting (searched for k around the crossing, on "
+    "both sides)"
+)
+_CONFIG_ALONE_ZERO = (
+    "differs where the row's norm is 0, where the row itself is 0: any g_i gives g_i·row = 0, "
+    "and the segment's coefficient is γ·w_0 (α·w_1) times a zero gradient, or γ (α) is 0"
+)
+_CONFIG_SCALE = (
+    "with one non-zero row, f = length/norm2 = (row·row)·g_i/(g_i²·row·row) = 1/g_i, so its "
+    "weight f·g_i is 1 for any g_i != 0 (the row itself) and 0 for g_i = 0 (pref_i = 0) under "
+    "both: the factor 1/|row|, replaced by |row| or 1, never shows"
+)
 _NASH_ZERO_ROW = (
     "a row norm is 0 only for a zero diagonal entry, and a Gramian (PSD) then has b = 0, so "
     "nu·nv + b > 0 is false under both: the bargaining solution does not exist either way"
@@ -44,6 +66,23 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "nash_mtl: exists = (nu > 0) & (nv > 0) & (nu * nv + b > 0) -> exists = (nu > 0) & (nv >= 0) & (nu * nv + b > 0)": _NASH_ZERO_ROW,
         "nash_mtl: scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm > 0), one) -> scale = torch.where(norm >= max_norm, max_norm / _safe(norm, norm > 0), one)": "at norm = max_norm the scale is max_norm / norm = 1 exactly: the same weights",
         "nash_mtl: scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm > 0), one) -> scale = torch.where(norm > max_norm, max_norm / _safe(norm, norm >= 0), one)": "the quotient is read only where norm > max_norm > 0 (the branch runs for max_norm > 0), where norm >= 0 holds too",
+        'config: cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1) -> cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(None, 1)': _CONFIG_COS,
+        'config: cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1) -> cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, None)': _CONFIG_COS,
+        'config: cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1) -> cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, )': _CONFIG_COS,
+        'config: cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1) -> cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-2, 1)': _CONFIG_COS,
+        'config: cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 1) -> cos = torch.where(both, b / _safe(nu * nv, both), zero).clamp(-1, 2)': _CONFIG_COS,
+        'config: keep_plus, keep_minus = plus > 4 * _EPS32 * top, minus > 4 * _EPS32 * top -> keep_plus, keep_minus = plus >= 4 * _EPS32 * top, minus > 4 * _EPS32 * top': _CONFIG_CUT,
+        'config: keep_plus, keep_minus = plus > 4 * _EPS32 * top, minus > 4 * _EPS32 * top -> keep_plus, keep_minus = plus > 4 * _EPS32 * top, minus >= 4 * _EPS32 * top': _CONFIG_CUT,
+        'config: alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu > 0), zero) -> alone0 = torch.where(nu >= 0, pref[0] / _safe(nu, nu > 0), zero)': _CONFIG_ALONE_ZERO,
+        'config: alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu > 0), zero) -> alone0 = torch.where(nu > 0, pref[0] * _safe(nu, nu > 0), zero)': _CONFIG_SCALE,
+        'config: alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu > 0), zero) -> alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu >= 0), zero)': _CONFIG_SCALE,
+        'config: alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu > 0), zero) -> alone0 = torch.where(nu > 0, pref[0] / _safe(nu, nu > 1), zero)': _CONFIG_SCALE,
+        'config: alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 0), zero) -> alone1 = torch.where(nv >= 0, pref[1] / _safe(nv, nv > 0), zero)': _CONFIG_ALONE_ZERO,
+        'config: alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 0), zero) -> alone1 = torch.where(nv > 0, pref[1] * _safe(nv, nv > 0), zero)': _CONFIG_SCALE,
+        'config: alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 0), zero) -> alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv >= 0), zero)': _CONFIG_SCALE,
+        'config: alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 0), zero) -> alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 1), zero)': _CONFIG_SCALE,
+        'config: f = torch.where(norm2 > 0, length / _safe(norm2, norm2 > 0), zero) -> f = torch.where(norm2 >= 0, length / _safe(norm2, norm2 > 0), zero)': "where norm2 = |g0·u + g1·v|² is 0 the combination is 0, so length = (u + v)·(g0·u + g1·v) is 0 and length / 1 = 0 is the same f; a norm2 below 0 (rounding) fails both tests",
+        'config: f = torch.where(norm2 > 0, length / _safe(norm2, norm2 > 0), zero) -> f = torch.where(norm2 > 0, length / _safe(norm2, norm2 >= 0), zero)': "the quotient is read only where norm2 > 0, where norm2 >= 0 holds too",
         "mgda: t = torch.where(den > 0, ((c - b) / _safe(den, den > 0)).clamp(0, 1), torch.ones_like(a)) -> t = torch.where(den > 0, ((c - b) / _safe(den, den >= 0)).clamp(0, 1), torch.ones_like(a))": "the quotient is read only where den > 0, where den >= 0 holds too; elsewhere torch.where discards it (a division by 0 there gives inf or NaN, never an error)",
     },
     "sago_kernels/unlearning/losses.py": {

@@ -287,6 +287,57 @@ def test_config_has_equal_cosine_with_both_rows():
     assert (cos[keep] >= 0).all()
 
 
+
+def _config_by_pseudo_inverse(u: np.ndarray, v: np.ndarray, pref: np.ndarray) -> np.ndarray:
+    """ConFIG's combination as TorchJD computes it: the unit rows' pseudo-inverse applied to
+    ``pref`` gives the direction, normalised, times Σ_i row_i·direction; with the README's cut-off
+    (eigenvalues of the unit rows' Gramian at most 4·ε(float32)·λ_max count as 0: singular
+    values at most 2·√ε(float32)·σ_max). Zero rows have zero unit rows."""
+    units = np.stack([x / np.linalg.norm(x) if np.linalg.norm(x) > 0 else 0 * x for x in (u, v)])
+    if not units.any():
+        return np.zeros_like(u)
+    direction = np.linalg.pinv(units, rcond=2 * np.sqrt(np.finfo(np.float32).eps)) @ pref
+    if np.linalg.norm(direction) <= 1e-12 * np.linalg.norm(pref):  # rounding of an exact 0
+        return np.zeros_like(u)
+    unit = direction / np.linalg.norm(direction)
+    return (u @ unit + v @ unit) * unit
+
+
+@pytest.mark.parametrize("pref", [(1.0, 1.0), (0.2, 0.8), (1.0, 0.0), (0.7, 0.3)])
+def test_config_combination_by_the_unit_rows_pseudo_inverse(pref):
+    """Random pairs, a zero row (either; the other short or long), two, parallel and opposite
+    rows, nearly opposite ones, 1 ± cos either side of the cut-off, with even and uneven
+    preferences, against ``_config_by_pseudo_inverse``; TorchJD's ConFIG on
+    the pairs its float64 cut-off treats alike. With pref = (1, 1) the direction is û + v̂
+    whatever its scale, so only uneven preferences see most of the formula."""
+    rows, _ = _random_gramians(10, 13)
+    u, v = rows[:, 0], rows[:, 1]
+    w = u[0]
+    edges = [(0 * w, v[0]), (u[1], 0 * w), (0 * w, 0.3 * v[0] / v[0].norm()),
+             (0.2 * u[1] / u[1].norm(), 0 * w), (0 * w, 0 * w), (w, 3 * w), (w, -2 * w),
+             (w, -w + 1e-3 * v[1]), (w, 0.5 * w + 1e-3 * v[2])]  # fmt: skip
+    e1, e2 = torch.eye(5, dtype=torch.float64)[:2]
+    for cos in (-1 + 1.07e-6, -1 + 5e-7, 1 - 1.07e-6, 1 - 5e-7):  # 1 ± cos either side of
+        # 4·ε·λ_max (9.5e-7) and of the thresholds a slip would put at 5·ε·λ_max or 4·ε/λ_max
+        edges.append((2 * e1, 0.5 * (cos * e1 + math.sqrt(1 - cos * cos) * e2)))
+    u = torch.cat([u, torch.stack([a for a, _ in edges])])
+    v = torch.cat([v, torch.stack([b for _, b in edges])])
+    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
+                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    weights = weightings.config(pref=pref)(gram)
+    got = weights[:, :1] * u + weights[:, 1:] * v
+    want = torch.tensor(np.stack([
+        _config_by_pseudo_inverse(a.numpy(), b.numpy(), np.array(pref)) for a, b in zip(u, v)
+    ]))  # fmt: skip
+    scale = (u.norm(dim=-1) + v.norm(dim=-1))[:, None]
+    torch.testing.assert_close(got / scale.clamp_min(1e-300), want / scale.clamp_min(1e-300),
+                               rtol=0, atol=1e-9)  # fmt: skip
+    theirs = aggregation.ConFIG(pref_vector=torch.tensor(pref, dtype=torch.float64))
+    for i in range(10):
+        torch.testing.assert_close(got[i], theirs(torch.stack([u[i], v[i]])), rtol=0,
+                                   atol=1e-9 * float(scale[i]))  # fmt: skip
+
+
 @pytest.mark.parametrize("name", list(weightings.BUILT_IN))
 def test_degenerate_gramians_give_finite_weights(name):
     """Zero rows, parallel and opposite rows, a Gramian broken by float32 underflow: each has one
