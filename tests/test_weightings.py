@@ -432,6 +432,7 @@ def test_gradvac_state_is_checkpointed_reset_and_not_poisoned():
     retain.copy_(torch.randn(layout.numel, generator=g))
     forget.copy_(torch.randn(layout.numel, generator=g) - retain)
     first = sk.GradVac()
+    assert sk.weighting_method(first).name == "gradvac"  # its method's name, unless given one
     sk.combine_(retain.clone(), forget, layout=layout, method=first)
     saved = first.state_dict()
     second = sk.GradVac()
