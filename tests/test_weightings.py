@@ -425,6 +425,56 @@ def test_gradvac_follows_torchjd_over_a_run_on_every_backend(backend, device):
             assert (o.cpu() - want).norm() <= 2e-5 * jacobian.norm(dim=1).sum(), (step, j)
 
 
+
+def test_gradvac_weights_follow_torchjd_at_every_scale():
+    """GradVac on Gramians of rows from 1e-5 long (eps = 1e-8 then weighs on every cosine) to 30,
+    three segments a step, against one TorchJD GradVacWeighting per segment, step after step."""
+    ours = weightings.GradVac(beta=0.4)
+    scales = [1e-5, 1e-2, 0.3, 30.0]
+    theirs = [aggregation.GradVacWeighting(beta=0.4) for _ in range(3 * len(scales))]
+    g = torch.Generator().manual_seed(17)
+    for step in range(5):
+        u = torch.randn(3 * len(scales), 6, generator=g, dtype=torch.float64)
+        v = torch.randn(3 * len(scales), 6, generator=g, dtype=torch.float64) - 0.5 * step * u
+        size = torch.tensor(scales, dtype=torch.float64).repeat_interleave(3)[:, None]
+        rows = torch.stack([u * size, v * size], 1)
+        gram = rows @ rows.transpose(1, 2)
+        got = ours(gram)
+        for j, gj in enumerate(gram):
+            torch.testing.assert_close(got[j], theirs[j](gj), rtol=1e-9, atol=1e-12)
+
+
+def test_gradvac_keeps_the_target_of_a_segment_whose_gramian_is_not_finite_only():
+    gradvac = weightings.GradVac(beta=0.5)
+    gram = torch.tensor([[[4.0, 1.0], [1.0, 1.0]]] * 3, dtype=torch.float64)
+    gradvac(gram)  # φ̂ = ½·cos = 0.25 in each
+    gram[1, 0, 0] = math.inf  # cos = 1/(inf + eps) = 0: finite, but the dots are not
+    gram[2, 1, 0] = gram[2, 0, 1] = math.nan
+    gradvac(gram)
+    torch.testing.assert_close(gradvac.phi_hat, torch.tensor([0.375, 0.25, 0.25]).double())
+
+
+def test_gradvac_state_cosines_may_pass_one_by_rounding_only():
+    """A loaded φ̂ may reach ±(1 + 1e-6) (a moving average of cosines rounded past ±1), no more;
+    a state saved before any step has none; a state of the wrong form is named in the error."""
+    for edge in (1.0, 1 + 1e-6):
+        gradvac = weightings.GradVac()
+        gradvac.load_state_dict({"beta": 0.5, "eps": 1e-8,
+                                 "phi_hat": torch.tensor([edge, -edge], dtype=torch.float64)})
+        assert gradvac.phi_hat.tolist() == [edge, -edge]
+    with pytest.raises(ValueError, match="cosines"):
+        weightings.GradVac().load_state_dict(
+            {"beta": 0.5, "eps": 1e-8, "phi_hat": torch.tensor([1 + 2e-6], dtype=torch.float64)}
+        )
+    fresh = weightings.GradVac(beta=0.2)
+    fresh.load_state_dict(weightings.GradVac(beta=0.7).state_dict())  # before any step: no φ̂
+    assert fresh.phi_hat is None and fresh.beta == 0.7
+    with pytest.raises(ValueError, match=r"Found \['beta', 'momentum'\]\.$"):
+        fresh.load_state_dict({"beta": 0.5, "momentum": 0.9})
+    with pytest.raises(ValueError, match=r"Found list\.$"):
+        fresh.load_state_dict([0.5, 1e-8, None])
+
+
 def test_gradvac_state_is_checkpointed_reset_and_not_poisoned():
     layout = sk.GradLayout.from_sizes([50, 20])
     g = torch.Generator().manual_seed(11)
