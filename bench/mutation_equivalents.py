@@ -37,6 +37,20 @@ _CONFIG_SCALE = (
     "weight f·g_i is 1 for any g_i != 0 (the row itself) and 0 for g_i = 0 (pref_i = 0) under "
     "both: the factor 1/|row|, replaced by |row| or 1, never shows"
 )
+_GRADVAC_DEVICE = (
+    "φ̂ is made on the Gramian's device (zeros_like) and a loaded one is on the device it was "
+    "saved from: on a CPU-only machine both are the CPU, where no device move is needed; a "
+    "state loaded on the CPU and a run on CUDA would fail under the mutant: a GPU run kills it"
+)
+_GRADVAC_DTYPE = (
+    "φ̂ is made in the Gramian's dtype (float64 except on MPS); a loaded float32 φ̂ meets only "
+    "float64 tensors, and promoting float32 to float64 is exact, so every result is the same "
+    "(the new φ̂ is float64 either way); float32 Gramians, where the cast matters, are MPS's only"
+)
+_GRAM_3D = (
+    "the Gramians are [S, 2, 2]: all() over dimension 1 then the last, or the last then "
+    "dimension 1, reduces the same two dimensions: the same [S] flags"
+)
 _NASH_ZERO_ROW = (
     "a row norm is 0 only for a zero diagonal entry, and a Gramian (PSD) then has b = 0, so "
     "nu·nv + b > 0 is false under both: the bargaining solution does not exist either way"
@@ -83,6 +97,14 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'config: alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 0), zero) -> alone1 = torch.where(nv > 0, pref[1] / _safe(nv, nv > 1), zero)': _CONFIG_SCALE,
         'config: f = torch.where(norm2 > 0, length / _safe(norm2, norm2 > 0), zero) -> f = torch.where(norm2 >= 0, length / _safe(norm2, norm2 > 0), zero)': "where norm2 = |g0·u + g1·v|² is 0 the combination is 0, so length = (u + v)·(g0·u + g1·v) is 0 and length / 1 = 0 is the same f; a norm2 below 0 (rounding) fails both tests",
         'config: f = torch.where(norm2 > 0, length / _safe(norm2, norm2 > 0), zero) -> f = torch.where(norm2 > 0, length / _safe(norm2, norm2 >= 0), zero)': "the quotient is read only where norm2 > 0, where norm2 >= 0 holds too",
+        'GradVac.__call__: hat = self.phi_hat.to(device=a.device, dtype=a.dtype) -> hat = self.phi_hat.to(device=None, dtype=a.dtype)': _GRADVAC_DEVICE,
+        'GradVac.__call__: hat = self.phi_hat.to(device=a.device, dtype=a.dtype) -> hat = self.phi_hat.to(dtype=a.dtype)': _GRADVAC_DEVICE,
+        'GradVac.__call__: hat = self.phi_hat.to(device=a.device, dtype=a.dtype) -> hat = self.phi_hat.to(device=a.device, dtype=None)': _GRADVAC_DTYPE,
+        'GradVac.__call__: hat = self.phi_hat.to(device=a.device, dtype=a.dtype) -> hat = self.phi_hat.to(device=a.device, )': _GRADVAC_DTYPE,
+        'GradVac.__call__: below = phi < hat -> below = phi <= hat': "at φ = φ̂, N = φ̂·√(1 − φ²) − φ·√(1 − φ̂²) is x − x = 0 exactly, so w = 1 + 0 = 1, as where φ is not below",
+        'GradVac.__call__: finite = torch.isfinite(g).all(-1).all(-1) & torch.isfinite(phi) -> finite = torch.isfinite(g).all(+1).all(-1) & torch.isfinite(phi)': _GRAM_3D,
+        'GradVac.__call__: finite = torch.isfinite(g).all(-1).all(-1) & torch.isfinite(phi) -> finite = torch.isfinite(g).all(-2).all(-1) & torch.isfinite(phi)': _GRAM_3D,
+        'GradVac.__call__: finite = torch.isfinite(g).all(-1).all(-1) & torch.isfinite(phi) -> finite = torch.isfinite(g).all(-1).all(+1) & torch.isfinite(phi)': _GRAM_3D,
         "mgda: t = torch.where(den > 0, ((c - b) / _safe(den, den > 0)).clamp(0, 1), torch.ones_like(a)) -> t = torch.where(den > 0, ((c - b) / _safe(den, den >= 0)).clamp(0, 1), torch.ones_like(a))": "the quotient is read only where den > 0, where den >= 0 holds too; elsewhere torch.where discards it (a division by 0 there gives inf or NaN, never an error)",
     },
     "sago_kernels/unlearning/losses.py": {
