@@ -236,6 +236,11 @@ def test_imtl_g_is_the_pseudo_inverse_answer_at_its_rank_and_normaliser_cut_offs
     got = weightings.imtl_g()(torch.tensor(np.stack(grams)))
     assert (want == 0).all(-1).sum() == 5  # u = -v thrice, and two normalisers under 1e-12
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # u = v of length s: 1ᵀG⁺d = 1/s, exactly 1e-12 at s = 1e12 (kept: TorchJD zeroes below it)
+    equal = torch.tensor([[[s * s, s * s], [s * s, s * s]] for s in (1.0, 1e11, 1e12, 1e13)],
+                         dtype=torch.float64)  # fmt: skip
+    half, zero = [0.5, 0.5], [0.0, 0.0]
+    assert weightings.imtl_g()(equal).tolist() == [half, half, half, zero]
 
 
 
