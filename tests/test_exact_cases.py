@@ -424,8 +424,8 @@ def test_cagrad_takes_the_middle_of_the_simplex_where_every_point_minimises():
 
 
 def test_cagrad_norm_eps_bounds_are_inclusive_above():
-    """tr(G) = norm_eps exactly is combined, 0 just below it; and a trace above it with |g_t| (on
-    G/tr(G)) below it: norm_eps reaches both of CAGrad's tests."""
+    """tr(G) = norm_eps exactly is combined, 0 just below it; a trace above it with |g_t| (on
+    G/tr(G)) below it is 0, and |g_t| = norm_eps exactly is combined: both of CAGrad's tests."""
     from sago_kernels import weightings
 
     u = torch.tensor([[0.5, 0.0], [0.4999, 0.0], [0.6, 0.0]], dtype=torch.float64)
@@ -439,6 +439,10 @@ def test_cagrad_norm_eps_bounds_are_inclusive_above():
         want = _cagrad_by_minimiser(u[i], v[i], 0.5, norm_eps=0.5)
         torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-9)
     assert (w[0] > 0).all() and (w[1:] == 0).all()
+    # u = v: on G/tr(G), t = ½ and |g_w|² = ½ exactly, so |g_w| = norm_eps = √½ is combined too
+    same = torch.full((1, 2, 2), 8.0, dtype=torch.float64)
+    w = weightings.cagrad(c=0.5, norm_eps=math.sqrt(0.5))(same)
+    assert w.tolist() == [[0.75, 0.75]]
 
 
 # --------------------------------------------------------------------------- reference.py, sharded
