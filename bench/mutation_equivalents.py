@@ -51,6 +51,11 @@ _GRAM_3D = (
     "the Gramians are [S, 2, 2]: all() over dimension 1 then the last, or the last then "
     "dimension 1, reduces the same two dimensions: the same [S] flags"
 )
+_SCALER_DEVICE = (
+    "self.device is the gradients' device; on a CPU-only machine it is the CPU, torch's default "
+    "device, so the flag lands there either way. On CUDA the mutant's flag would be on the CPU "
+    "and the combine would refuse it: a GPU run kills it"
+)
 _NASH_ZERO_ROW = (
     "a row norm is 0 only for a zero diagonal entry, and a Gramian (PSD) then has b = 0, so "
     "nu·nv + b > 0 is false under both: the bargaining solution does not exist either way"
@@ -108,6 +113,11 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'imtl_g: w1 = _pair(gd0, gd1) / _safe(gd0 + gd1, rank1 & (gd0 + gd1 != 0))[..., None] -> w1 = _pair(gd0, gd1) / _safe(gd0 + gd1, rank1 | (gd0 + gd1 != 0))[..., None]': "w1 is read only where rank2 is false. There, where rank1 holds and gd0 + gd1 = 0, the mutant divides by 0 instead of 1, but total = total1 = 0/λ_max² = 0 zeroes w either way; where rank1 is false too (G = 0), gd = 0 and the original divides 0 by 1 as the mutant does where gd0 + gd1 != 0 is false",
         'imtl_g: w1 = _pair(gd0, gd1) / _safe(gd0 + gd1, rank1 & (gd0 + gd1 != 0))[..., None] -> w1 = _pair(gd0, gd1) / _safe(gd0 + gd1, rank1 & (gd0 + gd1 != 1))[..., None]': "the two differ where gd0 + gd1 is exactly 1 (the mutant divides by 1) or exactly 0 (the mutant divides by 0, and total1 = 0 zeroes w): dividing by 1 or by gd0 + gd1 = 1 is the same quotient",
         "mgda: t = torch.where(den > 0, ((c - b) / _safe(den, den > 0)).clamp(0, 1), torch.ones_like(a)) -> t = torch.where(den > 0, ((c - b) / _safe(den, den >= 0)).clamp(0, 1), torch.ones_like(a))": "the quotient is read only where den > 0, where den >= 0 holds too; elsewhere torch.where discards it (a division by 0 there gives inf or NaN, never an error)",
+    },
+    "sago_kernels/synthesis/scaler.py": {
+        'ScalerLink.step_tensors: self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=self.device) -> self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=None)': _SCALER_DEVICE,
+        'ScalerLink.step_tensors: self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=self.device) -> self._step = inv_scale, torch.zeros(1, dtype=torch.float32, )': _SCALER_DEVICE,
+        'ScalerLink.step_tensors: scale = getattr(self.scaler, "_scale", None) -> scale = getattr(self.scaler, "_scale", )': "ScalerLink takes torch.amp.GradScaler only (checked in __init__), whose __init__ sets _scale (None until the first scale()): the default is never used",
     },
     "sago_kernels/unlearning/losses.py": {
         "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(+1) / mask.sum(-1).clamp_min(1)": _TOKENS,

@@ -271,6 +271,68 @@ def test_the_scaler_record_is_unscale_s_own():
     assert torch.equal(synth.retain_buffer, before)  # refused before anything was written
 
 
+
+def _one_scaled_step(model, synth, scaler, optimizer):
+    x = torch.randn(2, 6, dtype=torch.float32)
+    with synth.forget():
+        scaler.scale(model(x).sum()).backward()
+    with synth.retain():
+        scaler.scale(model(x).square().sum()).backward()
+    synth.combine_(optimizer=optimizer)
+
+
+def test_a_wrapped_optimizer_records_in_the_one_it_wraps():
+    """accelerate's AcceleratedOptimizer steps ``scaler.step(self.optimizer)``: the record goes
+    to the optimizer inside the wrapper, as unscale_ of that one would leave it."""
+    from torch.amp.grad_scaler import OptState
+
+    class Wrapped:  # what accelerate's wrapper exposes: the torch optimizer as `.optimizer`
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    model = _mlp()
+    scaler = torch.amp.GradScaler("cpu")
+    synth = sk.GradientSynthesizer(model, grad_scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _one_scaled_step(model, synth, scaler, Wrapped(opt))
+    assert scaler._per_optimizer_states[id(opt)]["stage"] is OptState.UNSCALED
+    scaler.step(opt)
+    scaler.update()
+
+
+def test_a_parameter_group_added_between_steps_is_checked_at_the_next_combine():
+    model = _mlp()
+    scaler = torch.amp.GradScaler("cpu")
+    synth = sk.GradientSynthesizer(model, grad_scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _one_scaled_step(model, synth, scaler, opt)
+    scaler.step(opt)
+    scaler.update()
+    opt.add_param_group({"params": torch.nn.Linear(2, 2).parameters()})
+    with pytest.raises(ValueError, match="does not hold"):
+        _one_scaled_step(model, synth, scaler, opt)
+
+
+def test_the_found_inf_flag_is_float32_as_unscale_s_whatever_the_default_dtype():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = _mlp().float()
+        scaler = torch.amp.GradScaler("cpu")
+        synth = sk.GradientSynthesizer(model, grad_scaler=scaler)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        _one_scaled_step(model, synth, scaler, opt)
+        ours = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"]
+        twin = torch.nn.Linear(1, 1).float()
+        twin(torch.ones(1, 1, dtype=torch.float32)).sum().mul(scaler.get_scale()).backward()
+        twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+        scaler.unscale_(twin_opt)
+        theirs = scaler._per_optimizer_states[id(twin_opt)]["found_inf_per_device"]
+        assert [v.dtype for v in ours.values()] == [v.dtype for v in theirs.values()]
+    finally:
+        torch.set_default_dtype(default)
+
+
 def test_scaler_misuse_is_refused():
     with pytest.raises(TypeError, match="GradScaler"):
         sk.GradientSynthesizer(_mlp(), grad_scaler=object())

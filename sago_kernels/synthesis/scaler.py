@@ -40,7 +40,6 @@ class ScalerLink:
             )
         self.scaler, self.device = scaler, device
         self._param_ids = {id(p) for p in params}
-        self._checked: set[int] = set()  # optimizers whose parameters were checked
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -87,17 +86,16 @@ class ScalerLink:
                 "scaler.step() will step (with a grad_scaler, the combine records its unscale "
                 f"there). Found `{type(optimizer).__name__}`."
             )
-        if id(optimizer) not in self._checked:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.requires_grad and id(p) not in self._param_ids:
-                        raise ValueError(
-                            "The optimizer given to synth.combine_() steps a parameter the "
-                            f"synthesizer does not hold (shape {tuple(p.shape)}): the scaler "
-                            "would leave its gradient scaled. Give the synthesizer every "
-                            "parameter the optimizer steps, or use one optimizer for each."
-                        )
-            self._checked.add(id(optimizer))
+        # every step (a set lookup per parameter): param groups can be added between steps
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and id(p) not in self._param_ids:
+                    raise ValueError(
+                        "The optimizer given to synth.combine_() steps a parameter the "
+                        f"synthesizer does not hold (shape {tuple(p.shape)}): the scaler "
+                        "would leave its gradient scaled. Give the synthesizer every "
+                        "parameter the optimizer steps, or use one optimizer for each."
+                    )
         from torch.amp.grad_scaler import OptState
 
         stage = self.scaler._per_optimizer_states[id(optimizer)]["stage"]
@@ -117,8 +115,8 @@ class ScalerLink:
         state = self.scaler._per_optimizer_states[id(self.stepped(optimizer))]
         state["found_inf_per_device"] = {found_inf.device: found_inf}
         state["stage"] = OptState.UNSCALED
-        self._step = None
 
     def reset(self) -> None:
-        """A discarded step: the next one reads the scale afresh."""
+        """The step is over (combined or discarded; the synthesizer's ``zero_grad``, which every
+        next step begins with): the next one reads the scale afresh."""
         self._step = None
