@@ -152,7 +152,7 @@ MODULES: dict[str, tuple[list[str], str]] = {
         ON_REFERENCE,
     ),
     "sago_kernels/synthesis/one_buffer.py": (
-        ["tests/test_exact_cases.py", "tests/test_one_buffer.py"],
+        ["tests/test_exact_cases.py", "tests/test_one_buffer.py", "tests/test_scaler.py"],
         ON_REFERENCE,
     ),
     "sago_kernels/synthesis/scaler.py": (["tests/test_scaler.py"], ON_REFERENCE),

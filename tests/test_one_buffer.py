@@ -8,6 +8,7 @@ step, on every backend; each retain gradient freed inside the backward; misuse r
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 
 import pytest
@@ -76,13 +77,19 @@ def test_same_steps_as_two_buffer_mode(backend, device, method):
         steps = 2 if method in ("sago", "pcgrad", "gru") else 1  # and one for the weightings
     model1, synth1, grads1, tables1 = _run(device, backend, method, 1, steps)
     model2, synth2, grads2, tables2 = _run(device, backend, method, 2, steps)
+    # the CPU backends sum each segment alone in one fixed order: one parameter combined alone
+    # gives the bits it gives among the others (so one-buffer mode runs the backend it is given)
+    bitwise = backend in ("reference", "native")
     for step, (g1, g2, t1, t2) in enumerate(zip(grads1, grads2, tables1, tables2)):
         for name, a, b in zip(synth1.names, g1, g2):
-            if method in ELEMENT_METHODS:  # same element-wise arithmetic on the same inputs
+            if bitwise or method in ELEMENT_METHODS:  # same arithmetic on the same inputs
                 assert torch.equal(a, b), f"step {step}: {name}"
             else:  # the dots of one parameter may be summed in another order
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=f"step {step}: {name}")
+        if bitwise:
+            assert torch.equal(t1.nan_to_num(7.0), t2.nan_to_num(7.0)), f"step {step}"
         torch.testing.assert_close(t1, t2, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert [s.method for s in synth1.history] == [sk.METHODS[method].name] * steps
     for p1, p2 in zip(model1.parameters(), model2.parameters()):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
     if synth1.state_buffer is not None:  # GRU: the moving average followed the same g_r
@@ -141,8 +148,8 @@ def test_holds_one_buffer():
         (dict(method="sago", granularity="global"), "granularity='parameter'"),
         (dict(method="sago", granularity="module"), "granularity='parameter'"),
         (dict(method=sk.weighting_method(sk.GradVac())), "state per segment"),
-        (dict(method="gru"), "state per segment across steps"),
-        (dict(method=sk.method_with("gru", beta=0.5)), "state per segment across steps"),
+        (dict(method="gru"), "method 'gru' keeps a state per segment across steps"),
+        (dict(method=sk.method_with("gru", beta=0.5)), r"method 'gru\(beta=0.5\)' keeps a state"),
         (dict(method="sago", data_parallel_group=object()), "averaged over the"),
         (dict(method="sago", process_group=object()), "sharded"),
         (dict(buffers=0), "Found `buffers = 0`"),
@@ -299,3 +306,75 @@ def test_a_sparse_retain_gradient_is_combined_as_buffers_2_accumulates_it():
         runs[buffers] = [p.detach().clone() for p in model.parameters()]
     for a, b in zip(runs[1], runs[2]):
         assert torch.equal(a, b)
+
+
+def test_every_gradient_autograd_hands_over_takes_the_fast_path(monkeypatch):
+    """Dense and sparse retain gradients go straight to the backend (the checked path, a third
+    of a small parameter's time, is for what autograd does not make)."""
+    from sago_kernels.synthesis import one_buffer
+
+    checked = []
+    monkeypatch.setattr(one_buffer, "checked_combine", lambda *a, **k: checked.append(a))
+    model = _Net()
+    emb = torch.nn.Embedding(9, 6, sparse=True)
+    synth = sk.GradientSynthesizer(torch.nn.ModuleList([model, emb]), method="sago", buffers=1)
+    x, ids = torch.randn(4, 6), torch.tensor([[1, 4, 4], [0, 8, 2]])
+    with synth.forget():
+        (-model(x, "forget").square().mean() - emb(ids).sum()).backward()
+    with synth.retain():
+        (model(x, "retain").square().mean() + emb(ids).square().sum()).backward()
+    synth.combine_()
+    assert checked == []
+
+
+def test_a_retain_gradient_the_fast_path_cannot_read_goes_through_the_checked_combine():
+    """What the backend cannot read as it is gets combine_'s own checks: strided, negated or
+    grad-requiring views, another dtype or length are refused naming `retain` and the problem,
+    before anything is written; the one such gradient they accept (one requiring grad, with grad
+    mode off) is combined by combine_'s checked path: the same bits as combine_ of a plain copy,
+    the loss scaler's unscale and found-inf flag included."""
+    from sago_kernels.synthesis.one_buffer import OneBuffer
+
+    layout = sk.GradLayout.from_sizes([6, 5])  # parameter 0 at [0, 6), parameter 1 at [64, 69)
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(12, generator=g)
+
+    def slots_over(buffer, method="pcgrad", stats=True):
+        return OneBuffer(layout, buffer, sk.METHODS[method], method, 0.7, 1.3, 1e-8, stats,
+                         "reference")  # fmt: skip
+
+    refused = [
+        (values[::2], ValueError, "`retain` should be contiguous"),
+        (torch._neg_view(values[:6]), ValueError, "`retain` should not be a negative view"),
+        (values[:6].clone().requires_grad_(), ValueError, "`retain` should not require grad"),
+        (values[:6].double(), TypeError, "`retain` should have dtype float32, bfloat16"),
+        (values[:6].bfloat16(), TypeError, "`forget` should have the dtype of `retain`"),
+        (values[:4], ValueError, "as many elements as `retain` \\(4\\)"),
+    ]
+    buffer = torch.randn(layout.numel, generator=g)
+    before = buffer.clone()
+    slots = slots_over(buffer)
+    for retain, error, match in refused:
+        with pytest.raises(error, match=match):
+            slots.combine_slot(0, retain)
+    assert torch.equal(buffer, before) and slots.combined == [False, False]
+    for scaled in (False, True):
+        retain = (values[:6] * (math.inf if scaled else 1.0)).requires_grad_()
+        buffer = torch.randn(layout.numel, generator=g)
+        forget = buffer[:6].clone()
+        inv = torch.tensor([0.25]) if scaled else None
+        found, want_found = (torch.zeros(1), torch.zeros(1)) if scaled else (None, None)
+        slots = slots_over(buffer)
+        with torch.no_grad():
+            slots.combine_slot(0, retain, inv, found)
+            want, stats = sk.combine_(
+                retain.detach().clone(), forget, method="pcgrad", alpha=0.7, gamma=1.3,
+                eps=1e-8, stats=True, backend="reference", inv_scale=inv, found_inf=want_found,
+            )  # fmt: skip
+        assert torch.equal(buffer[:6].nan_to_num(7.0), want.nan_to_num(7.0)), scaled
+        assert slots.combined == [True, False]
+        slots.combine_slot(1, slots.zero_retain(1))  # as combine_() does the ones left
+        assert torch.equal(slots.statistics().table[0].nan_to_num(7.0),
+                           stats.table[0].nan_to_num(7.0))  # fmt: skip
+        if scaled:  # an inf in the retain gradient flags the step on this path too
+            assert found.item() == want_found.item() == 1.0

@@ -171,12 +171,12 @@ def _mlp(seed=0):
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
-def _scaled_steps(method, buffers, scaler, steps=3, backend="reference", poison=None):
+def _scaled_steps(method, buffers, scaler, steps=3, backend="reference", poison=None, stats=True):
     """AdamW steps of an Algorithm 1 loop; with ``scaler``, fp16-style: each loss scaled, the
     combine unscaling, scaler.step / update. ``poison``: the step whose forget loss is inf."""
     model = _mlp()
     synth = sk.GradientSynthesizer(model, method=method, buffers=buffers, backend=backend,
-                                   grad_scaler=scaler)  # fmt: skip
+                                   grad_scaler=scaler, stats=stats)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(5)
     snapshots = []
@@ -219,13 +219,15 @@ def test_scaled_steps_equal_the_fp32_steps(method, buffers):
         assert torch.equal(plain_synth.state_buffer, scaled_synth.state_buffer)
 
 
-@pytest.mark.parametrize("method, buffers", [("sago", 1), ("pcgrad", 2), ("gru", 2)])
-def test_an_overflowed_step_is_skipped_and_leaves_the_state(method, buffers):
+@pytest.mark.parametrize("method, buffers, stats", [("sago", 1, True), ("sago", 1, False),
+                                                    ("pcgrad", 2, True), ("gru", 2, True)])
+def test_an_overflowed_step_is_skipped_and_leaves_the_state(method, buffers, stats):
+    """Without statistics too: the overflow is read from the sums the combine is then asked for."""
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    _, synth, snapshots = _scaled_steps(method, buffers, scaler, steps=2)
+    _, synth, snapshots = _scaled_steps(method, buffers, scaler, steps=2, stats=stats)
     state = None if synth.state_buffer is None else synth.state_buffer.clone()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    _, synth, poisoned = _scaled_steps(method, buffers, scaler, steps=3, poison=2)
+    _, synth, poisoned = _scaled_steps(method, buffers, scaler, steps=3, poison=2, stats=stats)
     assert all(torch.equal(a, b) for a, b in zip(poisoned[1], poisoned[2]))  # not stepped
     assert all(torch.equal(a, b) for a, b in zip(snapshots[1], poisoned[1]))
     assert scaler.get_scale() == 2.0**15  # backed off, as after any overflow
