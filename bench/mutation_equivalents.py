@@ -56,6 +56,14 @@ _SCALER_DEVICE = (
     "device, so the flag lands there either way. On CUDA the mutant's flag would be on the CPU "
     "and the combine would refuse it: a GPU run kills it"
 )
+_INT64_DEFAULT = (
+    "torch.tensor of a list of Python ints is int64 without being told (the sizes are ints: "
+    "numel())"
+)
+_CPU_DEVICE = (
+    "on a CPU-only machine the buffer's device is the CPU, torch's default: the tensor lands "
+    "there either way; on CUDA it would not, and a GPU run kills it"
+)
 _NASH_ZERO_ROW = (
     "a row norm is 0 only for a zero diagonal entry, and a Gramian (PSD) then has b = 0, so "
     "nu·nv + b > 0 is false under both: the bargaining solution does not exist either way"
@@ -118,6 +126,15 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'ScalerLink.step_tensors: self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=self.device) -> self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=None)': _SCALER_DEVICE,
         'ScalerLink.step_tensors: self._step = inv_scale, torch.zeros(1, dtype=torch.float32, device=self.device) -> self._step = inv_scale, torch.zeros(1, dtype=torch.float32, )': _SCALER_DEVICE,
         'ScalerLink.step_tensors: scale = getattr(self.scaler, "_scale", None) -> scale = getattr(self.scaler, "_scale", )': "ScalerLink takes torch.amp.GradScaler only (checked in __init__), whose __init__ sets _scale (None until the first scale()): the default is never used",
+    },
+    "sago_kernels/synthesis/one_buffer.py": {
+        'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], dtype=None, device=buffer.device': _INT64_DEFAULT,
+        'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], device=buffer.device': _INT64_DEFAULT,
+        'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], dtype=torch.int64, device=None': _CPU_DEVICE,
+        'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device / ) -> [f.numel() for f in self.flat], dtype=torch.int64, )': _CPU_DEVICE,
+        'method_problem: name = given if isinstance(given, str) else method.name -> name = given if (isinstance(given, str)) and False else method.name': "a name given as a string is resolved through METHODS, whose every entry's Method.name is its key (the registry builds them so): method.name is the string given",
+        'OneBuffer.combine_slot: want = SEGMENT_SUMS if self.stats or found_inf is not None else False -> want = SEGMENT_SUMS if (self.stats or found_inf is not None) or True else False': "the sums are asked for where nothing reads them (no statistics, no scaler): combine_slot keeps them only `if self.stats` and flags only with a found_inf, so g_final and every state are the same; only the time differs",
+        'OneBuffer.combine_slot: want = SEGMENT_SUMS if self.stats or found_inf is not None else False -> want = SEGMENT_SUMS if self.stats or found_inf is not None else True': "with neither statistics nor a scaler the backend is asked for its table (True) instead of nothing, and combine_slot reads neither (`if self.stats` is false, found_inf is None): the same g_final; only the time differs",
     },
     "sago_kernels/unlearning/losses.py": {
         "simnpo_loss: mean_nll = -picked.sum(-1) / mask.sum(-1).clamp_min(1) -> mean_nll = -picked.sum(+1) / mask.sum(-1).clamp_min(1)": _TOKENS,
