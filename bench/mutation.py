@@ -148,7 +148,8 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "sago_kernels/unlearning/metrics.py": (["tests/test_metrics.py"], ""),
     "sago_kernels/synthesizer.py": (
         ["tests/test_exact_cases.py", "tests/test_one_buffer.py", "tests/test_synthesizer.py",
-         "tests/test_synthesizer_misuse.py", "tests/test_synthesizer_state.py"],
+         "tests/test_synthesizer_misuse.py", "tests/test_synthesizer_state.py",
+         "tests/test_scaler.py"],
         ON_REFERENCE,
     ),
     "sago_kernels/synthesis/one_buffer.py": (

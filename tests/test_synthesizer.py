@@ -68,6 +68,33 @@ def test_step_equals_manual_algorithm_1(backend, device, method):
     assert synth.history[-1] is stats
 
 
+
+@pytest.mark.parametrize("method, buffers", [("gru", 2), ("sago", 1)])
+def test_buffers_and_state_are_in_the_parameters_dtype(method, buffers):
+    """A bfloat16 model: both buffers, GRU's state and each .grad are bfloat16, and the step is
+    the combine of its bfloat16 gradients."""
+    torch.manual_seed(0)
+    model = _Net().to(torch.bfloat16)
+    twin = copy.deepcopy(model)
+    synth = sk.GradientSynthesizer(model, method=method, buffers=buffers, backend="reference")
+    xf, xr = torch.randn(4, 6, dtype=torch.bfloat16), torch.randn(4, 6, dtype=torch.bfloat16)
+    lf, lr = _losses(model, xf, xr)
+    with synth.forget():
+        lf.backward()
+    with synth.retain():
+        lr.backward()
+    synth.combine_()
+    buffers_ = [synth.forget_buffer, synth.retain_buffer, synth.state_buffer]
+    assert {b.dtype for b in buffers_ if b is not None} == {torch.bfloat16}
+    assert all(p.grad.dtype == torch.bfloat16 for p in synth.params)
+    tf, tr = _losses(twin, xf, xr)
+    g_f, g_r = (_flat_grads(twin, loss, synth.layout).bfloat16() for loss in (tf, tr))  # exact
+    want = sk.combine_(g_r, g_f, layout=synth.layout, method=method, backend="reference",
+                       **state_for(method, g_r, zero=True))  # fmt: skip
+    got = torch.cat([p.grad.reshape(-1) for p in synth.params])
+    torch.testing.assert_close(got, torch.cat([v.reshape(-1) for v in synth.layout.views(want)]))
+
+
 def test_backward_writes_into_the_buffers_without_copies(device):
     model = _Net().to(device)
     synth = sk.GradientSynthesizer(model)

@@ -370,6 +370,9 @@ def test_a_parameter_added_to_the_module_later_is_refused():
         (dict(keep_history=1.5), TypeError, "keep_history"),
         (dict(keep_history=True), TypeError, "keep_history"),
         (dict(keep_history="10"), TypeError, "keep_history"),
+        (dict(alpha=float("nan")), ValueError, "^Parameter `alpha` should be finite"),
+        (dict(gamma=float("inf")), ValueError, "^Parameter `gamma` should be finite"),
+        (dict(eps=-1e-8), ValueError, "^Parameter `eps` should be >= 0"),
     ],
 )
 def test_constructor_arguments_are_checked_up_front(kwargs, error, match):
