@@ -3,7 +3,9 @@ and no gradient is ever dropped or put in the wrong slot without an error (issue
 
 from __future__ import annotations
 
+import gc
 import math
+import sys
 
 import pytest
 import torch
@@ -248,6 +250,37 @@ def test_a_backward_outside_the_contexts_is_refused_before_it_is_lost():
     with pytest.raises(RuntimeError, match="outside synth.forget"):
         with synth.forget():
             pass
+
+
+
+@pytest.mark.parametrize("task", ["forget", "retain"])
+def test_a_grad_unbound_inside_a_context_is_named_with_what_happened_to_it(task):
+    """The last parameter's .grad set to None, or replaced, inside a context (the others still
+    bound): the step is refused naming that parameter, the context and which of the two."""
+    for replace, how in ((False, "set to None"), (True, "replaced by a tensor outside the buffer")):
+        model = _mlp()
+        synth = sk.GradientSynthesizer(model, backend="reference")
+        x = torch.randn(4, 6)
+        if task == "retain":
+            with synth.forget():
+                model(x).sum().backward()
+        with pytest.raises(RuntimeError, match=rf"`2.bias.grad` was {how} inside synth.{task}\(\)"):
+            with getattr(synth, task)():
+                model(x).square().sum().backward()
+                model[2].bias.grad = torch.zeros(3) if replace else None
+        with pytest.raises(RuntimeError, match="incomplete"):
+            synth.combine_()
+
+
+
+def test_a_synthesizer_refused_at_construction_leaves_nothing_to_clean_up(monkeypatch):
+    """Its __del__ runs on an object whose __init__ stopped before the hooks: no error there."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    with pytest.raises(ValueError, match="backend"):
+        sk.GradientSynthesizer(_mlp(), backend="cuda")
+    gc.collect()
+    assert seen == []
 
 
 def test_zero_grad_inside_a_context_is_refused():
