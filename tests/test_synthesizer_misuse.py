@@ -283,6 +283,25 @@ def test_a_synthesizer_refused_at_construction_leaves_nothing_to_clean_up(monkey
     assert seen == []
 
 
+
+def test_an_optimizer_is_taken_without_a_scaler_and_anything_else_is_refused():
+    model = _mlp()
+    synth = sk.GradientSynthesizer(model, backend="reference")
+    x = torch.randn(4, 6)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    for optimizer, error in (("sgd", TypeError), (sgd, None)):
+        with synth.forget():
+            model(x).sum().backward()
+        with synth.retain():
+            model(x).square().sum().backward()
+        if error is None:
+            synth.combine_(optimizer=optimizer)  # as a loop written for fp16 passes it always
+            continue
+        with pytest.raises(error, match="should be a torch optimizer.*Found `str`"):
+            synth.combine_(optimizer=optimizer)
+        synth.zero_grad()
+
+
 def test_zero_grad_inside_a_context_is_refused():
     model = _mlp()
     synth = sk.GradientSynthesizer(model, backend="reference")
