@@ -177,6 +177,34 @@ def test_history_and_granularity():
     rows = synth.history_table()
     assert len(rows) == 2 and set(rows[0]) == set(sk.FIELDS)
     assert "GradientSynthesizer(method='sago'" in repr(synth)
+    model = _Net()
+    quiet = sk.GradientSynthesizer(model, stats=False, backend="reference")
+    lf, lr = _losses(model, torch.randn(2, 6), torch.randn(2, 6))
+    with quiet.forget():
+        lf.backward()
+    with quiet.retain():
+        lr.backward()
+    assert quiet.combine_() is None and quiet.history == [] and quiet.history_table() == []
+
+
+def test_only_a_weighting_that_can_restore_its_state_is_checkpointed():
+    """A weighting with state_dict but no load_state_dict could not be resumed: it is treated as
+    stateless (nothing saved for it), as one with load_state_dict alone is."""
+
+    class Half:
+        def __init__(self, with_save, with_load):
+            if with_save:
+                self.state_dict = dict
+            if with_load:
+                self.load_state_dict = lambda state: None
+
+        def __call__(self, gram):
+            return torch.full(gram.shape[:-1], 0.5, dtype=gram.dtype)
+
+    for save, load in ((True, False), (False, True), (True, True)):
+        method = sk.weighting_method(Half(save, load), "half")
+        state = sk.GradientSynthesizer(_Net(), method=method).state_dict()
+        assert ("weighting" in state) == (save and load), (save, load)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
