@@ -108,6 +108,21 @@ WEIGHTING_TESTS = [
 CAGrad (convex solvers, seconds each) are left to the independent checks of
 ``tests/test_exact_cases.py`` in a mutant's run; the full suite runs both."""
 
+ENGINE_TESTS = [
+    *(f"tests/test_deepspeed.py::{t}" for t in (
+        "test_synthesizer_on_zero_1_2_3_equals_single_process_steps",
+        "test_what_hides_or_changes_the_partitions_is_refused_with_the_alternative",
+        "test_a_deepspeed_without_the_partitions_where_they_were_read_is_refused",
+        "test_a_supported_engine_passes",
+    )),
+    "tests/test_distributed.py::test_ddp_step_equals_single_process_step[2]",
+    "tests/test_distributed.py::test_synthesizer_under_fsdp2_equals_single_process_steps[2]",
+]
+"""The synthesizer's engine paths (buffer reduction and publication, sharded combines,
+DeepSpeed's own gradient storage) are no-ops or unreachable in one process: one DDP, one FSDP2
+and the DeepSpeed tests, at two ranks each, last in its selection (~30 s: the survivors of the
+fast tests pay for them). Their workers import the mutated package (see ``_mutmut``)."""
+
 MODULES: dict[str, tuple[list[str], str]] = {
     "sago_kernels/reference.py": (
         ["tests/test_exact_cases.py", "tests/test_combine_fuzz.py", "tests/test_gru.py",
@@ -149,7 +164,7 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "sago_kernels/synthesizer.py": (
         ["tests/test_exact_cases.py", "tests/test_one_buffer.py", "tests/test_synthesizer.py",
          "tests/test_synthesizer_misuse.py", "tests/test_synthesizer_state.py",
-         "tests/test_scaler.py"],
+         "tests/test_scaler.py", *ENGINE_TESTS],
         ON_REFERENCE,
     ),
     "sago_kernels/synthesis/one_buffer.py": (
@@ -317,10 +332,13 @@ def _mutmut(here: Path, workers: int, names: list[str]) -> tuple[dict, float, fl
     raw = here / "mutants.json"
     raw.unlink(missing_ok=True)
     start, cpu_before = time.monotonic(), os.times()
+    # the multi-process tests' workers are new interpreters: PYTHONPATH gives them the mutated
+    # package (mutmut's trampolines read the mutant's name from the inherited environment)
+    path = os.pathsep.join(x for x in (str(here / "mutants"), os.environ.get("PYTHONPATH")) if x)
     proc = subprocess.run(
         [sys.executable, "-c", _RUNNER, str(raw), str(workers), *names],
         cwd=here,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": path},
         capture_output=True,
         text=True,
     )
