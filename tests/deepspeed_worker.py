@@ -192,6 +192,10 @@ def refusals(rank: int) -> None:
     expect_refusal(
         lambda: sk.GradientSynthesizer(engine, process_group=dist.group.WORLD), "should be None"
     )
+    expect_refusal(  # DeepSpeed scales fp16 losses itself
+        lambda: sk.GradientSynthesizer(engine, grad_scaler=torch.amp.GradScaler("cpu")),
+        "a DeepSpeed engine scales",
+    )
     # a trainable parameter DeepSpeed's optimizer does not hold
     extra = torch.nn.Parameter(torch.zeros(3))
     engine.module.register_parameter("extra", extra)
