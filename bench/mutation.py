@@ -333,12 +333,19 @@ def _mutmut(here: Path, workers: int, names: list[str]) -> tuple[dict, float, fl
     raw.unlink(missing_ok=True)
     start, cpu_before = time.monotonic(), os.times()
     # the multi-process tests' workers are new interpreters: PYTHONPATH gives them the mutated
-    # package (mutmut's trampolines read the mutant's name from the inherited environment)
-    path = os.pathsep.join(x for x in (str(here / "mutants"), os.environ.get("PYTHONPATH")) if x)
+    # package (mutmut's trampolines read the mutant's name from the inherited environment).
+    # Only once mutmut has written it: a first run's stats collection found no test at all with
+    # the folder on the path before it existed, so a first run's workers import the original
+    # package and the engine-only mutants are left to the survivors' rerun.
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if (here / "mutants" / "sago_kernels").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (str(here / "mutants"), os.environ.get("PYTHONPATH")) if x
+        )
     proc = subprocess.run(
         [sys.executable, "-c", _RUNNER, str(raw), str(workers), *names],
         cwd=here,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": path},
+        env=env,
         capture_output=True,
         text=True,
     )

@@ -432,6 +432,27 @@ def test_constructor_arguments_are_checked_up_front(kwargs, error, match):
         sk.GradientSynthesizer(_mlp(), **kwargs)
 
 
+
+def test_each_backend_name_is_resolved_for_the_parameters_device():
+    from conftest import BACKENDS
+
+    for name in BACKENDS:  # the Triton interpreter counts as available on the CPU here
+        assert sk.GradientSynthesizer(_mlp(), backend=name).backend == name
+
+
+def test_a_new_synthesizer_combines_buffers_filled_by_hand():
+    """Before any step nothing is stale: buffers filled by hand are combined as combine_ would."""
+    synth = sk.GradientSynthesizer(_mlp(), method="pcgrad", backend="reference")
+    g = torch.Generator().manual_seed(0)
+    for buffer in (synth.forget_buffer, synth.retain_buffer):
+        for view in synth.layout.views(buffer):
+            view.copy_(torch.randn(view.shape, generator=g))
+    want = sk.combine_(synth.retain_buffer.clone(), synth.forget_buffer.clone(),
+                       layout=synth.layout, method="pcgrad", backend="reference")  # fmt: skip
+    synth.combine_()
+    assert torch.equal(synth.retain_buffer, want)
+
+
 def test_keep_history_zero_and_none_are_valid():
     model = _mlp()
     for keep, kept in ((0, 0), (None, 3)):
