@@ -176,6 +176,7 @@ def test_history_and_granularity():
         synth.combine_()
     rows = synth.history_table()
     assert len(rows) == 2 and set(rows[0]) == set(sk.FIELDS)
+    assert rows == [stats.to_dict() for stats in synth.history]  # each step's total row
     assert "GradientSynthesizer(method='sago'" in repr(synth)
     model = _Net()
     quiet = sk.GradientSynthesizer(model, stats=False, backend="reference")
@@ -231,3 +232,11 @@ def test_cuda_peak_memory_is_two_buffers_plus_activations():
     param_bytes = sum(p.numel() * 4 for p in model.parameters())
     # activations of a batch of 4 are tiny; a gradient copy would add param_bytes
     assert extra < 0.25 * param_bytes, (extra, param_bytes)
+
+
+def test_a_state_of_another_method_is_refused_naming_this_synthesizers_method():
+    saved = sk.GradientSynthesizer(_Net(), method="gru").state_dict()
+    with pytest.raises(ValueError, match="but method 'sago' keeps none"):
+        sk.GradientSynthesizer(_Net(), method="sago").load_state_dict(saved)
+    with pytest.raises(ValueError, match="but method 'gru' keeps one"):
+        sk.GradientSynthesizer(_Net(), method="gru").load_state_dict({})
