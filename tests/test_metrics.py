@@ -105,6 +105,14 @@ def test_answer_probability_normalised_by_hand():
     p = lambda e: math.exp(sum(hand_token_logps(e)) / len(hand_token_logps(e)))  # noqa: E731
     pc, pw = p(correct[0]), p(wrong[0][0]) + p(wrong[0][1])
     close(M.answer_probability_normalised(model, correct, wrong), [pc / (pc + pw + 1e-10)])
+    # answers the model all but rules out (p ≈ 1e-13): open-unlearning's + 1e-10 then dominates
+    table = torch.zeros(V, V)
+    table[0, 0] = 30.0
+    sure = LookupLM(table)
+    pc = math.exp(-30.0) / (math.exp(30.0 - 30.0) + 5 * math.exp(-30.0))
+    got = M.answer_probability_normalised(sure, [answer([0, 1], 1)], [[answer([0, 2], 1)]])
+    close(got, [pc / (2 * pc + 1e-10)], tol=1e-9)
+    assert 1e-4 < float(got) < 1e-3
 
 
 def _choices(prompt: list[int], options: list[list[int]]) -> list[dict]:
@@ -526,6 +534,28 @@ def test_gpt2_smoke(gpt2):
         (lambda m: M.mia_auc([], [0.1]), ValueError, "at least one"),
         (lambda m: M.privleak(1.2, 0.5), ValueError, r"\[0, 1\]"),
         (lambda m: M.truth_ratio_score([-1.0], forget=True), ValueError, ">= 0"),
+        # each error names the argument it is about, as the caller spelled it
+        (lambda m: M.answer_logprobs(m, EXAMPLES, pad_id=-1), ValueError, "^Parameter `pad_id`"),
+        (lambda m: M.answer_logprobs(m, EXAMPLES, batch_size=True), TypeError,
+         "^Parameter `batch_size` should be an int"),
+        (lambda m: M.answer_logprobs(m, iter(EXAMPLES)), TypeError,
+         r"^Parameter `examples` should be a list of examples.*Found `type\(examples\) = "
+         "list_iterator`"),
+        (lambda m: M.answer_logprobs(m, EXAMPLES[0]), TypeError, "^Parameter `examples`"),
+        (lambda m: M.answer_logprobs(m, [{"labels": [0, 1]}]), TypeError,
+         r"^`examples\[0\]` should be a mapping with `input_ids` and `labels`.*keys \['labels'\]"),
+        (lambda m: M.answer_probability_normalised(m, EXAMPLES[:2], [[EXAMPLES[0]]]), ValueError,
+         "^Parameters `wrong` and `correct` should have one entry per question"),
+        (lambda m: M.answer_probability_normalised(m, EXAMPLES[:1], [[]]), ValueError,
+         r"^`wrong\[0\]` should be a non-empty list"),
+        (lambda m: M.answer_probability_normalised(m, EXAMPLES[:1], [EXAMPLES[1:]], batch_size=0),
+         ValueError, "batch_size"),
+        (lambda m: M.truth_ratio(m, {"a": 1}, [[EXAMPLES[0]]]), TypeError,
+         "^Parameter `paraphrased` should be a list"),
+        (lambda m: M.choice_logprobs(m, [[], EXAMPLES[:2]]), ValueError,
+         r"^`options\[0\]` should be a non-empty list"),
+        *((lambda m, v=v: M.model_utility({"a": v}), ValueError, r"`values\['a'\]` should be")
+          for v in (True, "0.5")),
     ],
 )
 def test_bad_input_is_a_clear_error(call, error, match):
