@@ -142,10 +142,36 @@ def test_choice_logprobs_and_accuracy_by_hand():
     assert M.choice_accuracy([torch.tensor([1.0, 1.0])], [0]) == 1.0
 
 
+def test_lettered_questions_take_one_forward_of_their_prompt():
+    """Options that differ only in one scored last token (letters) are read from one forward of
+    the shared prompt; any other question's options take a forward each (at batch_size=1)."""
+
+    class Counting(LookupLM):
+        def forward(self, input_ids, attention_mask=None):
+            self.widths.append(input_ids.shape[1])
+            return super().forward(input_ids, attention_mask)
+
+    model = Counting()
+    lettered = [_choices([0, 1, 2], [[3], [4], [5], [0]]), _choices([5, 4], [[1], [2]])]
+    cloze = [_choices([0, 1], [[2], [3, 4]]), _choices([3], [[2], [2]])[:1] + _choices([4], [[2]])]
+    model.widths = []
+    fast = M.choice_logprobs(model, lettered, batch_size=1)
+    assert model.widths == [3, 2]  # each prompt once, without its letter
+    model.widths = []
+    M.choice_logprobs(model, cloze, batch_size=1)
+    assert model.widths == [3, 4, 2, 2]  # every option whole
+    for scores, question in zip(fast, lettered):  # the same values as option by option
+        close(scores, M.answer_logprobs(model, question)[0])
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
         ([_choices([0], [[1]])], "at least two options"),
+        ([_choices([0], [[1], [2]]), _choices([0], [[1]])],
+         r"^`options\[1\]` should hold at least two"),
+        ([[{"input_ids": [0, 1], "labels": [-100, 1]}, {"input_ids": [0, 1], "labels": [-100]}]],
+         r"^`options\[1\]`: `labels` should be aligned"),
         ([[]], "non-empty list of examples"),
         ([_choices([0], [[1], []])], "no scored token|nothing to score|scored"),
     ],
