@@ -158,6 +158,9 @@ def test_lettered_questions_take_one_forward_of_their_prompt():
     fast = M.choice_logprobs(model, lettered, batch_size=1)
     assert model.widths == [3, 2]  # each prompt once, without its letter
     model.widths = []
+    M.choice_logprobs(model, lettered, batch_size=2)
+    assert model.widths == [3]  # both prompts in one batch
+    model.widths = []
     M.choice_logprobs(model, cloze, batch_size=1)
     assert model.widths == [3, 4, 2, 2]  # every option whole
     for scores, question in zip(fast, lettered):  # the same values as option by option
