@@ -552,7 +552,14 @@ def test_gpt2_smoke(gpt2):
         (lambda m: M.truth_ratio(m, EXAMPLES[:1], [[]]), ValueError, "non-empty"),
         (lambda m: M.generate_greedy(m, None, [[]], max_new_tokens=2), ValueError, "empty"),
         (lambda m: M.generate_greedy(m, None, [], max_new_tokens=2), ValueError, "non-empty"),
-        (lambda m: M.generate_greedy(m, None, [[0]], max_new_tokens=-1), ValueError, ">= 0"),
+        (lambda m: M.generate_greedy(m, None, [[0]], max_new_tokens=-1), ValueError,
+         "^Parameter `max_new_tokens` should be >= 0"),
+        (lambda m: M.generate_greedy(m, None, [[0]], max_new_tokens=1, pad_id=-1), ValueError,
+         "^Parameter `pad_id`"),
+        (lambda m: M.generate_greedy(m, None, iter([[0]]), max_new_tokens=1), ValueError,
+         "^Parameter `prompts` should be a non-empty list"),
+        (lambda m: M.split_prompt_answer([{"input_ids": [0, 1], "labels": [0]}]), ValueError,
+         r"^`examples\[0\]`: `labels` should be aligned"),
         (lambda m: M.rouge_l_recall(["a"], ["a", "b"]), ValueError, "same length"),
         (lambda m: M.rouge_l_recall([], []), ValueError, "not be empty"),
         (lambda m: M.forget_quality([], [1.0]), ValueError, "at least one"),
@@ -620,3 +627,9 @@ def test_greedy_generation_through_the_kv_cache_equals_full_forwards():
         if eos_id is not None:
             assert any(len(c) < 12 for c in cached)  # some rows stopped at EOS
     assert M.generate_greedy(model, None, prompts[:3], max_new_tokens=0) == [[], [], []]
+    widths = []  # the cache is used: after the prompts' forward, one new token a step
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    M.generate_greedy(model, None, [[1, 2, 3], [4]], max_new_tokens=4)
+    assert widths == [3, 1, 1, 1]
