@@ -613,8 +613,13 @@ def test_greedy_generation_through_the_kv_cache_equals_full_forwards():
         def forward(self, input_ids, attention_mask=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)
 
+    class PositionsOnly(NoCache):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return super().forward(input_ids, attention_mask)
+
     assert M._takes_a_cache(model) in ("cache", "past_key_values")
     assert M._takes_a_cache(NoCache(model)) is None
+    assert M._takes_a_cache(PositionsOnly(model)) is None  # positions but no cache to feed
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 20, (int(n),), generator=g).tolist()
                for n in torch.randint(1, 10, (40,), generator=g)]  # fmt: skip
