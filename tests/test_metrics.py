@@ -562,6 +562,7 @@ def test_gpt2_smoke(gpt2):
          r"^`examples\[0\]`: `labels` should be aligned"),
         (lambda m: M.rouge_l_recall(["a"], ["a", "b"]), ValueError, "same length"),
         (lambda m: M.rouge_l_recall([], []), ValueError, "not be empty"),
+        (lambda m: M.rouge_l_recall("a b", ["a b"]), TypeError, "lists of strings"),
         (lambda m: M.forget_quality([], [1.0]), ValueError, "at least one"),
         (lambda m: M.forget_quality([float("nan")], [1.0]), ValueError, "finite"),
         (lambda m: M.model_utility({}), ValueError, "non-empty"),
@@ -638,3 +639,7 @@ def test_greedy_generation_through_the_kv_cache_equals_full_forwards():
     )
     M.generate_greedy(model, None, [[1, 2, 3], [4]], max_new_tokens=4)
     assert widths == [3, 1, 1, 1]
+    model.config.use_cache = False  # a config that turns the cache off: asked for it anyway
+    assert M.generate_greedy(model, None, prompts[:5], max_new_tokens=6) == M.generate_greedy(
+        NoCache(model), None, prompts[:5], max_new_tokens=6
+    )
