@@ -267,6 +267,7 @@ def test_min_k_by_hand_on_five_tokens():
     close(M.mia_scores(model, [ex], kind="min_k", k=1.0), [sum(t) / 5])
     low4 = sorted(t[:-1])  # drop_last: open-unlearning skips the last scored token
     close(M.mia_scores(model, [ex], kind="min_k", k=0.5, drop_last=True), [(low4[0] + low4[1]) / 2])
+    close(M.mia_scores(model, [ex], kind="min_k", k=1.0, drop_last=True), [sum(t[:-1]) / 4])
 
 
 def test_min_k_plus_plus_by_hand():
@@ -541,6 +542,12 @@ def test_gpt2_smoke(gpt2):
         (lambda m: M.answer_probability(m, EXAMPLES, batch_size=0), ValueError, "batch_size"),
         (lambda m: M.mia_scores(m, EXAMPLES, kind="gradnorm"), ValueError, "kind"),
         (lambda m: M.mia_scores(m, EXAMPLES, kind="min_k", k=0.0), ValueError, "`k`"),
+        (lambda m: M.mia_scores(m, EXAMPLES, kind="min_k", k=1.5), ValueError, "`k`"),
+        *((lambda m, kind=kind: M.mia_scores(m, EXAMPLES, kind=kind, batch_size=0), ValueError,
+           "batch_size") for kind in M.MIA_KINDS),
+        (lambda m: M.mia_auc([float("nan")], [0.1]), ValueError, "^Parameter `member_scores`"),
+        (lambda m: M.mia_auc([0.1], []), ValueError, "^Parameter `nonmember_scores`"),
+        (lambda m: M.privleak(0.5, -0.1), ValueError, "^Parameter `auc_retain_model`"),
         (lambda m: M.mia_scores(m, EXAMPLES, kind="zlib", texts=["a"]), ValueError, "texts"),
         (
             lambda m: M.exact_memorization(m, [answer([0, 1], 1)], drop_last=True),
