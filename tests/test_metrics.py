@@ -314,6 +314,8 @@ def test_privleak_by_hand():
     assert M.privleak(0.3, 0.5) == pytest.approx((0.7 - 0.5) / 0.5 * 100)  # +40: over-unlearnt
     assert M.privleak(0.6, 0.6) == 0.0
     assert M.privleak(1.0, 0.4) == pytest.approx(-100.0)
+    # a retain model with AUC 1 (a_r = 0): open-unlearning's + 1e-10 keeps it finite
+    assert M.privleak(0.5, 1.0) == pytest.approx(0.5 / 1e-10 * 100)
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -548,6 +550,8 @@ def test_gpt2_smoke(gpt2):
         (lambda m: M.mia_auc([float("nan")], [0.1]), ValueError, "^Parameter `member_scores`"),
         (lambda m: M.mia_auc([0.1], []), ValueError, "^Parameter `nonmember_scores`"),
         (lambda m: M.privleak(0.5, -0.1), ValueError, "^Parameter `auc_retain_model`"),
+        (lambda m: M.exact_memorization(m, EXAMPLES, batch_size=0), ValueError, "batch_size"),
+        (lambda m: M.extraction_strength(m, EXAMPLES, pad_id=-1), ValueError, "pad_id"),
         (lambda m: M.mia_scores(m, EXAMPLES, kind="zlib", texts=["a"]), ValueError, "texts"),
         (
             lambda m: M.exact_memorization(m, [answer([0, 1], 1)], drop_last=True),
