@@ -286,6 +286,9 @@ def test_min_k_plus_plus_by_hand():
     close(M.min_k_plus_plus_token_scores(model, [ex])[0], z, tol=1e-5)
     low = sorted(z)
     close(M.mia_scores(model, [ex], kind="min_k_plus_plus", k=0.4), [(low[0] + low[1]) / 2], 1e-5)
+    close(M.min_k_plus_plus_token_scores(model, [ex], drop_last=True)[0], z[:-1], tol=1e-5)
+    close(M.mia_scores(model, [ex], kind="min_k_plus_plus", k=1.0, drop_last=True),
+          [sum(z[:-1]) / 4], 1e-5)  # fmt: skip
 
 
 def test_mia_auc_is_the_fraction_of_pairs_ranked_right():
@@ -552,6 +555,11 @@ def test_gpt2_smoke(gpt2):
         (lambda m: M.privleak(0.5, -0.1), ValueError, "^Parameter `auc_retain_model`"),
         (lambda m: M.exact_memorization(m, EXAMPLES, batch_size=0), ValueError, "batch_size"),
         (lambda m: M.extraction_strength(m, EXAMPLES, pad_id=-1), ValueError, "pad_id"),
+        (lambda m: M.forget_quality([1.0], [float("inf")]), ValueError,
+         "^Parameter `tr_retain_model`"),
+        (lambda m: M.truth_ratio(m, EXAMPLES[:1], [EXAMPLES[1:]], batch_size=0), ValueError,
+         "batch_size"),
+        (lambda m: M.min_k_plus_plus_token_scores(m, EXAMPLES, pad_id=-1), ValueError, "pad_id"),
         (lambda m: M.mia_scores(m, EXAMPLES, kind="zlib", texts=["a"]), ValueError, "texts"),
         (
             lambda m: M.exact_memorization(m, [answer([0, 1], 1)], drop_last=True),
