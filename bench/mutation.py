@@ -461,8 +461,22 @@ def resume(module: str, work: Path, workers: int, previous: dict) -> dict:
 
 def rerun_survivors(module: str, work: Path, workers: int, previous: dict) -> dict:
     """The survivors of the last run of ``module`` again, against the tests as they are now
-    (copied into its scratch copy): the tests written to kill them."""
+    (copied into its scratch copy) and the rest of the package as it is now (the module itself
+    must be the one its mutants were made from): the tests written to kill them."""
     here = work / Path(module).stem
+    if (ROOT / module).read_bytes() != (here / module).read_bytes():
+        raise SystemExit(
+            f"{module} changed since its scratch copy was made: its mutants are of the old code. "
+            f"Run it afresh: python bench/mutation.py run {module}"
+        )
+    # the other modules as they are now, under the mutated one: today's tests may test them
+    for source in (ROOT / "sago_kernels").rglob("*"):
+        relative = source.relative_to(ROOT)
+        if not source.is_file() or "__pycache__" in source.parts or str(relative) == module:
+            continue
+        for place in (here, here / "mutants"):
+            (place / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, place / relative)
     for target in (here / "tests", here / "mutants" / "tests"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__"))
