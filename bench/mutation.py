@@ -658,6 +658,8 @@ def report() -> str:
         for again in r.get("reruns", []):
             wall += f"; {again['mutants']} survivors again: {again['wall_s']:.0f} s"
             wall += f" ({again['load_before'][0]:.1f})"
+            if again.get("exit_code") not in (0, None):  # mutmut stopped before any mutant
+                wall += " (stopped: a test failed on the unmutated code, none retested)"
         commit = r["commit"] + (f", tests {r['tests_commit']}" if "tests_commit" in r else "")
         mutants = str(r["mutants"])
         if r.get("checked", r["mutants"]) < r["mutants"]:
