@@ -639,6 +639,17 @@ def report() -> str:
         "does one that makes a test module fail to import (pytest's exit code 2, which mutmut "
         "calls 'check was interrupted by user': see `COLLECTION_ERROR`).",
         "",
+        "A module's first run finds its survivors; each then got a test that kills it, or an "
+        "entry in `bench/mutation_equivalents.py` saying why no test can, and "
+        "`run --survivors MODULE` tested the survivors again against the tests of then and the "
+        "rest of the package as it is (the 'survivors again' of the wall-time column). The "
+        "synthesizer's selection ends with one DDP, one FSDP2 and the DeepSpeed tests (two "
+        "processes each), whose workers import the mutated package from a rerun on; a first "
+        "run's workers import the original, so its engine-only mutants are first tested in its "
+        "rerun. `metrics.py`'s first attempt stopped in mutmut's stats run, which found no test "
+        "(13 s; not pinned down: the same scratch copy, started again, found them all) and was "
+        "resumed from that copy.",
+        "",
         "| module | commit | mutants | killed | equivalent | survived | no tests | score | "
         "wall time (load) | workers | tests |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
