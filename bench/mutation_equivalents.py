@@ -128,6 +128,8 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'ScalerLink.step_tensors: scale = getattr(self.scaler, "_scale", None) -> scale = getattr(self.scaler, "_scale", )': "ScalerLink takes torch.amp.GradScaler only (checked in __init__), whose __init__ sets _scale (None until the first scale()): the default is never used",
     },
     "sago_kernels/synthesis/one_buffer.py": {
+        'OneBuffer.combine_slot: scaler = {} if inv_scale is None else {"inv_scale": inv_scale, "found_inf": found_inf} -> scaler = {} if (inv_scale is None) and False else {"inv_scale": inv_scale, "found_inf": found_inf}': "without a scaler the backend then gets inv_scale=None and found_inf=None, its own defaults: passing None is not passing them",
+        'OneBuffer.combine_slot: retain, forget, layout, self.method_arg, self.alpha, self.gamma, self.eps, -> retain, forget, None, self.method_arg, self.alpha, self.gamma, self.eps,': "a slot's layout is GradLayout.single(its numel), which is what combine_'s checks make of layout=None (single_segment_layout): the same single segment",
         'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], dtype=None, device=buffer.device': _INT64_DEFAULT,
         'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], device=buffer.device': _INT64_DEFAULT,
         'OneBuffer.__init__: [f.numel() for f in self.flat], dtype=torch.int64, device=buffer.device -> [f.numel() for f in self.flat], dtype=torch.int64, device=None': _CPU_DEVICE,
