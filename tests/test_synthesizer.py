@@ -240,3 +240,14 @@ def test_a_state_of_another_method_is_refused_naming_this_synthesizers_method():
         sk.GradientSynthesizer(_Net(), method="sago").load_state_dict(saved)
     with pytest.raises(ValueError, match="but method 'gru' keeps one"):
         sk.GradientSynthesizer(_Net(), method="gru").load_state_dict({})
+
+
+def test_average_over_replicas_hands_both_buffers_to_the_engines_reduction():
+    """The engine's reduction (DDP's all-reduce, tested across processes through combine_) is
+    what averages; this method gives it both flat buffers, forget then retain, as combine_ does."""
+    synth = sk.GradientSynthesizer(_Net(), backend="reference")
+    calls = []
+    synth.engine.reduce_buffers_ = lambda forget, retain: calls.append((forget, retain))
+    synth.average_over_replicas_()
+    assert len(calls) == 1
+    assert calls[0][0] is synth.forget_buffer and calls[0][1] is synth.retain_buffer
