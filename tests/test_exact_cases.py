@@ -274,14 +274,14 @@ def _rows(seed: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     v = torch.randn(n, 5, generator=g, dtype=torch.float64)
     v[::3] = -0.7 * u[::3] + 0.3 * v[::3]  # conflicting
     v[1::3] = 4.0 * u[1::3] + v[1::3]  # aligned, unequal norms
-    gram = torch.stack(
-        [
-            torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
-            torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1),
-        ],
-        -2,
-    )
-    return u, v, gram
+    return u, v, _gramians(u, v)
+
+
+def _gramians(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[[u·u, u·v], [u·v, v·v]] of each pair of rows, [n, 2, 2]."""
+    uv = (u * v).sum(-1)
+    return torch.stack([torch.stack([(u * u).sum(-1), uv], -1),
+                        torch.stack([uv, (v * v).sum(-1)], -1)], -2)  # fmt: skip
 
 
 def test_nash_mtl_weights_solve_the_bargaining_equation_in_every_regime():
@@ -322,8 +322,7 @@ def test_nash_mtl_combination_is_capped_at_max_norm_where_it_exists_and_where_it
             (3 * u[2], -3 * u[2]), (u[3], 0.2 * u[3]), (zero, 3 * v[4])]  # fmt: skip
     u = torch.cat([u, torch.stack([a for a, _ in more])])
     v = torch.cat([v, torch.stack([b for _, b in more])])
-    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
-                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    gram = _gramians(u, v)
     w = (weightings.nash_mtl() if max_norm is None else weightings.nash_mtl(max_norm))(gram)
     got = w[:, :1] * u + w[:, 1:] * v
     cap = 1.0 if max_norm is None else max_norm
@@ -395,8 +394,7 @@ def test_cagrad_combination_is_its_objective_minimised_over_the_simplex(c):
     from sago_kernels import weightings
 
     u, v = _cagrad_rows()
-    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
-                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    gram = _gramians(u, v)
     w = (weightings.cagrad() if c is None else weightings.cagrad(c=c))(gram)
     got = w[:, :1] * u + w[:, 1:] * v
     for i in range(u.shape[0]):
@@ -414,8 +412,7 @@ def test_cagrad_takes_the_middle_of_the_simplex_where_every_point_minimises():
 
     u = torch.tensor([[1.0, 2.0], [1.0, 0.5], [1.0, 1e-6], [1.0, 2.0]], dtype=torch.float64)
     v = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [-1.0, 1e-6], [-1.0, -2.0]], dtype=torch.float64)
-    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
-                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    gram = _gramians(u, v)
     half = torch.tensor([0.5, 0.5], dtype=torch.float64)
     torch.testing.assert_close(weightings.cagrad(c=0.4)(gram[:1])[0], 1.4 * half)
     w = weightings.cagrad(c=0.0)(gram[1:])
@@ -430,8 +427,7 @@ def test_cagrad_norm_eps_bounds_are_inclusive_above():
 
     u = torch.tensor([[0.5, 0.0], [0.4999, 0.0], [0.6, 0.0]], dtype=torch.float64)
     v = torch.tensor([[0.5, 0.0], [0.4999, 0.0], [-0.5, 0.2]], dtype=torch.float64)
-    gram = torch.stack([torch.stack([(u * u).sum(-1), (u * v).sum(-1)], -1),
-                        torch.stack([(u * v).sum(-1), (v * v).sum(-1)], -1)], -2)  # fmt: skip
+    gram = _gramians(u, v)
     assert float(gram[0, 0, 0] + gram[0, 1, 1]) == 0.5
     w = weightings.cagrad(c=0.5, norm_eps=0.5)(gram)
     got = w[:, :1] * u + w[:, 1:] * v

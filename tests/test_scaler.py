@@ -235,6 +235,16 @@ def test_an_overflowed_step_is_skipped_and_leaves_the_state(method, buffers, sta
         assert torch.equal(synth.state_buffer, state)
 
 
+
+def _unscale_s_record(scaler):
+    """What GradScaler.unscale_ itself records for an optimizer: of a float32 twin model's
+    scaled gradient, unscaled by ``scaler``."""
+    twin = torch.nn.Linear(1, 1, dtype=torch.float32)
+    twin(torch.ones(1, 1, dtype=torch.float32)).sum().mul(scaler.get_scale()).backward()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+    scaler.unscale_(twin_opt)
+    return scaler._per_optimizer_states[id(twin_opt)]
+
 def test_the_scaler_record_is_unscale_s_own():
     """What combine_ writes in the scaler is what GradScaler.unscale_ writes: stage and flag."""
     from torch.amp.grad_scaler import OptState
@@ -252,11 +262,7 @@ def test_the_scaler_record_is_unscale_s_own():
         synth.combine_()
     synth.combine_(optimizer=opt)
     ours = scaler._per_optimizer_states[id(opt)]
-    twin = torch.nn.Linear(1, 1)
-    twin(torch.ones(1, 1)).sum().mul(scaler.get_scale()).backward()
-    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
-    scaler.unscale_(twin_opt)
-    theirs = scaler._per_optimizer_states[id(twin_opt)]
+    theirs = _unscale_s_record(scaler)
     assert ours["stage"] is theirs["stage"] is OptState.UNSCALED
     assert list(ours["found_inf_per_device"]) == list(theirs["found_inf_per_device"])
     scaler.step(opt)
@@ -325,11 +331,7 @@ def test_the_found_inf_flag_is_float32_as_unscale_s_whatever_the_default_dtype()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         _one_scaled_step(model, synth, scaler, opt)
         ours = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"]
-        twin = torch.nn.Linear(1, 1).float()
-        twin(torch.ones(1, 1, dtype=torch.float32)).sum().mul(scaler.get_scale()).backward()
-        twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
-        scaler.unscale_(twin_opt)
-        theirs = scaler._per_optimizer_states[id(twin_opt)]["found_inf_per_device"]
+        theirs = _unscale_s_record(scaler)["found_inf_per_device"]
         assert [v.dtype for v in ours.values()] == [v.dtype for v in theirs.values()]
     finally:
         torch.set_default_dtype(default)

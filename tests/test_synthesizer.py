@@ -29,6 +29,14 @@ def _losses(model, xf, xr):
     return -model(xf).square().mean(), (model(xr) - 1).square().mean()
 
 
+def _backward(synth, lf, lr):
+    """One step's backward passes: the forget loss in its context, then the retain loss."""
+    with synth.forget():
+        lf.backward()
+    with synth.retain():
+        lr.backward()
+
+
 def _flat_grads(model, loss, layout):
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -48,10 +56,7 @@ def test_step_equals_manual_algorithm_1(backend, device, method):
     synth = sk.GradientSynthesizer(model, method=method, alpha=0.7, gamma=1.3, eps=1e-3,
                                    backend=backend)  # fmt: skip
     lf, lr = _losses(model, xf, xr)
-    with synth.forget():
-        lf.backward()
-    with synth.retain():
-        lr.backward()
+    _backward(synth, lf, lr)
     stats = synth.combine_()
 
     tf, tr = _losses(twin, xf, xr)
@@ -83,10 +88,7 @@ def test_buffers_and_state_are_in_the_parameters_dtype(method, buffers):
     synth = sk.GradientSynthesizer(model, method=method, buffers=buffers, backend="reference")
     xf, xr = torch.randn(4, 6, dtype=torch.bfloat16), torch.randn(4, 6, dtype=torch.bfloat16)
     lf, lr = _losses(model, xf, xr)
-    with synth.forget():
-        lf.backward()
-    with synth.retain():
-        lr.backward()
+    _backward(synth, lf, lr)
     synth.combine_()
     buffers_ = [synth.forget_buffer, synth.retain_buffer, synth.state_buffer]
     assert {b.dtype for b in buffers_ if b is not None} == {torch.bfloat16}
@@ -169,10 +171,7 @@ def test_history_and_granularity():
     assert synth.layout.num_segments == 3  # a, b, unused (frozen skipped)
     for _ in range(3):
         lf, lr = _losses(model, torch.randn(2, 6), torch.randn(2, 6))
-        with synth.forget():
-            lf.backward()
-        with synth.retain():
-            lr.backward()
+        _backward(synth, lf, lr)
         synth.combine_()
     rows = synth.history_table()
     assert len(rows) == 2 and set(rows[0]) == set(sk.FIELDS)
@@ -181,10 +180,7 @@ def test_history_and_granularity():
     model = _Net()
     quiet = sk.GradientSynthesizer(model, stats=False, backend="reference")
     lf, lr = _losses(model, torch.randn(2, 6), torch.randn(2, 6))
-    with quiet.forget():
-        lf.backward()
-    with quiet.retain():
-        lr.backward()
+    _backward(quiet, lf, lr)
     assert quiet.combine_() is None and quiet.history == [] and quiet.history_table() == []
 
 
