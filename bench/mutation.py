@@ -517,18 +517,6 @@ def _version(module: str) -> str | None:
         return None
 
 
-def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
 def _commit() -> str:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
@@ -576,8 +564,10 @@ def run(
         )
         niceness = os.nice(0)
         result["command"] = f"nice -n {niceness} python bench/mutation.py " + " ".join(sys.argv[1:])
+        from sago_kernels.unlearning.provenance import machine  # the results JSONs' own
+
         record.update(
-            machine=_machine(),
+            machine=machine(),
             versions={
                 "python": platform.python_version(),
                 **{m: _version(m) for m in ("mutmut", "torch", "hypothesis", "pytest")},
